@@ -1,0 +1,284 @@
+"""The frozen CLIP backbone: any open_clip ViT, its patch tokens at any input size, and cached word embeddings.
+
+`load_backbone("vit-b-16")` gives OpenAI's ViT-B/16 (QuickGELU), `load_backbone("ViT-B-16-quickgelu:none")`
+the same architecture with random weights, `load_backbone("toy")` the project's embedded toy-world model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from .errors import PACLError
+from .prompts import get_templates
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(CONFIG_DIR)  # the project's own small architectures, by name
+
+# Short names a user may type; each maps to (open_clip architecture, pretrained tag).
+ALIASES = {
+    "vit-b-16": ("ViT-B-16-quickgelu", "openai"),
+    "vit-b/16": ("ViT-B-16-quickgelu", "openai"),
+    "vit-l-14": ("ViT-L-14-quickgelu", "openai"),
+}
+DEFAULT_MODEL = "vit-b-16"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+TEXT_CACHE_SIZE = 20_000
+
+
+def parse_model_spec(spec: str, pretrained: str | None = None) -> tuple[str, str | None]:
+    """'vit-b-16' | 'NAME' | 'NAME:TAG' | 'NAME:none' (+ an explicit pretrained) -> (architecture, tag or None).
+
+    OpenAI weights need QuickGELU: 'ViT-B-16' + 'openai' becomes 'ViT-B-16-quickgelu'.
+    """
+    name, tag = spec, None
+    if spec.lower() in ALIASES:
+        name, tag = ALIASES[spec.lower()]
+    elif ":" in spec:
+        name, tag = spec.rsplit(":", 1)
+    if pretrained is not None:
+        tag = pretrained
+    if tag is not None and tag.lower() in ("none", "random", ""):
+        tag = None
+    if name not in open_clip.list_models():
+        raise PACLError(f"unknown model '{name}'; use 'toy', 'vit-b-16' or an open_clip name "
+                        "such as ViT-B-16-quickgelu")
+    if tag == "openai" and not name.endswith("-quickgelu") and f"{name}-quickgelu" in open_clip.list_models():
+        name = f"{name}-quickgelu"
+    return name, tag
+
+
+def _hub_location(name: str, tag: str) -> tuple[str, list[str]] | None:
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    hub = cfg.get("hf_hub", "") if cfg else ""
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub.rstrip("/") + ("/" if hub.endswith("/") else ""))
+    files = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    return repo, files
+
+
+def weights_status(spec: str, pretrained: str | None = None, timeout: float = 3.0) -> tuple[bool, str]:
+    """Can these weights be had right now? (True, why) if cached locally or the hub answers, else (False, why)."""
+    try:
+        name, tag = parse_model_spec(spec, pretrained)
+    except PACLError as e:
+        return False, str(e)
+    if tag is None:
+        return True, "random weights need no download"
+    if Path(tag).is_file():
+        return True, f"local file {tag}"
+    loc = _hub_location(name, tag)
+    if loc is None:
+        return False, f"no known download for {name} '{tag}'"
+    repo, files = loc
+    from huggingface_hub import try_to_load_from_cache
+
+    for f in files:
+        hit = try_to_load_from_cache(repo, f)
+        if isinstance(hit, str):
+            return True, f"cached at {hit}"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        return False, f"{name} '{tag}' weights are not cached and HF_HUB_OFFLINE is set"
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return False, f"{name} '{tag}' weights are not cached and huggingface.co cannot be reached"
+    return True, f"downloadable from huggingface.co/{repo}"
+
+
+@contextmanager
+def _quiet_hub_logs():
+    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def create_clip(name: str, tag: str | None, device: str = "cpu") -> torch.nn.Module:
+    """An open_clip model with `tag` weights: None = random, a hub tag, or a local .safetensors file."""
+    if tag is not None and (Path(tag).suffix or os.sep in tag):
+        return _create_from_file(name, Path(tag), device)
+    if tag is not None and tag not in open_clip.list_pretrained_tags_by_model(name):
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+        raise PACLError(f"open_clip has no '{tag}' weights for {name} (known: {known})")
+    if tag is not None:
+        ok, why = weights_status(name, tag)
+        if not ok:
+            raise PACLError(
+                f"cannot load {name} '{tag}' weights: {why}; connect to the internet once to cache them, "
+                f"pass --pretrained /path/to/open_clip_model.safetensors, or use --model toy"
+            )
+    try:
+        with _quiet_hub_logs():
+            return open_clip.create_model(name, pretrained=tag, device=device)
+    except Exception as e:  # the hub's many error types, one sentence for the user
+        raise PACLError(
+            f"cannot load {name} '{tag}' weights ({type(e).__name__}); connect to the internet once to "
+            f"cache them or pass --pretrained /path/to/open_clip_model.safetensors"
+        ) from None
+
+
+def _create_from_file(name: str, path: Path, device: str) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise PACLError(f"{path}: no such weights file")
+    if path.suffix != ".safetensors":
+        raise PACLError(f"{path}: only .safetensors weight files are loaded (pickled checkpoints are refused)")
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as e:
+        raise PACLError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
+    model = open_clip.create_model(name, pretrained=None, device="cpu")
+    open_clip.model.resize_pos_embed(state, model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("attn_mask")]
+    if missing or unexpected:
+        raise PACLError(f"{path}: weights do not fit {name} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    return model.to(device)
+
+
+class Backbone:
+    """A frozen open_clip ViT. `.model` is the open_clip model itself; nothing here modifies it."""
+
+    def __init__(self, model, tokenizer, name: str, pretrained: str | None, image_size: int | None = None,
+                 templates="imagenet7", device: str = "cpu"):
+        visual = model.visual
+        assert isinstance(visual, open_clip.transformer.VisionTransformer), f"{name}: only ViT backbones are supported"
+        assert visual.attn_pool is None and visual.pool_type == "tok", f"{name}: needs a CLS-token ViT"
+        assert getattr(visual.transformer, "batch_first", True), f"{name}: needs a batch-first transformer"
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name, self.pretrained, self.device = name, pretrained, torch.device(device)
+        self.patch_size = int(open_clip.transformer.to_2tuple(visual.patch_size)[0])
+        self.native_grid = tuple(int(g) for g in visual.grid_size)
+        self.native_size = self.native_grid[0] * self.patch_size
+        self.image_size = int(image_size or self.native_size)
+        self.width = int(visual.conv1.out_channels)  # D_v, the width of the patch tokens
+        self.embed_dim = int(visual.proj.shape[1])  # D, the joint image-text space
+        self.templates = get_templates(templates)
+        cfg = getattr(visual, "preprocess_cfg", None) or {}
+        self.mean = torch.tensor(cfg.get("mean", OPENAI_MEAN), device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.get("std", OPENAI_STD), device=device).view(1, 3, 1, 1)
+        self.default_head: Path | None = None  # a PACL head shipped with this model, if any
+        self._pos_cache: dict = {}
+        self._text_cache: OrderedDict = OrderedDict()
+        self.text_encoder_calls = 0  # how many batches went through the text tower (for the cache bench)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.exp())
+
+    # ---- images -------------------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, 3, h, w) normalised float tensor, resized with antialiasing."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = x.permute(2, 0, 1)[None].float().div_(255.0)  # (1, 3, H, W)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+        return (x - self.mean) / self.std
+
+    def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(1 + h*w, W) positional embedding for a patch grid, bicubic-interpolated from the native one."""
+        pe = self.model.visual.positional_embedding  # (1 + H0*W0, W)
+        if tuple(grid) == self.native_grid:
+            return pe
+        key = (tuple(grid), pe.data_ptr(), pe._version)
+        if key not in self._pos_cache:
+            h0, w0 = self.native_grid
+            cls, pos = pe[:1], pe[1:].reshape(1, h0, w0, -1).permute(0, 3, 1, 2)  # (1, W, H0, W0)
+            pos = F.interpolate(pos.float(), size=grid, mode="bicubic", antialias=True, align_corners=False)
+            pos = pos.to(pe.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)  # (h*w, W)
+            self._pos_cache.clear()
+            self._pos_cache[key] = torch.cat([cls, pos], dim=0).detach()
+        return self._pos_cache[key]
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised images (B, 3, H, W) -> input tokens of the transformer (B, 1 + T, W) and the grid."""
+        visual = self.model.visual
+        H, W = images.shape[-2:]
+        assert H % self.patch_size == 0 and W % self.patch_size == 0, (
+            f"image size {H}x{W} must be a multiple of the patch size {self.patch_size}")
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, W, h, w)
+        grid = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # (B, T, W)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)  # (B, 1 + T, W)
+        return visual.ln_pre(x), grid
+
+    def patch_tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised images (B, 3, H, W) -> patch tokens after ln_post, before the projection (B, T, D_v).
+
+        `method` picks how the last transformer block runs (see pacl_core.methods); the model is never modified.
+        """
+        from .methods import run_last_block
+
+        x, grid = self.embed(images)  # (B, 1 + T, W)
+        blocks = self.model.visual.transformer.resblocks
+        for block in blocks[:-1]:
+            x = block(x)
+        x = run_last_block(blocks[-1], x, grid, method)  # (B, 1 + T, W)
+        x = self.model.visual.ln_post(x)
+        return x[:, 1:], grid  # (B, T, D_v)
+
+    def vanilla_patch_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, T, D_v) through CLIP's own projection -> (B, T, D)."""
+        return tokens @ self.model.visual.proj
+
+    # ---- text ---------------------------------------------------------------------------------
+    def text_embeddings(self, words, templates=None) -> torch.Tensor:
+        """Words -> (N, D) L2-normalised embeddings, each the mean over the prompt templates; cached."""
+        templates = self.templates if templates is None else get_templates(templates)
+        keys = [(w, templates) for w in words]
+        missing = list(OrderedDict.fromkeys(k for k in keys if k not in self._text_cache))
+        if missing:
+            self._encode_words([w for w, _ in missing], templates)
+        for k in keys:
+            self._text_cache.move_to_end(k)
+        out = torch.stack([self._text_cache[k] for k in keys]) if keys else torch.empty(0, self.embed_dim)
+        return out.to(self.device)
+
+    @torch.no_grad()
+    def _encode_words(self, words: list[str], templates: tuple) -> None:
+        prompts = [t.format(w) for w in words for t in templates]
+        tokens = self.tokenizer(prompts).to(self.device)  # (N * P, L); long words are truncated
+        self.text_encoder_calls += 1
+        emb = self.model.encode_text(tokens, normalize=True).float()  # (N * P, D)
+        emb = emb.view(len(words), len(templates), -1).mean(dim=1)  # (N, D)
+        emb = F.normalize(emb, dim=-1).cpu()
+        for w, e in zip(words, emb):
+            self._text_cache[(w, templates)] = e
+        while len(self._text_cache) > TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+
+
+def load_backbone(spec: str = DEFAULT_MODEL, pretrained: str | None = None, image_size: int | None = None,
+                  device: str = "cpu", templates=None) -> Backbone:
+    """'toy' | 'vit-b-16' | 'NAME[:TAG]' -> a ready Backbone. Errors are one-line PACLErrors."""
+    if spec == "toy":
+        from .toymodel import load_toy_backbone
+
+        return load_toy_backbone(image_size=image_size, device=device)
+    name, tag = parse_model_spec(spec, pretrained)
+    model = create_clip(name, tag, device=device)
+    tokenizer = open_clip.get_tokenizer(name)
+    default_size = 448 if image_size is None and model.visual.grid_size[0] * model.visual.patch_size[0] == 224 else None
+    return Backbone(model, tokenizer, name, tag, image_size=image_size or default_size,
+                    templates=templates or "imagenet7", device=device)

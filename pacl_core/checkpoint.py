@@ -1,0 +1,106 @@
+"""Checkpoints: tensors in safetensors, metadata in a small JSON beside them. No pickle is ever loaded.
+
+A PACL head `X.safetensors` has `X.json` with its backbone, dims, tau, logit scale and training info.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import PACLError
+from .pacl import VisionEmbedder
+
+HEAD_FORMAT = "pacl-head"
+FORMAT_VERSION = 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def meta_path(path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Save tensors to PATH.safetensors and meta to PATH.json, both atomically."""
+    path = Path(path).with_suffix(".safetensors")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    _atomic_write(meta_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
+    return path
+
+
+def load_tensors(path, expect_format: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read PATH.safetensors + PATH.json (either path may be given); one-line errors for every failure."""
+    path = Path(path)
+    path = path.with_suffix(".safetensors") if path.suffix == ".json" else path
+    if not path.is_file():
+        raise PACLError(f"{path}: no such checkpoint file")
+    if path.suffix != ".safetensors":
+        raise PACLError(f"{path}: checkpoints must be .safetensors files (pickled checkpoints are refused)")
+    mpath = meta_path(path)
+    if not mpath.is_file():
+        raise PACLError(f"{path}: its metadata file {mpath.name} is missing")
+    try:
+        meta = json.loads(mpath.read_text())
+        assert isinstance(meta, dict)
+    except (ValueError, AssertionError, UnicodeDecodeError):
+        raise PACLError(f"{mpath}: metadata is not a valid JSON object") from None
+    if expect_format is not None and meta.get("format") != expect_format:
+        raise PACLError(f"{path}: is a '{meta.get('format')}' checkpoint, expected '{expect_format}'")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as e:
+        raise PACLError(f"{path}: truncated or not a safetensors file ({type(e).__name__})") from None
+    return tensors, meta
+
+
+def save_head(path, head: VisionEmbedder, backbone=None, tau: float = 1.0, logit_scale: float | None = None,
+              training: dict | None = None) -> Path:
+    """Save a PACL vision embedder with everything needed to check it against a backbone later."""
+    meta = {
+        "format": HEAD_FORMAT, "version": FORMAT_VERSION,
+        "backbone": getattr(backbone, "name", None), "pretrained": getattr(backbone, "pretrained", None),
+        "in_dim": head.in_dim, "out_dim": head.out_dim, "hidden_dim": head.hidden_dim,
+        "tau": tau, "logit_scale": logit_scale, "training": training or {},
+    }
+    return save_tensors(path, head.state_dict(), meta)
+
+
+def load_head(path, backbone=None) -> VisionEmbedder:
+    """Load a PACL head; `head.meta` holds its metadata. Refuses heads made for another backbone."""
+    tensors, meta = load_tensors(path, HEAD_FORMAT)
+    try:
+        in_dim, out_dim, hidden = int(meta["in_dim"]), int(meta["out_dim"]), int(meta["hidden_dim"])
+    except (KeyError, TypeError, ValueError):
+        raise PACLError(f"{path}: metadata lacks in_dim / out_dim / hidden_dim") from None
+    if backbone is not None:
+        if meta.get("backbone") not in (None, backbone.name):
+            raise PACLError(f"{path}: this head was trained for {meta['backbone']}, not {backbone.name}")
+        if (in_dim, out_dim) != (backbone.width, backbone.embed_dim):
+            raise PACLError(f"{path}: head maps {in_dim}->{out_dim} but {backbone.name} needs "
+                            f"{backbone.width}->{backbone.embed_dim}")
+    head = VisionEmbedder(in_dim, out_dim, hidden)
+    expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != got:
+        raise PACLError(f"{path}: tensors do not match a {in_dim}->{out_dim} PACL head")
+    head.load_state_dict(tensors)
+    head.meta = meta
+    return head.eval()

@@ -1,0 +1,60 @@
+"""`python -m pacl_core COMMAND ...`: the command line. Each subcommand lives in pacl_core/commands/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import PACLError
+
+COMMANDS = ("segment", "evaluate", "train", "toy")
+
+
+def add_model_args(p: argparse.ArgumentParser, default_model: str = "vit-b-16") -> None:
+    """The options every command that loads a backbone shares."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default_model,
+                   help="'toy' (embedded, offline), 'vit-b-16' (OpenAI ViT-B/16) or an open_clip NAME[:TAG]; "
+                        "NAME:none gives random weights (default: %(default)s)")
+    g.add_argument("--pretrained", default=None,
+                   help="pretrained tag or local .safetensors file, overriding the one in --model")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="input size in pixels (default: 448 for ViT-B/16, the native size for toy)")
+    g.add_argument("--templates", default=None, help="prompt template set: imagenet7, imagenet80, single, bare")
+    g.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+
+
+def backbone_from_args(args):
+    from .backbone import load_backbone
+
+    return load_backbone(args.model, pretrained=args.pretrained, image_size=args.image_size,
+                         device=args.device, templates=args.templates)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pacl_core",
+        description="Open-vocabulary segmentation with CLIP and PACL patch alignment.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"pacl_core.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"pacl_core.commands.{name}":
+                continue  # a command not written yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except PACLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,115 @@
+"""`python -m pacl_core segment IMG... --words "dog, grass, sky"`: overlay, mask, heatmaps and a JSON per image.
+
+Outputs go to a staging folder first and move into --out only when every image has succeeded, so a bad
+input never leaves partial files behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..cli import add_model_args, backbone_from_args
+from ..errors import PACLError
+from ..inputs import MAX_SIDE, load_image, parse_words
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("segment", help="segment images with a list of words",
+                       description="Segment images: each pixel gets the word whose text embedding is closest.")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--words", required=True, help='comma-separated words, e.g. "dog, grass, sky"')
+    p.add_argument("--method", default="vanilla", help="vanilla, pacl, or a training-free method (default: vanilla)")
+    p.add_argument("--head", default=None, help="PACL head .safetensors (default: the one shipped with --model)")
+    p.add_argument("--mode", default="whole", choices=("whole", "slide"), help="whole-image or sliding-window")
+    p.add_argument("--window", type=int, default=None, help="sliding window size (default: the native size)")
+    p.add_argument("--stride", type=int, default=None, help="sliding window stride (default: window/2)")
+    p.add_argument("--background", default="none",
+                   help="none, score:T (background where the best cosine < T) or entropy:T (where the word "
+                        "distribution's entropy > T)")
+    p.add_argument("--out", required=True, help="output folder (one subfolder per image)")
+    add_model_args(p)
+    p.set_defaults(run=run)
+
+
+def slug(text: str, index: int) -> str:
+    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40]
+    return f"{index:02d}-{s}" if s else f"{index:02d}-word"
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        stems.append(p.stem if n == 0 else f"{p.stem}_{n + 1}")
+    return stems
+
+
+def write_outputs(folder: Path, seg, info: dict) -> None:
+    """overlay.png, mask.png (0 = background, k = k-th word), heatmap_NN-word.png, result.json."""
+    from ..viz import draw_heatmaps, draw_overlay
+
+    folder.mkdir(parents=True)
+    Image.fromarray(draw_overlay(seg)).save(folder / "overlay.png")
+    Image.fromarray((seg.mask.astype(np.int32) + 1).astype(np.uint8)).save(folder / "mask.png")
+    for i, (word, img) in enumerate(draw_heatmaps(seg)):
+        Image.fromarray(img).save(folder / f"heatmap_{slug(word, i + 1)}.png")
+    rows = seg.summary()
+    result = dict(info, words=seg.words, mask_labels=["background"] + seg.words,
+                  pixel_share={r["word"]: r["pixel_share"] for r in rows},
+                  mean_score={r["word"]: r["mean_score"] for r in rows if r["word"] in seg.words},
+                  image_size=[int(seg.image.shape[1]), int(seg.image.shape[0])], method=seg.method,
+                  logit_scale=seg.logit_scale, background=list(seg.background) if seg.background else None,
+                  notes=seg.notes + info.get("notes", []))
+    (folder / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+def run(args) -> int:
+    from ..segment import Segmenter
+
+    words, notes = parse_words(args.words)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PACLError(f"{out}: exists and is not a folder")
+    paths = [Path(p) for p in args.images]
+    for p in paths:  # fail on missing files before loading any model
+        if not p.is_file():
+            raise PACLError(f"{p}: no such file")
+    backbone = backbone_from_args(args)
+    segmenter = Segmenter(backbone, method=args.method, head=args.head, mode=args.mode, window=args.window,
+                          stride=args.stride, background=args.background)
+    for n in notes:
+        print(f"note: {n}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        for path, stem in tqdm(list(zip(paths, _unique_stems(paths))), desc="segmenting", unit="img",
+                               disable=len(paths) < 2):
+            image = load_image(path)
+            with Image.open(path) as im:
+                original = list(im.size)
+            seg = segmenter(image, words)
+            info = {"image": str(path), "original_size": original, "model": args.model,
+                    "backbone": backbone.name, "pretrained": backbone.pretrained, "notes": []}
+            if max(original) > MAX_SIDE:
+                info["notes"].append(f"downscaled from {original[0]}x{original[1]} to at most {MAX_SIDE} px")
+            write_outputs(staging / stem, seg, info)
+        out.mkdir(exist_ok=True)
+        for folder in sorted(staging.iterdir()):
+            target = out / folder.name
+            if target.exists():
+                shutil.rmtree(target)
+            folder.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {len(paths)} result folder{'s' if len(paths) > 1 else ''} to {out}")
+    return 0

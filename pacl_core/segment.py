@@ -1,0 +1,207 @@
+"""Open-vocabulary segmentation: an image and some words in, per-word score maps and a label mask out.
+
+`Segmenter(backbone, method)` scores every patch by its cosine to every word's text embedding, upsamples
+the patch scores to the image, and takes the per-pixel argmax (with an optional background rule).
+`method` is one checked string: "vanilla" (CLIP's own patch projection), "pacl" (a trained e_v head), or a
+training-free variant of the last block (see pacl_core.methods).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import PACLError
+from .inputs import MAX_WORDS, parse_words, to_rgb_array
+from .methods import check_method, method_defaults
+from .pacl import VisionEmbedder, patch_similarity
+
+MODES = ("whole", "slide")
+BACKGROUND_RULES = ("score", "entropy")
+
+
+def parse_background(spec) -> tuple[str, float] | None:
+    """None | 'none' | 'score:0.2' | 'entropy:1.5' | ('score', 0.2) -> None or (rule, threshold)."""
+    if spec is None or spec == "none" or spec == "":
+        return None
+    if isinstance(spec, str):
+        rule, _, value = spec.partition(":")
+        try:
+            spec = (rule, float(value))
+        except ValueError:
+            raise PACLError(f"background '{spec}' must look like score:0.2 or entropy:1.5") from None
+    rule, thr = spec
+    if rule not in BACKGROUND_RULES:
+        raise PACLError(f"unknown background rule '{rule}'; use one of {', '.join(BACKGROUND_RULES)} (or none)")
+    return rule, float(thr)
+
+
+def scores_to_probs(scores: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """Cosines (..., K, H, W) -> per-pixel class distribution softmax(logit_scale · cos) over K."""
+    return torch.softmax(scores * logit_scale, dim=-3)
+
+
+def label_mask(scores: torch.Tensor, logit_scale: float, background=None) -> torch.Tensor:
+    """Cosines (K, H, W) -> (H, W) int64 word index per pixel, -1 where the background rule fires."""
+    top, mask = scores.max(dim=0)  # (H, W)
+    if background is not None:
+        rule, thr = background
+        if rule == "score":
+            bg = top < thr
+        else:
+            p = scores_to_probs(scores, logit_scale)  # (K, H, W)
+            entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=0)  # (H, W)
+            bg = entropy > thr
+        mask = torch.where(bg, torch.full_like(mask, -1), mask)
+    return mask
+
+
+@dataclass
+class Segmentation:
+    """What one image and K words give. Arrays are numpy; maps are at the image's resolution."""
+
+    words: list[str]
+    image: np.ndarray  # (H, W, 3) uint8, the image as segmented
+    scores: np.ndarray  # (K, H, W) float32 cosine of each pixel's (upsampled) patch score with each word
+    mask: np.ndarray  # (H, W) int16 word index, -1 = background
+    patch_logits: np.ndarray  # (K, h, w) float32 patch-level cosines
+    method: str
+    logit_scale: float
+    background: tuple | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def probs(self) -> np.ndarray:
+        """(K, H, W) softmax over words of logit_scale · cosine; in [0, 1] and summing to 1 per pixel."""
+        return scores_to_probs(torch.from_numpy(self.scores), self.logit_scale).numpy()
+
+    @cached_property
+    def heatmaps(self) -> np.ndarray:
+        """(K, H, W) in [0, 1]: the word distribution for K > 1; for a single word its min-max scaled cosine."""
+        if len(self.words) > 1:
+            return self.probs
+        s = self.scores
+        lo, hi = float(s.min()), float(s.max())
+        return ((s - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(s)
+
+    def summary(self) -> list[dict]:
+        """Per word: share of pixels labelled with it, and its mean / max cosine over the image."""
+        n = self.mask.size
+        rows = []
+        for k, w in enumerate(self.words):
+            rows.append({"word": w, "pixel_share": float((self.mask == k).sum() / n),
+                         "mean_score": float(self.scores[k].mean()), "max_score": float(self.scores[k].max())})
+        if self.background is not None:
+            rows.append({"word": "background", "pixel_share": float((self.mask < 0).sum() / n),
+                         "mean_score": float("nan"), "max_score": float("nan")})
+        return rows
+
+
+def _round_to(n: float, multiple: int) -> int:
+    return max(multiple, int(round(n / multiple)) * multiple)
+
+
+def _window_starts(length: int, window: int, stride: int) -> list[int]:
+    starts = list(range(0, max(length - window, 0) + 1, stride))
+    if starts[-1] + window < length:
+        starts.append(length - window)
+    return starts
+
+
+class Segmenter:
+    """Segment images with one method on one frozen backbone (shared by every method)."""
+
+    def __init__(self, backbone, method: str = "vanilla", head: VisionEmbedder | str | None = None,
+                 image_size: int | None = None, mode: str = "whole", window: int | None = None,
+                 stride: int | None = None, background=None, logit_scale: float | None = None, tau: float = 1.0,
+                 max_words: int = MAX_WORDS):
+        self.backbone, self.method = backbone, check_method(method)
+        if mode not in MODES:
+            raise PACLError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
+        self.head = self._resolve_head(head) if method == "pacl" else None
+        p = backbone.patch_size
+        self.image_size = _round_to(image_size or backbone.image_size, p)
+        self.mode = mode
+        self.window = _round_to(window or backbone.native_size, p)
+        self.stride = _round_to(stride or self.window // 2, p)
+        self.background = parse_background(background)
+        self.tau, self.max_words = tau, max_words
+        defaults = method_defaults(method)
+        head_scale = (getattr(self.head, "meta", None) or {}).get("logit_scale") if self.head is not None else None
+        self.logit_scale = float(logit_scale or defaults.get("logit_scale") or head_scale or backbone.logit_scale)
+
+    def _resolve_head(self, head):
+        from .checkpoint import load_head
+
+        if head is None:
+            head = self.backbone.default_head
+        if head is None:
+            raise PACLError(
+                "method 'pacl' needs a trained PACL head: pass --head FILE.safetensors "
+                "(train one with `python -m pacl_core train`), or use --model toy, which ships one")
+        if not isinstance(head, torch.nn.Module):
+            head = load_head(head, self.backbone)
+        return head.to(self.backbone.device).eval()
+
+    # ---- the patch level: the same numbers for every method -----------------------------------
+    @torch.no_grad()
+    def patch_embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised images (B, 3, H, W) -> this method's patch embeddings (B, T, D) in the joint space."""
+        tokens, grid = self.backbone.patch_tokens(images, self.method)  # (B, T, D_v)
+        if self.method == "pacl":
+            return self.head(tokens.to(self.head.linear.weight.dtype)), grid  # (B, T, D)
+        return self.backbone.vanilla_patch_embeddings(tokens), grid  # (B, T, D)
+
+    @torch.no_grad()
+    def patch_logits(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Cosine of every patch with every word: (B, 3, H, W), (K, D) -> (B, K, h, w)."""
+        emb, (h, w) = self.patch_embeddings(images)  # (B, T, D)
+        s = patch_similarity(emb.float(), text_emb.to(emb.device).float())  # (B, K, T)
+        return s.view(s.shape[0], s.shape[1], h, w)  # (B, K, h, w)
+
+    # ---- the image level ----------------------------------------------------------------------
+    def _logits_whole(self, image: np.ndarray, text: torch.Tensor) -> torch.Tensor:
+        S = self.image_size
+        x = self.backbone.preprocess(image, (S, S))  # (1, 3, S, S)
+        return self.patch_logits(x, text)[0]  # (K, h, w)
+
+    def _logits_slide(self, image: np.ndarray, text: torch.Tensor) -> torch.Tensor:
+        """Average of per-window logits over a grid of windows covering the resized image -> (K, H', W')."""
+        H, W = image.shape[:2]
+        p, win, stride = self.backbone.patch_size, self.window, self.stride
+        scale = self.image_size / min(H, W)
+        Hs, Ws = max(win, _round_to(H * scale, p)), max(win, _round_to(W * scale, p))
+        x = self.backbone.preprocess(image, (Hs, Ws))  # (1, 3, Hs, Ws)
+        K = text.shape[0]
+        total = torch.zeros(K, Hs, Ws, device=x.device)
+        count = torch.zeros(1, Hs, Ws, device=x.device)
+        boxes = [(y, x0) for y in _window_starts(Hs, win, stride) for x0 in _window_starts(Ws, win, stride)]
+        for i in range(0, len(boxes), 16):  # windows go through the backbone in batches
+            batch = boxes[i:i + 16]
+            crops = torch.cat([x[:, :, y:y + win, x0:x0 + win] for y, x0 in batch])  # (b, 3, win, win)
+            logits = self.patch_logits(crops, text)  # (b, K, h, w)
+            logits = F.interpolate(logits, size=(win, win), mode="bilinear", align_corners=False)
+            for (y, x0), lg in zip(batch, logits):
+                total[:, y:y + win, x0:x0 + win] += lg
+                count[:, y:y + win, x0:x0 + win] += 1
+        return total / count  # (K, Hs, Ws)
+
+    def __call__(self, image, words, background="default") -> Segmentation:
+        """Segment one image (PIL, numpy or path; any size) with words ('dog, sky' or a list)."""
+        image = to_rgb_array(image)  # (H, W, 3) uint8
+        words, notes = parse_words(words, self.max_words)
+        background = self.background if background == "default" else parse_background(background)
+        text = self.backbone.text_embeddings(words)  # (K, D)
+        H, W = image.shape[:2]
+        low = self._logits_whole(image, text) if self.mode == "whole" else self._logits_slide(image, text)
+        scores = F.interpolate(low[None].float(), size=(H, W), mode="bilinear", align_corners=False)[0]  # (K, H, W)
+        mask = label_mask(scores, self.logit_scale, background)  # (H, W)
+        # patch level: the grid itself (whole) or the window average pooled back to patches (slide)
+        patch = low if self.mode == "whole" else F.avg_pool2d(low[None], self.backbone.patch_size)[0]
+        return Segmentation(words=words, image=image, scores=scores.cpu().numpy(),
+                            mask=mask.to(torch.int16).cpu().numpy(), patch_logits=patch.float().cpu().numpy(),
+                            method=self.method, logit_scale=self.logit_scale, background=background, notes=notes)

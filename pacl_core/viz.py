@@ -1,0 +1,125 @@
+"""Drawing: a fixed palette, mask overlays with a legend, per-word heatmaps. numpy/OpenCV/matplotlib only."""
+
+from __future__ import annotations
+
+import colorsys
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from matplotlib import colormaps, font_manager
+from PIL import Image, ImageDraw, ImageFont
+
+# 20 well-separated colours (after Kelly's and Glasbey's lists); more are spaced by the golden ratio.
+_BASE = [
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+    (0, 0, 128), (128, 128, 128),
+]
+BACKGROUND_COLOR = (0, 0, 0)
+MIN_DISPLAY_SIDE = 320  # overlays of smaller images are enlarged (nearest) so the legend stays legible
+
+
+def palette(k: int) -> np.ndarray:
+    """(k, 3) uint8 colours: the same word index always gets the same colour."""
+    colors = list(_BASE[:k])
+    for i in range(len(colors), k):
+        h = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(h, 0.65 + 0.35 * ((i // 7) % 2), 0.95 - 0.3 * ((i // 3) % 2))
+        colors.append((int(r * 255), int(g * 255), int(b * 255)))
+    return np.array(colors, dtype=np.uint8).reshape(k, 3)
+
+
+def colorize_mask(mask: np.ndarray, k: int) -> np.ndarray:
+    """(H, W) word indices (-1 = background) -> (H, W, 3) uint8 colours."""
+    lut = np.vstack([palette(k), np.array([BACKGROUND_COLOR], dtype=np.uint8)])  # index -1 -> last row
+    return lut[np.where(mask < 0, k, mask)]
+
+
+def enlarge(image: np.ndarray, min_side: int = MIN_DISPLAY_SIDE, nearest: bool = True) -> np.ndarray:
+    h, w = image.shape[:2]
+    if min(h, w) >= min_side:
+        return image
+    f = int(np.ceil(min_side / max(1, min(h, w))))
+    return cv2.resize(image, (w * f, h * f), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, k: int, alpha: float = 0.55) -> np.ndarray:
+    """Blend mask colours over the image and outline each region. Background pixels stay as they are."""
+    color = colorize_mask(mask, k).astype(np.float32)
+    out = image.astype(np.float32)
+    fg = (mask >= 0)[..., None]
+    out = np.where(fg, (1 - alpha) * out + alpha * color, out)
+    edges = cv2.morphologyEx((mask + 1).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    out[edges] = 255.0
+    return out.clip(0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def _font(size: int):
+    try:
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except OSError:
+        return ImageFont.load_default(size)
+
+
+def _short(text: str, n: int = 28) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def add_legend(image: np.ndarray, labels: list[str], colors: np.ndarray) -> np.ndarray:
+    """Append a panel on the right with one colour swatch and label per entry."""
+    h = image.shape[0]
+    size = int(np.clip(h / 28, 12, 22))
+    row = int(size * 1.6)
+    font = _font(size)
+    texts = [_short(t) for t in labels]
+    width = 2 * size + max(int(font.getlength(t)) for t in texts) + size + 8
+    cols = max(1, int(np.ceil(len(texts) * row / max(h - size, row))))
+    panel = Image.new("RGB", (width * cols, max(h, row * int(np.ceil(len(texts) / cols)) + size)), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    per_col = int(np.ceil(len(texts) / cols))
+    for i, (t, c) in enumerate(zip(texts, colors)):
+        x, y = (i // per_col) * width + size // 2, size // 2 + (i % per_col) * row
+        draw.rectangle([x, y, x + size, y + size], fill=tuple(int(v) for v in c), outline=(0, 0, 0))
+        draw.text((x + int(size * 1.5), y - size // 8), t, fill=(0, 0, 0), font=font)
+    panel = np.asarray(panel)
+    canvas = np.full((panel.shape[0], image.shape[1] + panel.shape[1], 3), 255, np.uint8)
+    canvas[:h, : image.shape[1]] = image
+    canvas[:, image.shape[1]:] = panel
+    return canvas
+
+
+def draw_overlay(seg, legend: bool = True) -> np.ndarray:
+    """A Segmentation -> overlay image with its legend (background listed when present)."""
+    k = len(seg.words)
+    img = overlay_mask(enlarge(seg.image, nearest=False), enlarge(seg.mask.astype(np.int32)), k)
+    if not legend:
+        return img
+    labels, colors = list(seg.words), palette(k)
+    if seg.background is not None:
+        labels.append("background")
+        colors = np.vstack([colors, np.array([BACKGROUND_COLOR], np.uint8)])
+    return add_legend(img, labels, colors)
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, cmap: str = "turbo", alpha: float = 0.5,
+                    title: str | None = None) -> np.ndarray:
+    """A (H, W) map in [0, 1] coloured with a matplotlib colormap and blended on the image."""
+    colored = colormaps[cmap](np.clip(heat, 0, 1))[..., :3] * 255.0  # (H, W, 3)
+    out = ((1 - alpha) * image.astype(np.float32) + alpha * colored).clip(0, 255).astype(np.uint8)
+    out = enlarge(out, nearest=False)
+    if title:
+        pil = Image.fromarray(out)
+        draw = ImageDraw.Draw(pil)
+        size = int(np.clip(out.shape[0] / 18, 12, 28))
+        draw.text((6, 4), _short(title, 40), fill=(255, 255, 255), font=_font(size), stroke_width=2,
+                  stroke_fill=(0, 0, 0))
+        out = np.asarray(pil)
+    return out
+
+
+def draw_heatmaps(seg, cmap: str = "turbo") -> list[tuple[str, np.ndarray]]:
+    """One blended heatmap image per word, titled with the word."""
+    return [(w, heatmap_overlay(seg.image, seg.heatmaps[k], cmap, title=w)) for k, w in enumerate(seg.words)]
