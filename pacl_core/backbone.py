@@ -223,8 +223,8 @@ class Backbone:
         x = torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)  # (B, 1 + T, W)
         return visual.ln_pre(x), grid
 
-    def patch_tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
-        """Normalised images (B, 3, H, W) -> patch tokens after ln_post, before the projection (B, T, D_v).
+    def tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised images (B, 3, H, W) -> all output tokens after ln_post, CLS first: (B, 1 + T, D_v).
 
         `method` picks how the last transformer block runs (see pacl_core.methods); the model is never modified.
         """
@@ -235,8 +235,20 @@ class Backbone:
         for block in blocks[:-1]:
             x = block(x)
         x = run_last_block(blocks[-1], x, grid, method)  # (B, 1 + T, W)
-        x = self.model.visual.ln_post(x)
+        return self.model.visual.ln_post(x), grid  # (B, 1 + T, D_v)
+
+    def patch_tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised images (B, 3, H, W) -> patch tokens after ln_post, before the projection (B, T, D_v)."""
+        x, grid = self.tokens(images, method)
         return x[:, 1:], grid  # (B, T, D_v)
+
+    def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP's own image embedding (the CLS token through the projection), L2-normalised: (B, D).
+
+        At the native size this equals model.encode_image; other sizes use interpolated positions.
+        """
+        x, _ = self.tokens(images, "vanilla")  # (B, 1 + T, D_v)
+        return F.normalize(x[:, 0] @ self.model.visual.proj, dim=-1)  # (B, D)
 
     def vanilla_patch_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """Patch tokens (B, T, D_v) through CLIP's own projection -> (B, T, D)."""
