@@ -69,6 +69,25 @@ def to_rgb_array(image, max_side: int = MAX_SIDE) -> np.ndarray:
     return pil_to_rgb(Image.fromarray(np.ascontiguousarray(arr)), max_side)
 
 
+def check_image_file(path) -> tuple[int, int]:
+    """Cheap check that a file is a readable image (header and checksums, no full decode) -> (width, height)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PACLError(f"{path}: {'is a folder, not an image' if path.is_dir() else 'no such file'}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                size = img.size
+                img.verify()
+    except UnidentifiedImageError:
+        raise PACLError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PACLError(f"{path}: cannot decode image, the file is corrupt or truncated ({reason})") from None
+    return size
+
+
 def load_image(path, max_side: int = MAX_SIDE) -> np.ndarray:
     """Read an image file into an (H, W, 3) uint8 RGB array, with one-line errors for bad files."""
     path = Path(path)

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from ..cli import add_model_args, backbone_from_args
 from ..errors import PACLError
-from ..inputs import MAX_SIDE, load_image, parse_words
+from ..inputs import MAX_SIDE, check_image_file, load_image, parse_words
+from ..methods import check_method
 
 
 def add_parser(sub) -> None:
@@ -26,14 +27,20 @@ def add_parser(sub) -> None:
                        description="Segment images: each pixel gets the word whose text embedding is closest.")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--words", required=True, help='comma-separated words, e.g. "dog, grass, sky"')
-    p.add_argument("--method", default="vanilla", help="vanilla, pacl, or a training-free method (default: vanilla)")
+    p.add_argument("--method", default="vanilla",
+                   help="vanilla, pacl, or a training-free method: maskclip, sclip, clearclip, naclip "
+                        "(default: vanilla)")
     p.add_argument("--head", default=None, help="PACL head .safetensors (default: the one shipped with --model)")
-    p.add_argument("--mode", default="whole", choices=("whole", "slide"), help="whole-image or sliding-window")
-    p.add_argument("--window", type=int, default=None, help="sliding window size (default: the native size)")
+    p.add_argument("--mode", default=None, choices=("whole", "slide"),
+                   help="whole-image or sliding-window (default: the method's own; whole for vanilla and pacl)")
+    p.add_argument("--window", type=int, default=None,
+                   help="sliding window size (default: the method's own, else the native size)")
     p.add_argument("--stride", type=int, default=None, help="sliding window stride (default: window/2)")
     p.add_argument("--background", default="none",
-                   help="none, score:T (background where the best cosine < T) or entropy:T (where the word "
-                        "distribution's entropy > T)")
+                   help="none, score:T (background where the best cosine < T), entropy:T (where the word "
+                        "distribution's entropy > T) or prob:T (where the best word's probability < T)")
+    p.add_argument("--refine", default="none", choices=("none", "pamr"),
+                   help="post-processing of the score maps: pamr (as SCLIP / NACLIP use it) or none")
     p.add_argument("--out", required=True, help="output folder (one subfolder per image)")
     add_model_args(p)
     p.set_defaults(run=run)
@@ -77,26 +84,24 @@ def run(args) -> int:
     from ..segment import Segmenter
 
     words, notes = parse_words(args.words)
+    check_method(args.method)  # an unknown method fails before any model loads
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise PACLError(f"{out}: exists and is not a folder")
     paths = [Path(p) for p in args.images]
-    for p in paths:  # fail on missing files before loading any model
-        if not p.is_file():
-            raise PACLError(f"{p}: no such file")
+    sizes = [check_image_file(p) for p in paths]  # fail on bad files before loading any model
     backbone = backbone_from_args(args)
     segmenter = Segmenter(backbone, method=args.method, head=args.head, mode=args.mode, window=args.window,
-                          stride=args.stride, background=args.background)
+                          stride=args.stride, background=args.background, image_size=args.image_size,
+                          refine=None if args.refine == "none" else args.refine)
     for n in notes:
         print(f"note: {n}")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
-        for path, stem in tqdm(list(zip(paths, _unique_stems(paths))), desc="segmenting", unit="img",
-                               disable=len(paths) < 2):
+        jobs = list(zip(paths, _unique_stems(paths), sizes))
+        for path, stem, original in tqdm(jobs, desc="segmenting", unit="img", disable=len(paths) < 2 or None):
             image = load_image(path)
-            with Image.open(path) as im:
-                original = list(im.size)
             seg = segmenter(image, words)
             info = {"image": str(path), "original_size": original, "model": args.model,
                     "backbone": backbone.name, "pretrained": backbone.pretrained, "notes": []}

@@ -1,0 +1,32 @@
+"""Shared fixtures: small random-weight backbones, loaded once per test session."""
+
+import numpy as np
+import pytest
+import torch
+
+from pacl_core.backbone import load_backbone
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A tiny random open_clip ViT from pacl_core/model_configs (32 px, patch 8, D_v=64, D=32)."""
+    torch.manual_seed(0)
+    return load_backbone("PACL-Tiny-Test:none")
+
+
+@pytest.fixture(scope="session")
+def vitb():
+    """Random-init ViT-B-16-quickgelu: the real architecture without its weights."""
+    torch.manual_seed(0)
+    return load_backbone("ViT-B-16-quickgelu:none")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def random_image(rng, h, w, channels=3, dtype=np.uint8):
+    top = 65535 if dtype == np.uint16 else 255
+    shape = (h, w) if channels == 1 else (h, w, channels)
+    return rng.integers(0, top + 1, size=shape).astype(dtype)

@@ -1,0 +1,121 @@
+"""The backbone: token shapes, equality with open_clip's own forward, interpolation, text cache, loading errors."""
+
+import time
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pacl_core.backbone import load_backbone, parse_model_spec, weights_status
+from pacl_core.errors import PACLError
+
+
+def test_patch_tokens_match_open_clip_at_native_size(tiny):
+    x = torch.randn(2, 3, 32, 32)
+    visual = tiny.model.visual
+    visual.output_tokens = True
+    try:
+        pooled, ref_tokens = visual(x)
+    finally:
+        visual.output_tokens = False
+    tokens, grid = tiny.patch_tokens(x)
+    assert grid == (4, 4) and tokens.shape == (2, 16, tiny.width)
+    torch.testing.assert_close(tokens, ref_tokens)  # after ln_post, before the projection
+    torch.testing.assert_close(tiny.vanilla_patch_embeddings(tokens), tokens @ tiny.model.visual.proj)
+    torch.testing.assert_close(tiny.image_embedding(x), tiny.model.encode_image(x, normalize=True))
+
+
+def test_vitb16_at_448_gives_28x28_patches(vitb):
+    assert (vitb.width, vitb.embed_dim, vitb.patch_size, vitb.image_size) == (768, 512, 16, 448)
+    tokens, grid = vitb.patch_tokens(torch.randn(1, 3, 448, 448))
+    assert grid == (28, 28) and tokens.shape == (1, 784, 768)
+    assert vitb.vanilla_patch_embeddings(tokens).shape == (1, 784, 512)
+
+
+def test_positional_embedding_interpolation(tiny):
+    pe = tiny.positional_embedding((4, 4))
+    assert pe is tiny.model.visual.positional_embedding  # native grid: untouched
+    big = tiny.positional_embedding((6, 10))  # non-square
+    assert big.shape == (1 + 60, tiny.width)
+    torch.testing.assert_close(big[0], pe[0])  # the CLS position is kept
+    tokens, grid = tiny.patch_tokens(torch.randn(1, 3, 48, 80))
+    assert grid == (6, 10) and tokens.shape == (1, 60, tiny.width)
+
+
+def test_text_embeddings_normalised_and_cached(tiny):
+    tiny._text_cache.clear()
+    calls = tiny.text_encoder_calls
+    e = tiny.text_embeddings(["dog", "grass", "sky"])
+    assert e.shape == (3, tiny.embed_dim)
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(3))
+    assert tiny.text_encoder_calls == calls + 1
+    again = tiny.text_embeddings(["sky", "dog"])
+    assert tiny.text_encoder_calls == calls + 1  # no text-tower work for cached words
+    torch.testing.assert_close(again, e[[2, 0]])
+    other = tiny.text_embeddings(["dog"], templates="single")  # templates are part of the key
+    assert tiny.text_encoder_calls == calls + 2
+    assert not torch.allclose(other[0], e[0])
+
+
+def test_text_embedding_is_template_mean(tiny):
+    templates = ("a photo of a {}.", "art of the {}.")
+    e = tiny.text_embeddings(["cat"], templates=templates)[0]
+    with torch.no_grad():
+        each = tiny.model.encode_text(tiny.tokenizer([t.format("cat") for t in templates]), normalize=True)
+    torch.testing.assert_close(e, torch.nn.functional.normalize(each.mean(0), dim=-1))
+
+
+def test_long_and_unicode_words_do_not_crash(tiny):
+    e = tiny.text_embeddings(["x" * 500, "🐶 dog", "Straße", "猫"])
+    assert e.shape == (4, tiny.embed_dim) and torch.isfinite(e).all()
+
+
+def test_model_spec_parsing():
+    assert parse_model_spec("vit-b-16") == ("ViT-B-16-quickgelu", "openai")
+    assert parse_model_spec("ViT-B-16:openai") == ("ViT-B-16-quickgelu", "openai")  # QuickGELU for OpenAI
+    assert parse_model_spec("ViT-B-16", "openai") == ("ViT-B-16-quickgelu", "openai")
+    assert parse_model_spec("ViT-B-16-quickgelu:none") == ("ViT-B-16-quickgelu", None)
+    with pytest.raises(PACLError, match="unknown model"):
+        parse_model_spec("ViT-Z-99")
+
+
+def test_offline_real_weights_fail_fast_with_one_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ok, why = weights_status("vit-b-16")
+    assert not ok and "not cached" in why
+    t = time.time()
+    with pytest.raises(PACLError) as err:
+        load_backbone("vit-b-16")
+    msg = str(err.value)
+    assert "\n" not in msg and "cannot load ViT-B-16-quickgelu 'openai'" in msg and "--pretrained" in msg
+    assert time.time() - t < 10
+
+
+def test_unknown_pretrained_tag():
+    with pytest.raises(PACLError, match="no 'nonsense' weights"):
+        load_backbone("ViT-B-16-quickgelu", pretrained="nonsense")
+
+
+def test_local_safetensors_weights_load(tmp_path, tiny):
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(path))
+    other = load_backbone("PACL-Tiny-Test", pretrained=str(path))
+    for (k, a), b in zip(tiny.model.state_dict().items(), other.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"not loaded")
+    with pytest.raises(PACLError, match="pickled checkpoints are refused"):
+        load_backbone("PACL-Tiny-Test", pretrained=str(path))
+
+
+def test_backbone_is_frozen_and_unmodified_by_use(tiny):
+    assert not any(p.requires_grad for p in tiny.model.parameters())
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    tiny.patch_tokens(torch.randn(1, 3, 64, 48))
+    for k, v in tiny.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert "PACL-Tiny-Test" in open_clip.list_models()

@@ -1,0 +1,102 @@
+"""The command line: outputs of `segment`, and bad input as one line on stderr with no partial files."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pacl_core.cli import main
+
+TINY = ["--model", "PACL-Tiny-Test:none"]
+
+
+@pytest.fixture
+def images(tmp_path, rng):
+    paths = []
+    for i, size in enumerate([(40, 30), (25, 50)]):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def run_cli(*args):
+    """Run in a real subprocess: the exit code and the streams a user sees."""
+    return subprocess.run([sys.executable, "-m", "pacl_core", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_help_lists_subcommands():
+    out = run_cli("--help")
+    assert out.returncode == 0 and "segment" in out.stdout
+
+
+def test_segment_writes_every_output(tmp_path, images, capsys):
+    out = tmp_path / "out"
+    code = main(["segment", *map(str, images), "--words", "dog, grass, dog, 🐶", "--out", str(out),
+                 "--background", "score:0.0", *TINY])
+    assert code == 0
+    assert "removed duplicate word: dog" in capsys.readouterr().out
+    for p, (h, w) in zip(images, [(40, 30), (25, 50)]):
+        folder = out / p.stem
+        names = sorted(f.name for f in folder.iterdir())
+        assert names == ["heatmap_01-dog.png", "heatmap_02-grass.png", "heatmap_03-word.png", "mask.png",
+                         "overlay.png", "result.json"]
+        mask = np.asarray(Image.open(folder / "mask.png"))
+        assert mask.shape == (h, w) and mask.max() <= 3
+        result = json.loads((folder / "result.json").read_text())
+        assert result["words"] == ["dog", "grass", "🐶"] and result["image_size"] == [w, h]
+        assert result["mask_labels"] == ["background", "dog", "grass", "🐶"]
+        assert result["method"] == "vanilla" and result["model"] == "PACL-Tiny-Test:none"
+        assert sum(result["pixel_share"].values()) == pytest.approx(1.0)
+        for k, word in enumerate(result["mask_labels"]):  # the JSON shares agree with the mask PNG
+            assert result["pixel_share"][word] == pytest.approx((mask == k).mean())
+    assert not [f for f in tmp_path.iterdir() if "staging" in f.name]
+
+
+@pytest.mark.parametrize("case", ["non_image", "corrupt", "empty_words", "too_many_words", "missing", "bad_method"])
+def test_bad_input_exits_nonzero_with_one_line_and_no_files(tmp_path, images, case):
+    out = tmp_path / "out"
+    words = "dog, sky"
+    imgs = [images[0]]
+    extra = []
+    if case == "non_image":
+        bad = tmp_path / "notes.png"
+        bad.write_text("not really a png")
+        imgs = [images[0], bad]  # the good image first: nothing of it may remain
+    elif case == "corrupt":
+        bad = tmp_path / "cut.png"
+        bad.write_bytes(images[1].read_bytes()[:60])
+        imgs = [images[0], bad]
+    elif case == "empty_words":
+        words = " , "
+    elif case == "too_many_words":
+        words = ", ".join(f"w{i}" for i in range(200))
+    elif case == "missing":
+        imgs = [tmp_path / "nope.jpg"]
+    elif case == "bad_method":
+        extra = ["--method", "magic"]
+    res = run_cli("segment", *imgs, "--words", words, "--out", out, *TINY, *extra)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+    assert not [f for f in tmp_path.iterdir() if "staging" in f.name]
+
+
+def test_offline_real_model_is_one_line(tmp_path, images, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    res = run_cli("segment", images[0], "--words", "dog", "--out", tmp_path / "o", "--model", "vit-b-16")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "cannot load ViT-B-16-quickgelu 'openai' weights" in res.stderr
+
+
+def test_slide_mode_and_progress(tmp_path, images, capsys):
+    out = tmp_path / "o"
+    assert main(["segment", *map(str, images), "--words", "a, b", "--out", str(out), "--mode", "slide",
+                 *TINY]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["img0", "img1"]

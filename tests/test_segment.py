@@ -1,0 +1,119 @@
+"""Segmenter: shapes at any image size, patch logits against a direct computation, background rules."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pacl_core.checkpoint import save_head
+from pacl_core.errors import PACLError
+from pacl_core.pacl import VisionEmbedder
+from pacl_core.segment import Segmenter, label_mask, parse_background
+from tests.conftest import random_image
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (37, 53, 3), (64, 20, 4), (33, 47, 1), (200, 120, 3)])
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_mask_size_equals_image(tiny, rng, shape, mode):
+    h, w, c = shape
+    img = random_image(rng, h, w, c)
+    seg = Segmenter(tiny, mode=mode, image_size=48)(img, "dog, grass, sky")
+    assert seg.mask.shape == (h, w) and seg.scores.shape == (3, h, w) and seg.heatmaps.shape == (3, h, w)
+    assert seg.image.shape == (h, w, 3)
+    assert seg.mask.min() >= 0 and seg.mask.max() < 3
+    assert seg.patch_logits.ndim == 3 and seg.patch_logits.shape[0] == 3
+    assert np.array_equal(seg.mask, seg.scores.argmax(0))
+
+
+def test_sixteen_bit_array_is_accepted(tiny, rng):
+    img = random_image(rng, 40, 40, 3, np.uint16)
+    assert Segmenter(tiny)(img, ["a", "b"]).mask.shape == (40, 40)
+
+
+def test_patch_logits_are_cosines(tiny):
+    seg = Segmenter(tiny, image_size=32)
+    x = torch.randn(2, 3, 32, 32)
+    text = tiny.text_embeddings(["dog", "cat", "sky"])
+    got = seg.patch_logits(x, text)
+    assert got.shape == (2, 3, 4, 4)
+    tokens, _ = tiny.patch_tokens(x)
+    emb = tokens @ tiny.model.visual.proj  # (2, 16, D)
+    ref = F.normalize(emb, dim=-1) @ F.normalize(text, dim=-1).T  # (2, 16, 3)
+    torch.testing.assert_close(got, ref.permute(0, 2, 1).reshape(2, 3, 4, 4))
+
+
+def test_whole_mode_uses_chosen_size(vitb, rng):
+    seg = Segmenter(vitb, image_size=448)(random_image(rng, 300, 500), ["sky"])
+    assert seg.patch_logits.shape == (1, 28, 28)
+
+
+def test_heatmaps_and_probs(tiny, rng):
+    seg = Segmenter(tiny)(random_image(rng, 30, 30), "a, b, c")
+    assert 0 <= seg.heatmaps.min() and seg.heatmaps.max() <= 1
+    np.testing.assert_allclose(seg.probs.sum(0), 1, atol=1e-5)
+    one = Segmenter(tiny)(random_image(rng, 30, 30), "a")
+    assert one.heatmaps.min() == 0 and one.heatmaps.max() == pytest.approx(1)
+
+
+def test_background_rules(tiny, rng):
+    img = random_image(rng, 40, 40)
+    high = Segmenter(tiny, background="score:1.01")(img, "a, b")
+    assert (high.mask == -1).all()  # cosines never exceed 1
+    low = Segmenter(tiny, background="score:-1.01")(img, "a, b")
+    assert (low.mask >= 0).all()
+    ent = Segmenter(tiny, background="entropy:0.0")(img, "a, b")
+    assert (ent.mask == -1).all()  # any spread-out distribution has entropy > 0
+    rows = high.summary()
+    assert rows[-1]["word"] == "background" and rows[-1]["pixel_share"] == 1.0
+
+
+def test_entropy_rule_against_hand_computation():
+    scores = torch.tensor([[[0.30, 0.10]], [[0.29, 0.50]]])  # (K=2, H=1, W=2)
+    p = torch.softmax(scores * 100, 0)
+    entropy = -(p * p.log()).sum(0)
+    mask = label_mask(scores, 100.0, ("entropy", 0.5))
+    expected = [-1 if entropy[0, j] > 0.5 else int(scores[:, 0, j].argmax()) for j in range(2)]
+    assert mask[0].tolist() == expected and -1 in expected
+
+
+def test_background_spec_errors():
+    assert parse_background("none") is None
+    assert parse_background("entropy:1.5") == ("entropy", 1.5)
+    with pytest.raises(PACLError, match="must look like"):
+        parse_background("score:high")
+    with pytest.raises(PACLError, match="unknown background rule"):
+        parse_background("colour:1")
+
+
+def test_bad_method_and_mode(tiny):
+    with pytest.raises(PACLError, match="unknown method 'magic'; valid methods: vanilla, pacl"):
+        Segmenter(tiny, method="magic")
+    with pytest.raises(PACLError, match="unknown mode"):
+        Segmenter(tiny, mode="tiles")
+
+
+def test_pacl_needs_a_head(tiny):
+    with pytest.raises(PACLError, match="needs a trained PACL head"):
+        Segmenter(tiny, method="pacl")
+
+
+def test_pacl_with_a_head_from_disk(tiny, tmp_path, rng):
+    head = VisionEmbedder(tiny.width, tiny.embed_dim).init_from_projection(tiny.model.visual.proj)
+    path = save_head(tmp_path / "head.safetensors", head, tiny, logit_scale=33.0)
+    pacl = Segmenter(tiny, method="pacl", head=str(path))
+    vanilla = Segmenter(tiny)
+    assert pacl.logit_scale == 33.0
+    img = random_image(rng, 40, 40)
+    a, b = pacl(img, "a, b"), vanilla(img, "a, b")
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)  # e_v initialised as CLIP's projection
+
+
+def test_vocabulary_bad_input(tiny, rng):
+    seg = Segmenter(tiny)
+    img = random_image(rng, 20, 20)
+    with pytest.raises(PACLError, match="no words given"):
+        seg(img, " , ")
+    with pytest.raises(PACLError, match="at most"):
+        seg(img, [f"w{i}" for i in range(200)])
+    out = seg(img, "dog, dog, 🐶, " + "y" * 500)
+    assert out.words == ["dog", "🐶", "y" * 500] and out.notes

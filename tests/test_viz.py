@@ -1,0 +1,44 @@
+"""Drawing: a stable distinct palette, overlays with a legend, heatmaps."""
+
+import numpy as np
+
+from pacl_core.segment import Segmenter
+from pacl_core.viz import (
+    BACKGROUND_COLOR,
+    colorize_mask,
+    draw_heatmaps,
+    draw_overlay,
+    heatmap_overlay,
+    overlay_mask,
+    palette,
+)
+from tests.conftest import random_image
+
+
+def test_palette_is_fixed_and_distinct():
+    p = palette(50)
+    assert p.shape == (50, 3) and p.dtype == np.uint8
+    assert np.array_equal(palette(5), p[:5])  # the same index always gets the same colour
+    assert len({tuple(c) for c in p}) == 50
+    d = np.abs(p[:20, None].astype(int) - p[None, :20].astype(int)).sum(-1)
+    assert d[~np.eye(20, dtype=bool)].min() > 60  # the first 20 are well separated
+
+
+def test_colorize_and_overlay():
+    mask = np.array([[0, 1], [-1, 2]])
+    color = colorize_mask(mask, 3)
+    assert tuple(color[1, 0]) == BACKGROUND_COLOR and tuple(color[0, 1]) == tuple(palette(3)[1])
+    img = np.full((2, 2, 3), 100, np.uint8)
+    out = overlay_mask(img, np.full((2, 2), -1), 3)
+    assert np.array_equal(out, img)  # background leaves the image as it is
+
+
+def test_overlay_with_legend_and_heatmaps(tiny, rng):
+    seg = Segmenter(tiny, background="score:0.0")(random_image(rng, 60, 80), "dog, grass, 🐶 sky")
+    over = draw_overlay(seg)
+    assert over.dtype == np.uint8 and over.shape[0] >= 320 and over.shape[1] > over.shape[0] * 80 / 60
+    heat = draw_heatmaps(seg)
+    assert [w for w, _ in heat] == seg.words and all(h.ndim == 3 for _, h in heat)
+    hot = heatmap_overlay(np.zeros((400, 400, 3), np.uint8), np.ones((400, 400)), alpha=1.0)
+    cold = heatmap_overlay(np.zeros((400, 400, 3), np.uint8), np.zeros((400, 400)), alpha=1.0)
+    assert hot[..., 0].mean() > cold[..., 0].mean() and cold[..., 2].mean() > hot[..., 2].mean()
