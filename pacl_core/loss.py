@@ -23,7 +23,7 @@ def pairwise_compatibility(patch_emb: torch.Tensor, text_emb: torch.Tensor, tau:
     """φ̂ for every (image i, text j) pair, computed in image chunks. (B, T, D), (N, D) -> (B, N)."""
     B, T, D = patch_emb.shape
     N = text_emb.shape[0]
-    chunk = max(1, chunk_elements // (N * max(T, D)))
+    chunk = max(1, chunk_elements // max(N * max(T, D), T * D))  # images per chunk
     needs_grad = torch.is_grad_enabled() and (patch_emb.requires_grad or text_emb.requires_grad)
     rows = []
     for start in range(0, B, chunk):

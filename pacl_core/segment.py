@@ -21,11 +21,12 @@ from .methods import check_method, method_defaults
 from .pacl import VisionEmbedder, patch_similarity
 
 MODES = ("whole", "slide")
-BACKGROUND_RULES = ("score", "entropy")
+BACKGROUND_RULES = ("score", "entropy", "prob")
+REFINERS = ("pamr",)
 
 
 def parse_background(spec) -> tuple[str, float] | None:
-    """None | 'none' | 'score:0.2' | 'entropy:1.5' | ('score', 0.2) -> None or (rule, threshold)."""
+    """None | 'none' | 'score:0.2' | 'entropy:1.5' | 'prob:0.1' | ('score', 0.2) -> None or (rule, threshold)."""
     if spec is None or spec == "none" or spec == "":
         return None
     if isinstance(spec, str):
@@ -33,7 +34,7 @@ def parse_background(spec) -> tuple[str, float] | None:
         try:
             spec = (rule, float(value))
         except ValueError:
-            raise PACLError(f"background '{spec}' must look like score:0.2 or entropy:1.5") from None
+            raise PACLError(f"background '{spec}' must look like score:0.2, entropy:1.5 or prob:0.1") from None
     rule, thr = spec
     if rule not in BACKGROUND_RULES:
         raise PACLError(f"unknown background rule '{rule}'; use one of {', '.join(BACKGROUND_RULES)} (or none)")
@@ -52,6 +53,8 @@ def label_mask(scores: torch.Tensor, logit_scale: float, background=None) -> tor
         rule, thr = background
         if rule == "score":
             bg = top < thr
+        elif rule == "prob":  # SCLIP / ClearCLIP / NACLIP: the best word's probability is below thr
+            bg = scores_to_probs(scores, logit_scale).max(dim=0).values < thr
         else:
             p = scores_to_probs(scores, logit_scale)  # (K, H, W)
             entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=0)  # (H, W)
@@ -116,21 +119,25 @@ class Segmenter:
     """Segment images with one method on one frozen backbone (shared by every method)."""
 
     def __init__(self, backbone, method: str = "vanilla", head: VisionEmbedder | str | None = None,
-                 image_size: int | None = None, mode: str = "whole", window: int | None = None,
+                 image_size: int | None = None, mode: str | None = None, window: int | None = None,
                  stride: int | None = None, background=None, logit_scale: float | None = None, tau: float = 1.0,
-                 max_words: int = MAX_WORDS):
+                 max_words: int = MAX_WORDS, refine: str | None = None):
         self.backbone, self.method = backbone, check_method(method)
+        # settings left unset (None) take the method's official defaults (pacl_core.methods.METHOD_DEFAULTS)
+        defaults = method_defaults(method, native_size=backbone.native_size)
+        mode = mode or defaults.get("mode", "whole")
         if mode not in MODES:
             raise PACLError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
+        if refine not in (None, *REFINERS):
+            raise PACLError(f"unknown refine '{refine}'; use one of {', '.join(REFINERS)} (or none)")
         self.head = self._resolve_head(head) if method == "pacl" else None
         p = backbone.patch_size
-        self.image_size = _round_to(image_size or backbone.image_size, p)
-        self.mode = mode
-        self.window = _round_to(window or backbone.native_size, p)
-        self.stride = _round_to(stride or self.window // 2, p)
+        self.image_size = _round_to(image_size or defaults.get("image_size") or backbone.image_size, p)
+        self.mode, self.refine = mode, refine
+        self.window = _round_to(window or defaults.get("window") or backbone.native_size, p)
+        self.stride = _round_to(stride or (defaults.get("stride") if window is None else None) or self.window // 2, p)
         self.background = parse_background(background)
         self.tau, self.max_words = tau, max_words
-        defaults = method_defaults(method)
         head_scale = (getattr(self.head, "meta", None) or {}).get("logit_scale") if self.head is not None else None
         self.logit_scale = float(logit_scale or defaults.get("logit_scale") or head_scale or backbone.logit_scale)
 
@@ -190,6 +197,13 @@ class Segmenter:
                 count[:, y:y + win, x0:x0 + win] += 1
         return total / count  # (K, Hs, Ws)
 
+    def _pamr(self, image: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+        """PAMR-refined scores (K, H, W), guided by the image's colours (as SCLIP / NACLIP do)."""
+        from .pamr import pamr
+
+        rgb = torch.from_numpy(np.ascontiguousarray(image)).to(scores.device).permute(2, 0, 1)[None].float()
+        return pamr(rgb / 255.0, scores[None])[0]  # (K, H, W)
+
     def __call__(self, image, words, background="default") -> Segmentation:
         """Segment one image (PIL, numpy or path; any size) with words ('dog, sky' or a list)."""
         image = to_rgb_array(image)  # (H, W, 3) uint8
@@ -199,6 +213,8 @@ class Segmenter:
         H, W = image.shape[:2]
         low = self._logits_whole(image, text) if self.mode == "whole" else self._logits_slide(image, text)
         scores = F.interpolate(low[None].float(), size=(H, W), mode="bilinear", align_corners=False)[0]  # (K, H, W)
+        if self.refine == "pamr":
+            scores = self._pamr(image, scores)  # (K, H, W)
         mask = label_mask(scores, self.logit_scale, background)  # (H, W)
         # patch level: the grid itself (whole) or the window average pooled back to patches (slide)
         patch = low if self.mode == "whole" else F.avg_pool2d(low[None], self.backbone.patch_size)[0]
