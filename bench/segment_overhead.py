@@ -1,0 +1,72 @@
+"""Time of a whole Segmenter call per method vs one bare `model.encode_image`, at the same input size.
+
+Random-init ViT-B-16-quickgelu, 448 px, 20 words with text embeddings cached. Segmenter time includes
+preprocessing (resizing the photo inside counts), every method's last block, upsampling to image resolution
+and the argmax. The bare reference is open_clip's encode_image on a model created at 448 px.
+
+    python bench/segment_overhead.py [--repeats 5] [--methods vanilla pacl sclip]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._util import median_time  # noqa: E402
+from pacl_core.backbone import load_backbone  # noqa: E402
+from pacl_core.methods import METHODS  # noqa: E402
+from pacl_core.pacl import VisionEmbedder  # noqa: E402
+from pacl_core.segment import Segmenter  # noqa: E402
+
+WORDS = ["person", "dog", "cat", "car", "tree", "sky", "grass", "road", "building", "water", "boat", "bird",
+         "horse", "chair", "table", "bottle", "plant", "sofa", "train", "bicycle"]
+
+
+def bare_encoder(backbone, size: int):
+    """open_clip's own model at `size` with the backbone's weights (positional embeddings resized once)."""
+    model = open_clip.create_model(backbone.name, pretrained=None, force_image_size=size).eval()
+    state = backbone.model.state_dict()
+    open_clip.model.resize_pos_embed(state, model)
+    model.load_state_dict(state)
+    return model
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=448)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    backbone = load_backbone("ViT-B-16-quickgelu:none", image_size=args.size)
+    model = bare_encoder(backbone, args.size)
+    x = torch.randn(1, 3, args.size, args.size)
+    with torch.no_grad():
+        t_bare = median_time(lambda: model.encode_image(x), args.repeats)
+    del model
+    head = VisionEmbedder(backbone.width, backbone.embed_dim).init_from_projection(backbone.model.visual.proj)
+    rng = np.random.default_rng(0)
+    photos = {"448x448": rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8),
+              "2000x1500": rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8)}
+    print(f"bare encode_image at {args.size}px: {t_bare * 1000:.0f} ms (median of {args.repeats}, "
+          f"{torch.get_num_threads()} threads)")
+    print(f"{'method':10s} | " + " | ".join(f"{name:>17s}" for name in photos))
+    for method in args.methods:
+        seg = Segmenter(backbone, method, head=head if method == "pacl" else None, image_size=args.size,
+                        mode="whole")
+        cells = []
+        for img in photos.values():
+            seg(img, WORDS)  # caches the text embeddings
+            t = median_time(lambda img=img: seg(img, WORDS), args.repeats)
+            cells.append(f"{t * 1000:6.0f} ms {t / t_bare:5.2f}x")
+        print(f"{method:10s} | " + " | ".join(cells))
+
+
+if __name__ == "__main__":
+    main()

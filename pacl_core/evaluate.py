@@ -1,0 +1,256 @@
+"""Zero-shot segmentation benchmarks: run a Segmenter over a dataset, accumulate a confusion matrix, report.
+
+For each method: mIoU, pixel accuracy, mean class accuracy and per-class IoU (over the whole split, as
+mmsegmentation computes them), a per-class table, a bar plot PNG and JSON. The protocol (short side, sliding
+window, background rule, logit scale, prompts) comes from, in order: the user's options, the method's official
+settings for that benchmark (pacl_core.methods), the benchmark's defaults (pacl_core.datasets).
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .datasets import METHOD_DATASET_KEYS, DatasetSpec, SegDataset, read_class_names
+from .errors import PACLError
+from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+
+PIXEL_KEYS = ("image_size", "window", "stride")
+TRAINING_FREE_TEMPLATES = "imagenet80"  # MaskCLIP, SCLIP, ClearCLIP and NACLIP all use CLIP's 80 ImageNet prompts
+
+
+# ---- the protocol -------------------------------------------------------------------------------------
+
+
+def method_settings(method: str, dataset: str, native_size: int) -> dict:
+    """The method's official inference settings for this benchmark (empty for vanilla / pacl)."""
+    from .methods import method_defaults
+
+    try:
+        return method_defaults(method, dataset=METHOD_DATASET_KEYS.get(dataset), native_size=native_size)
+    except TypeError:  # an older methods.py without per-dataset settings
+        return method_defaults(method)
+
+
+def resolve_protocol(spec: DatasetSpec, method: str, backbone, user: dict) -> dict:
+    """Settings for one (benchmark, method): user options > the method's official ones > the benchmark's defaults."""
+    from . import methods
+
+    training_free = getattr(methods, "TRAINING_FREE", ())
+    scale = backbone.native_size / 224
+    md = method_settings(method, spec.name, backbone.native_size)
+    base = {"image_size": round(spec.short_side * scale), "mode": "slide", "window": round(spec.window * scale),
+            "stride": round(spec.stride * scale), "background": spec.default_background, "logit_scale": None,
+            "templates": TRAINING_FREE_TEMPLATES if method in training_free else "imagenet7", "refine": None}
+    proto = {k: md.get(k, v) for k, v in base.items()}
+    if user.get("window") is not None and user.get("stride") is None:
+        proto["stride"] = None  # the segmenter's default: half the given window
+    proto.update({k: v for k, v in user.items() if v is not None and k in base})
+    if proto["background"] in ("none", ""):
+        proto["background"] = None
+    if not spec.background and proto["background"] is not None:
+        if user.get("background") not in (None, "none"):
+            raise PACLError(f"{spec.name} has no background class; --background applies to voc21 and context60 only")
+        proto["background"] = None
+    return proto
+
+
+def class_words(spec: DatasetSpec, names_file=None) -> tuple[list[str], np.ndarray]:
+    """The words to segment with and, per word, its class train id. A names file may give synonyms per class."""
+    if names_file is None:
+        names = [[c] for c in spec.words]
+    else:
+        names = read_class_names(names_file)
+        if len(names) != len(spec.words):
+            raise PACLError(f"{names_file}: {len(names)} lines, but {spec.name} needs {len(spec.words)} "
+                            f"(one per class{', background excluded' if spec.background else ''})")
+    words, word_class, seen = [], [], set()
+    first = 1 if spec.background else 0
+    for k, synonyms in enumerate(names):
+        for w in synonyms:
+            if w.casefold() in seen:
+                raise PACLError(f"class name '{w}' appears twice; each name must belong to one class")
+            seen.add(w.casefold())
+            words.append(w)
+            word_class.append(k + first)
+    return words, np.asarray(word_class, dtype=np.int64)
+
+
+def mask_to_classes(mask: np.ndarray, word_class: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Segmenter mask (h, w) of word indices, -1 = background -> train ids (H, W); background -> class 0."""
+    table = np.concatenate([[0], word_class])  # index 0 <- mask value -1
+    pred = table[mask.astype(np.int64) + 1]  # (h, w)
+    if pred.shape != tuple(shape):  # the segmenter downscales very large images
+        pred = cv2.resize(pred.astype(np.int32), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    return pred.astype(np.int64)
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def using_templates(backbone, templates):
+    """Embed words with this prompt ensemble inside the block; the backbone's own set is restored after."""
+    from .prompts import get_templates
+
+    saved = backbone.templates
+    backbone.templates = get_templates(templates)
+    try:
+        yield backbone
+    finally:
+        backbone.templates = saved
+
+
+def make_segmenter(backbone, method: str, proto: dict, head=None, num_words: int = 1):
+    from .segment import Segmenter
+
+    kwargs = dict(method=method, head=head, image_size=proto["image_size"], mode=proto["mode"],
+                  window=proto["window"], stride=proto["stride"], background=proto["background"],
+                  logit_scale=proto["logit_scale"], max_words=max(num_words, 1))
+    if proto.get("refine"):
+        kwargs["refine"] = proto["refine"]
+    return Segmenter(backbone, **kwargs)
+
+
+def evaluate_dataset(dataset: SegDataset, segmenter, words: list[str], word_class: np.ndarray,
+                     progress: bool = True, desc: str = "evaluate") -> dict:
+    """Segment every image of the dataset; return the confusion matrix and the metrics computed from it."""
+    from tqdm import tqdm
+
+    K = dataset.spec.num_classes
+    conf = np.zeros((K, K), dtype=np.int64)
+    for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
+        _, image, label = dataset[i]
+        seg = segmenter(image, words)
+        assert len(seg.words) == len(words), "the segmenter dropped or merged class names"
+        conf += confusion_matrix(mask_to_classes(seg.mask, word_class, label.shape), label, K)
+    return metrics_from_confusion(conf, dataset.spec.classes)
+
+
+def metrics_from_confusion(conf: np.ndarray, classes) -> dict:
+    """mIoU, pixel accuracy, mean accuracy and per-class IoU (None where a class is absent from GT and prediction)."""
+    iou = iou_per_class(conf)
+    gt = conf.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(gt > 0, np.diag(conf) / gt, np.nan)
+    return {"miou": mean_iou(conf), "pixel_accuracy": pixel_accuracy(conf),
+            "mean_accuracy": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"),
+            "per_class_iou": {c: (None if math.isnan(v) else float(v)) for c, v in zip(classes, iou)},
+            "confusion": conf.tolist()}
+
+
+def evaluate_methods(dataset: SegDataset, backbone, methods: list[str], user: dict, head=None, names_file=None,
+                     progress: bool = True) -> dict:
+    """{method: result} for each method on one dataset, the backbone loaded once."""
+    words, word_class = class_words(dataset.spec, names_file)
+    results = {}
+    for method in methods:
+        proto = resolve_protocol(dataset.spec, method, backbone, user)
+        segmenter = make_segmenter(backbone, method, proto, head=head, num_words=len(words))
+        proto.update(image_size=segmenter.image_size, mode=segmenter.mode, window=segmenter.window,
+                     stride=segmenter.stride, logit_scale=segmenter.logit_scale)
+        desc = f"{dataset.spec.name} {method}"
+        with using_templates(backbone, proto["templates"]):
+            res = evaluate_dataset(dataset, segmenter, words, word_class, progress, desc=desc)
+        results[method] = dict(res, dataset=dataset.spec.name, split=dataset.split, images=len(dataset),
+                               method=method, protocol=proto)
+    return results
+
+
+# ---- reports ------------------------------------------------------------------------------------------
+
+
+def _pct(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def iou_table(results: dict) -> str:
+    """A Markdown table: one row per class, one column per method (IoU %), then mIoU / pixel accuracy rows."""
+    methods = list(results)
+    classes = list(next(iter(results.values()))["per_class_iou"])
+    lines = ["| class | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for c in classes:
+        lines.append(f"| {c} | " + " | ".join(_pct(results[m]["per_class_iou"][c]) for m in methods) + " |")
+    lines.append("| **mIoU** | " + " | ".join(f"**{_pct(results[m]['miou'])}**" for m in methods) + " |")
+    lines.append("| pixel acc. | " + " | ".join(_pct(results[m]["pixel_accuracy"]) for m in methods) + " |")
+    return "\n".join(lines)
+
+
+def plot_iou(result: dict, path) -> Path:
+    """Horizontal bar plot of per-class IoU (%), best first, with the mIoU as a line; absent classes are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(((c, v) for c, v in result["per_class_iou"].items() if v is not None),
+                   key=lambda cv: cv[1], reverse=True)  # classes absent from labels and predictions have no IoU
+    names, values = [c for c, _ in items], [100 * v for _, v in items]
+    absent = len(result["per_class_iou"]) - len(items)
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.18 * len(names)))
+    ax.barh(range(len(names)), values, color="#4c72b0")
+    ax.axvline(100 * result["miou"], color="#c44e52", linestyle="--", label=f"mIoU {100 * result['miou']:.1f}")
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("IoU (%)")
+    ax.set_title(f"{result['dataset']} ({result['images']} images), method {result['method']}"
+                 + (f"\n{absent} classes absent from labels and predictions" if absent else ""), fontsize=10)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_reports(results: dict, out) -> list[Path]:
+    """OUT/metrics.json, OUT/per_class_iou.csv, OUT/per_class_iou.md and OUT/iou_<method>.png."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "metrics.json", out / "per_class_iou.csv", out / "per_class_iou.md"]
+    written[0].write_text(json.dumps(results, indent=2))
+    methods = list(results)
+    classes = list(results[methods[0]]["per_class_iou"])
+    with open(written[1], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", *methods])
+        for c in classes:
+            w.writerow([c, *("" if results[m]["per_class_iou"][c] is None else f"{results[m]['per_class_iou'][c]:.6f}"
+                             for m in methods)])
+    written[2].write_text(iou_table(results) + "\n")
+    for m in methods:
+        written.append(plot_iou(results[m], out / f"iou_{m}.png"))
+    return written
+
+
+def summary_json(results: dict, with_confusion: bool = False) -> dict:
+    """The results without the (large) confusion matrices, for printing."""
+    return {m: {k: v for k, v in r.items() if with_confusion or k != "confusion"} for m, r in results.items()}
+
+
+# ---- the toy world ------------------------------------------------------------------------------------
+
+
+def evaluate_toy_world(root, backbone, methods=None, head=None, limit=None, roc_png=None, progress=False) -> dict:
+    """Dispatch to the toy world's own evaluation (pacl_core.toyeval), imported only when asked for."""
+    try:
+        from .toyeval import evaluate_toy
+    except ModuleNotFoundError as e:
+        if e.name == "pacl_core.toyeval":
+            raise PACLError("the toy-world evaluation (pacl_core/toyeval.py) is not in this checkout yet") from None
+        raise
+    kwargs = {"head": head, "limit": limit, "roc_png": roc_png}
+    if methods:
+        kwargs["methods"] = tuple(methods)
+    if "progress" in inspect.signature(evaluate_toy).parameters:
+        kwargs["progress"] = progress
+    return evaluate_toy(root, backbone, **kwargs)

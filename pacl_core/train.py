@@ -1,0 +1,445 @@
+"""Training the PACL vision embedder e_v on image-caption pairs, on top of a frozen CLIP.
+
+Only e_v learns (PACLLoss, AdamW, cosine schedule with linear warm-up, weight decay, gradient clipping, mixed
+precision on GPUs). Under torchrun every process takes a slice of the global batch and the loss is computed
+over the whole global batch (pacl_core.distributed). Every `save_every` steps a checkpoint (safetensors +
+JSON: head, optimizer, step, loss scaler, every rank's data position) is written atomically; `resume`
+continues from the newest complete one with the same schedule and the same next sample, so a killed run
+loses at most one interval. Progress goes to a tqdm bar, OUT/log.csv and optionally TensorBoard.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_tensors, save_head, save_tensors
+from .data import CaptionLoader, open_source
+from .distributed import (
+    DistInfo,
+    DistributedPACLLoss,
+    all_gather_json,
+    all_reduce_gradients,
+    barrier,
+    global_sum,
+    init_distributed,
+    shutdown,
+)
+from .errors import PACLError
+from .loss import DEFAULT_CHUNK_ELEMENTS
+from .pacl import VisionEmbedder
+
+STATE_FORMAT = "pacl-train-state"
+GPU_LOSS_CHUNK = 1 << 26  # elements per loss-chunk intermediate on a GPU (256 MB in float32); the CPU uses 16 MB
+PRECISIONS = ("auto", "fp32", "amp_bf16", "amp")
+LOG_FIELDS = ("step", "epoch", "samples", "loss", "lr", "grad_norm", "images_per_s", "skipped", "elapsed_s")
+
+
+@dataclass
+class TrainConfig:
+    """Every training option; the defaults are the paper's where it reports them (see docs)."""
+
+    train_data: str
+    out: str
+    data_format: str = "auto"
+    images: str | None = None
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str | None = None
+    train_num_samples: int | None = None
+    model: str = "vit-b-16"
+    pretrained: str | None = None
+    image_size: int | None = None
+    epochs: int = 10
+    batch_size: int = 4096
+    lr: float = 5e-4
+    wd: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup: int = 2000
+    grad_clip: float = 1.0
+    tau: float = 1.0
+    logit_scale: float | None = None
+    init: str = "projection"
+    hidden_dim: int | None = None
+    precision: str = "auto"
+    seed: int = 0
+    max_steps: int | None = None
+    max_samples: int | None = None
+    workers: int = 4
+    backbone_chunk: int = 256
+    loss_chunk: int | None = None
+    save_every: int = 1000
+    keep: int = 2
+    log_every: int = 10
+    tensorboard: bool = False
+    resume: str | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+
+# Options that define the run: a resumed run must have the same values, or it would not be the same run.
+RUN_KEYS = ("train_data", "data_format", "images", "csv_img_key", "csv_caption_key", "csv_separator",
+            "train_num_samples", "model", "pretrained", "image_size", "epochs", "batch_size", "lr", "wd", "beta1",
+            "beta2", "eps", "warmup", "grad_clip", "tau", "logit_scale", "init", "hidden_dim", "seed", "max_steps",
+            "max_samples")
+
+
+# ---- schedule and optimizer ---------------------------------------------------------------------------
+
+
+def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total`. `step` counts from 0."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(head: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on the weight matrices only (not on biases), as open_clip does."""
+    decay = [p for p in head.parameters() if p.ndim >= 2]
+    no_decay = [p for p in head.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.wd}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision not in PRECISIONS:
+        raise PACLError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "amp_bf16" if device.startswith("cuda") else "fp32"
+    if precision == "amp" and not device.startswith("cuda"):
+        raise PACLError("precision 'amp' (float16 with loss scaling) needs a GPU; use fp32 or amp_bf16 on the CPU")
+    return precision
+
+
+def autocast(precision: str, device: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "amp_bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def build_head(backbone, cfg: TrainConfig) -> VisionEmbedder:
+    head = VisionEmbedder(backbone.width, backbone.embed_dim, cfg.hidden_dim)
+    if cfg.init == "projection":
+        head.init_from_projection(backbone.model.visual.proj.detach().float().cpu())
+    elif cfg.init != "random":
+        raise PACLError(f"unknown --init '{cfg.init}'; use projection or random")
+    return head
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------
+
+
+def checkpoint_dir(out) -> Path:
+    return Path(out) / "checkpoints"
+
+
+def checkpoint_path(out, step: int) -> Path:
+    return checkpoint_dir(out) / f"step_{step:08d}.safetensors"
+
+
+def list_checkpoints(out) -> list[Path]:
+    """Complete checkpoints (their JSON is written last), newest first."""
+    return sorted(checkpoint_dir(out).glob("step_*.json"), reverse=True)
+
+
+def save_state(path: Path, head, opt, scaler, step: int, total: int, loaders: list, cfg: TrainConfig,
+               backbone) -> Path:
+    """Head + AdamW moments as tensors; step, schedule, every rank's data position, scaler and config as JSON."""
+    tensors = {f"head.{k}": v for k, v in head.state_dict().items()}
+    sd = opt.state_dict()
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    meta = {"format": STATE_FORMAT, "version": 1, "step": step, "total_steps": total, "loaders": loaders,
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            "param_groups": groups, "config": asdict(cfg), "backbone": backbone.name,
+            "head": {"in_dim": head.in_dim, "out_dim": head.out_dim, "hidden_dim": head.hidden_dim}}
+    return save_tensors(path, tensors, meta)
+
+
+def load_state(path: Path, head, opt, scaler) -> dict:
+    """Restore head, optimizer and scaler from a checkpoint; returns its metadata."""
+    tensors, meta = load_tensors(path, STATE_FORMAT)
+    head_sd = {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}
+    try:
+        head.load_state_dict(head_sd)
+    except RuntimeError:
+        raise PACLError(f"{path}: its head does not fit this model ({meta.get('backbone')})") from None
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    groups = [dict(g, betas=tuple(g["betas"])) for g in meta["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    return meta
+
+
+def find_resume(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from: an explicit path, or the newest readable one in OUT (None: start fresh)."""
+    if cfg.resume not in (None, "latest"):
+        path = Path(cfg.resume)
+        if not path.with_suffix(".json").is_file():
+            raise PACLError(f"{path}: no such checkpoint (expected a step_*.safetensors with its .json)")
+        return path.with_suffix(".safetensors")
+    found = list_checkpoints(cfg.out)
+    if cfg.resume is None:
+        if found:
+            raise PACLError(f"{cfg.out} already holds checkpoints; pass --resume to continue, or use another --out")
+        return None
+    for p in found:  # newest first; a damaged one (e.g. disk full) falls back to the previous interval
+        try:
+            load_tensors(p, STATE_FORMAT)
+            return p.with_suffix(".safetensors")
+        except PACLError as e:
+            print(f"warning: skipping unreadable checkpoint: {e}")
+    return None
+
+
+def check_same_run(meta: dict, cfg: TrainConfig, path: Path) -> None:
+    saved = meta.get("config", {})
+    for k in RUN_KEYS:
+        if k in saved and saved[k] != getattr(cfg, k):
+            raise PACLError(f"{path.name}: was trained with {k}={saved[k]!r}, now {getattr(cfg, k)!r}; resume with the "
+                            "same settings (only device, workers, logging and checkpoint options may change)")
+
+
+def prune_checkpoints(out, keep: int) -> None:
+    for old in list_checkpoints(out)[max(1, keep):]:
+        old.unlink(missing_ok=True)  # the JSON first: a half-deleted checkpoint is never taken as complete
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+
+
+# ---- logging ------------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """OUT/log.csv (rows after the resumed step are dropped, so the file always matches the run) and TensorBoard."""
+
+    def __init__(self, out, start_step: int, tensorboard: bool, enabled: bool):
+        self.enabled = enabled
+        self.path = Path(out) / "log.csv"
+        self.writer = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if start_step > 0 and self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise PACLError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+            self.writer = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=start_step + 1)
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=LOG_FIELDS).writerow(row)
+        if self.writer is not None:
+            for k in ("loss", "lr", "grad_norm", "images_per_s"):
+                self.writer.add_scalar(f"train/{k}", row[k], row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_log(out) -> list[dict]:
+    """OUT/log.csv as a list of rows with numbers."""
+    with open(Path(out) / "log.csv", newline="") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+# ---- one step -----------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Holds the frozen backbone, e_v, optimizer and loss; `step(batch, lr)` does one update on a global batch."""
+
+    def __init__(self, backbone, head, cfg: TrainConfig, info: DistInfo, precision: str):
+        self.backbone, self.head, self.cfg, self.info, self.precision = backbone, head, cfg, info, precision
+        self.opt = make_optimizer(head, cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "amp")
+        chunk = cfg.loss_chunk or (GPU_LOSS_CHUNK if info.device.startswith("cuda") else DEFAULT_CHUNK_ELEMENTS)
+        self.loss_fn = DistributedPACLLoss(cfg.tau, chunk_elements=chunk)
+        self.logit_scale = float(cfg.logit_scale or backbone.logit_scale)
+
+    @torch.no_grad()
+    def frozen_features(self, images_u8: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, S, S, 3) uint8 images and (L, C) tokens -> patch tokens (L, T, D_v) and unit text embeddings (L, D)."""
+        bb, dev = self.backbone, self.info.device
+        x = images_u8.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)  # (L, 3, S, S)
+        x = (x - bb.mean) / bb.std
+        with autocast(self.precision, dev):
+            parts = [bb.patch_tokens(x[i:i + self.cfg.backbone_chunk])[0]
+                     for i in range(0, x.shape[0], self.cfg.backbone_chunk)]
+            text = bb.model.encode_text(tokens.to(dev, non_blocking=True), normalize=True)  # (L, D)
+        return torch.cat(parts), text.float()  # (L, T, D_v), (L, D)
+
+    def step(self, images_u8: torch.Tensor, tokens: torch.Tensor, lr: float) -> tuple[float, float]:
+        """One AdamW update of e_v on this rank's slice of the global batch -> (global loss, gradient norm)."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        patch_tokens, text = self.frozen_features(images_u8, tokens)  # (L, T, D_v), (L, D)
+        with autocast(self.precision, self.info.device):
+            patch_emb = self.head(patch_tokens)  # (L, T, D)
+        share = self.loss_fn(patch_emb.float(), text, self.logit_scale)  # this rank's share of the global loss
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(share).backward()
+        params = list(self.head.parameters())
+        all_reduce_gradients(params)  # sum over ranks = the gradient of the global loss
+        self.scaler.unscale_(self.opt)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return float(global_sum(share)), float(norm)
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+
+
+def plan_steps(num_samples: int, cfg: TrainConfig) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, warm-up steps) for a dataset of num_samples pairs."""
+    per_epoch = max(1, num_samples // cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = cfg.warmup if cfg.warmup < total else max(0, total // 10)
+    return per_epoch, total, warmup
+
+
+def check_config(cfg: TrainConfig, world: int) -> None:
+    if cfg.batch_size <= 0 or cfg.batch_size % world:
+        raise PACLError(f"--batch-size {cfg.batch_size} (global) must be a positive multiple of the {world} processes")
+    for name in ("epochs", "save_every", "log_every", "backbone_chunk"):
+        if getattr(cfg, name) <= 0:
+            raise PACLError(f"--{name.replace('_', '-')} must be positive")
+    if cfg.lr <= 0 or cfg.wd < 0 or cfg.warmup < 0:
+        raise PACLError("--lr must be positive and --wd, --warmup non-negative")
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training; returns a summary. Rank 0 writes every file."""
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        shutdown(info)
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> dict:
+    from .backbone import load_backbone
+
+    check_config(cfg, info.world)
+    precision = resolve_precision(cfg.precision, info.device)
+    resume_path = find_resume(cfg)
+    torch.manual_seed(cfg.seed)
+    backbone = load_backbone(cfg.model, pretrained=cfg.pretrained, device=info.device)
+    size = cfg.image_size or backbone.native_size
+    source = open_source(cfg.train_data, cfg.data_format, images=cfg.images, seed=cfg.seed, limit=cfg.max_samples,
+                         csv_img_key=cfg.csv_img_key, csv_caption_key=cfg.csv_caption_key, csv_sep=cfg.csv_separator,
+                         num_samples=cfg.train_num_samples)
+    num_samples = len(source)
+    if num_samples == 0:
+        raise PACLError(f"{cfg.train_data}: no samples found")
+    per_epoch, total, warmup = plan_steps(num_samples, cfg)
+    head = build_head(backbone, cfg).to(info.device)
+    trainer = Trainer(backbone, head, cfg, info, precision)
+    step, loader_state = 0, None
+    if resume_path is not None:
+        meta = load_state(resume_path, head, trainer.opt, trainer.scaler)
+        check_same_run(meta, cfg, resume_path)
+        if len(meta["loaders"]) != info.world:
+            raise PACLError(f"{resume_path.name}: written by {len(meta['loaders'])} processes; resume with the same "
+                            f"number (now {info.world}) to continue at the same data position")
+        step, loader_state = int(meta["step"]), meta["loaders"][info.rank]
+    local = cfg.batch_size // info.world
+    loader = CaptionLoader(source, local, size, backbone.tokenizer, info.rank, info.world, workers=cfg.workers,
+                           state=loader_state)
+    log = RunLog(cfg.out, step, cfg.tensorboard, info.is_main)
+    if info.is_main:
+        print(f"training e_v on {num_samples} pairs: {total} steps of {cfg.batch_size} ({per_epoch} per epoch, "
+              f"{info.world} process{'es' if info.world > 1 else ''}, {precision}), warm-up {warmup}"
+              + (f", resuming at step {step}" if step else ""))
+    summary = _loop(trainer, loader, log, cfg, info, backbone, step, total, warmup, num_samples)
+    log.close()
+    return dict(summary, total_steps=total, num_samples=num_samples, out=str(cfg.out))
+
+
+def _save(trainer, loader_state, step, total, cfg, info, backbone) -> None:
+    """Every rank's data position gathered; rank 0 writes the train state and the current head."""
+    loaders = all_gather_json(loader_state, device=info.device if info.device.startswith("cuda") else "cpu")
+    if info.is_main:
+        save_state(checkpoint_path(cfg.out, step), trainer.head, trainer.opt, trainer.scaler, step, total, loaders,
+                   cfg, backbone)
+        prune_checkpoints(cfg.out, cfg.keep)
+        save_head(Path(cfg.out) / "head.safetensors", trainer.head, backbone, tau=cfg.tau,
+                  logit_scale=trainer.logit_scale,
+                  training={"step": step, "total_steps": total, "train_data": cfg.train_data,
+                            "batch_size": cfg.batch_size, "lr": cfg.lr, "epochs": cfg.epochs})
+    barrier()
+
+
+def _loop(trainer, loader, log, cfg, info, backbone, step, total, warmup, num_samples) -> dict:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (info.is_main and cfg.progress),
+               dynamic_ncols=True)
+    start, last_loss, state, t_prev = time.time(), float("nan"), loader.state, time.time()
+    batches = iter(loader)
+    try:
+        while step < total:
+            batch = next(batches)
+            lr = cosine_lr(step, cfg.lr, warmup, total)
+            loss, norm = trainer.step(batch.images, batch.tokens, lr)
+            if not math.isfinite(loss):
+                raise PACLError(f"the loss became {loss} at step {step + 1}; lower --lr or use --precision fp32")
+            step, state, last_loss = step + 1, batch.state, loss
+            now = time.time()
+            ips = cfg.batch_size / max(now - t_prev, 1e-9)
+            t_prev = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+            if step % cfg.log_every == 0 or step == total:
+                skipped = sum(state["skipped"].values())
+                skipped = int(global_sum(torch.tensor(float(skipped), device=info.device)).item())
+                log.write({"step": step, "epoch": round(step * cfg.batch_size / num_samples, 4),
+                           "samples": step * cfg.batch_size, "loss": f"{loss:.6f}", "lr": f"{lr:.6e}",
+                           "grad_norm": f"{norm:.6f}", "images_per_s": f"{ips:.1f}", "skipped": skipped,
+                           "elapsed_s": f"{now - start:.1f}"})
+            if step % cfg.save_every == 0 or step == total:
+                _save(trainer, state, step, total, cfg, info, backbone)
+    finally:
+        batches.close()  # stops the prefetch thread
+        bar.close()
+    return {"steps": step, "final_loss": last_loss, "skipped": state["skipped"],
+            "head": str(Path(cfg.out) / "head.safetensors")}
+
+
+def config_from_args(args) -> TrainConfig:
+    """argparse namespace -> TrainConfig (fields not on the namespace keep their defaults)."""
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})

@@ -1,0 +1,138 @@
+"""The segmentation benchmarks read from tiny synthetic copies of their standard on-disk layouts.
+
+Every test writes its own few images and label maps (palette / greyscale PNGs) in the real folder structure and
+checks the labels the loader returns: train ids, the ignore index 255, the class counts and reduce_zero_label.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pacl_core.datasets import DATASETS, SegDataset, convert_label, get_spec
+from pacl_core.errors import PACLError
+
+H, W = 24, 32
+
+
+def _save_label(path: Path, raw: np.ndarray, palette: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(raw.astype(np.uint8), mode="L")
+    if palette:  # VOC-style indexed PNG: pixel values are palette indices
+        img = img.convert("P")
+        img.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)])
+    img.save(path)
+
+
+def _save_image(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path, quality=95)
+
+
+def raw_label(seed: int, values: list[int]) -> np.ndarray:
+    """(H, W) raw annotation: vertical bands of the given values, so every value is present."""
+    raw = np.zeros((H, W), dtype=np.uint8)
+    for j, v in enumerate(values):
+        raw[:, j * W // len(values):(j + 1) * W // len(values)] = v
+    return np.roll(raw, seed, axis=1)
+
+
+# Raw values each benchmark's files hold: background / ignore / first / last class.
+RAW_VALUES = {
+    "voc": [0, 255, 1, 20, 7], "context": [0, 1, 59, 33], "cocostuff": [255, 0, 170, 91], "ade": [0, 1, 150, 42],
+}
+
+
+def write_layout(root: Path, kind: str, n: int = 3, values=None) -> tuple[Path, list[np.ndarray]]:
+    """Write n images + labels of one benchmark in its standard layout under root; returns (root, raw labels)."""
+    values = values or RAW_VALUES[kind]
+    raws = [raw_label(i, values) for i in range(n)]
+    ids = [f"2008_{i:06d}" if kind in ("voc", "context") else f"{i:012d}" for i in range(n)]
+    if kind == "voc":
+        base = root / "VOCdevkit" / "VOC2012"
+        img_dir, lab_dir, suffix, palette = base / "JPEGImages", base / "SegmentationClass", ".png", True
+        split = base / "ImageSets" / "Segmentation" / "val.txt"
+    elif kind == "context":
+        base = root / "VOCdevkit" / "VOC2010"
+        img_dir, lab_dir, suffix, palette = base / "JPEGImages", base / "SegmentationClassContext", ".png", False
+        split = base / "ImageSets" / "SegmentationContext" / "val.txt"
+    elif kind == "cocostuff":
+        base = root / "coco_stuff164k"
+        img_dir, lab_dir = base / "images" / "val2017", base / "annotations" / "val2017"
+        suffix, palette, split = "_labelTrainIds.png", False, None
+    else:
+        base = root / "ADEChallengeData2016"
+        img_dir, lab_dir = base / "images" / "validation", base / "annotations" / "validation"
+        suffix, palette, split = ".png", False, None
+        ids = [f"ADE_val_{i + 1:08d}" for i in range(n)]
+    for i, (iid, raw) in enumerate(zip(ids, raws)):
+        _save_image(img_dir / f"{iid}.jpg", i)
+        _save_label(lab_dir / f"{iid}{suffix}", raw, palette)
+    if split is not None:
+        split.parent.mkdir(parents=True, exist_ok=True)
+        split.write_text("\n".join(ids) + "\n")
+    return root, raws
+
+
+KIND = {"voc21": "voc", "voc20": "voc", "context60": "context", "context59": "context", "cocostuff171": "cocostuff",
+        "ade150": "ade"}
+
+
+def expected_ids(name: str, raw: np.ndarray) -> np.ndarray:
+    """The standard conversions, written out by hand per benchmark."""
+    r = raw.astype(np.int64)
+    if name in ("voc21", "context60", "cocostuff171"):
+        return r  # as stored: 0 = background (voc21/context60), 255 ignore
+    out = np.full_like(r, 255)
+    keep = (r != 0) & (r != 255)
+    out[keep] = r[keep] - 1  # reduce_zero_label: 0 and 255 ignored, 1..K -> 0..K-1
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_each_layout_reads_labels_exactly(tmp_path, name):
+    root, raws = write_layout(tmp_path, KIND[name])
+    ds = SegDataset(name, root)
+    assert len(ds) == 3
+    for i, raw in enumerate(raws):
+        iid, image, label = ds[i]
+        assert image.shape == (H, W, 3) and image.dtype == np.uint8
+        assert label.shape == (H, W) and label.dtype == np.uint8
+        np.testing.assert_array_equal(label.astype(np.int64), expected_ids(name, raw))
+        present = set(np.unique(label).tolist()) - {255}
+        assert max(present) < ds.spec.num_classes
+
+
+def test_class_counts_and_label_conventions():
+    counts = {n: s.num_classes for n, s in DATASETS.items()}
+    assert counts == {"voc21": 21, "voc20": 20, "context60": 60, "context59": 59, "cocostuff171": 171, "ade150": 150}
+    assert get_spec("voc21").classes[0] == "background" and get_spec("voc21").words == get_spec("voc20").classes
+    assert get_spec("context60").words == get_spec("context59").classes
+    assert get_spec("ade150").classes[0] == "wall" and get_spec("ade150").classes[-1] == "flag"
+    assert get_spec("cocostuff171").classes[0] == "person" and get_spec("cocostuff171").classes[80] == "banner"
+    # voc20: background (0) and boundaries (255) are ignored; aeroplane (1) -> 0, tv monitor (20) -> 19
+    raw = np.array([[0, 255, 1, 20]], dtype=np.uint8)
+    assert convert_label(raw, get_spec("voc20")).tolist() == [[255, 255, 0, 19]]
+    assert convert_label(raw, get_spec("voc21")).tolist() == [[0, 255, 1, 20]]
+    # ADE: 0 = other -> ignore, 150 -> 149
+    assert convert_label(np.array([[0, 1, 150]]), get_spec("ade150")).tolist() == [[255, 0, 149]]
+
+
+def test_wrong_annotation_files_are_refused(tmp_path):
+    # raw COCO-Stuff ids (up to 182) instead of labelTrainIds: values beyond 170 must not pass silently
+    root, _ = write_layout(tmp_path, "cocostuff", n=1, values=[0, 182])
+    with pytest.raises(PACLError, match="outside its 171 classes"):
+        SegDataset("cocostuff171", root)[0]
+
+
+def test_missing_layout_is_one_clear_error(tmp_path):
+    with pytest.raises(PACLError, match="no image folder"):
+        SegDataset("ade150", tmp_path)
+    root, _ = write_layout(tmp_path, "voc", n=2)
+    assert len(SegDataset("voc21", root / "VOCdevkit", limit=1)) == 1  # VOCdevkit/ or VOC2012/ both work
+    with pytest.raises(PACLError, match="no split"):
+        SegDataset("voc21", root, split="test")
