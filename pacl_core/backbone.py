@@ -13,6 +13,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
 import numpy as np
 import open_clip
 import torch
@@ -188,11 +189,13 @@ class Backbone:
 
     # ---- images -------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (1, 3, h, w) normalised float tensor, resized with antialiasing."""
+        """(H, W, 3) uint8 -> (1, 3, h, w) normalised float tensor; resized on uint8 (area to shrink, else cubic)."""
+        h, w = size
+        if image.shape[:2] != (h, w):
+            shrink = h <= image.shape[0] and w <= image.shape[1]
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        x = x.permute(2, 0, 1)[None].float().div_(255.0)  # (1, 3, H, W)
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+        x = x.permute(2, 0, 1)[None].float().div_(255.0)  # (1, 3, h, w)
         return (x - self.mean) / self.std
 
     def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:

@@ -63,19 +63,64 @@ def label_mask(scores: torch.Tensor, logit_scale: float, background=None) -> tor
     return mask
 
 
+UPSAMPLE_BLOCK = 1 << 22  # elements of one (K, rows, W) block of full-resolution scores
+
+
+def _bilinear_taps(n_out: int, n_in: int, device=None):
+    """Source rows i0, i1 and weights w0, w1 of 1-D bilinear resizing, as F.interpolate(align_corners=False)."""
+    src = ((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_(min=0)
+    i0 = src.floor().long().clamp_(max=n_in - 1)
+    i1 = (i0 + 1).clamp_(max=n_in - 1)
+    w1 = (src - i0).float()
+    return i0, i1, 1 - w1, w1
+
+
+def upsample_blocks(low: torch.Tensor, size: tuple[int, int]):
+    """Bilinear upsampling of (K, h, w) to (K, H, W), yielded as row blocks (r0, (K, r, W)) to bound memory.
+
+    Separable: columns first (F.interpolate to (K, h, W)), then each output row mixes two source rows.
+    """
+    K, h, w = low.shape
+    H, W = size
+    cols = F.interpolate(low[None].float(), size=(h, W), mode="bilinear", align_corners=False)[0]  # (K, h, W)
+    i0, i1, w0, w1 = _bilinear_taps(H, h, low.device)
+    step = max(1, UPSAMPLE_BLOCK // max(1, K * W))
+    for r0 in range(0, H, step):
+        r = slice(r0, min(H, r0 + step))
+        yield r0, cols[:, i0[r]] * w0[r, None] + cols[:, i1[r]] * w1[r, None]  # (K, r, W)
+
+
+def upsample_scores(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, h, w) -> (K, H, W) bilinear, equal to F.interpolate(align_corners=False) up to float rounding."""
+    return torch.cat([block for _, block in upsample_blocks(low, size)], dim=1)
+
+
+def mask_from_low(low: torch.Tensor, size: tuple[int, int], logit_scale: float, background=None) -> torch.Tensor:
+    """The (H, W) label mask of the upsampled scores, computed block by block (never all of (K, H, W) at once)."""
+    return torch.cat([label_mask(block, logit_scale, background) for _, block in upsample_blocks(low, size)])
+
+
 @dataclass
 class Segmentation:
     """What one image and K words give. Arrays are numpy; maps are at the image's resolution."""
 
     words: list[str]
     image: np.ndarray  # (H, W, 3) uint8, the image as segmented
-    scores: np.ndarray  # (K, H, W) float32 cosine of each pixel's (upsampled) patch score with each word
     mask: np.ndarray  # (H, W) int16 word index, -1 = background
     patch_logits: np.ndarray  # (K, h, w) float32 patch-level cosines
+    low_logits: np.ndarray  # (K, h', w') the scores before upsampling (the patch grid, or the slide canvas)
     method: str
     logit_scale: float
     background: tuple | None = None
     notes: list[str] = field(default_factory=list)
+    refined: np.ndarray | None = None  # (K, H, W) full-resolution scores after refinement (PAMR), if any
+
+    @cached_property
+    def scores(self) -> np.ndarray:
+        """(K, H, W) float32: each pixel's (upsampled) cosine with each word; made on first use."""
+        if self.refined is not None:
+            return self.refined
+        return upsample_scores(torch.from_numpy(self.low_logits), self.image.shape[:2]).numpy()
 
     @cached_property
     def probs(self) -> np.ndarray:
@@ -212,12 +257,16 @@ class Segmenter:
         text = self.backbone.text_embeddings(words)  # (K, D)
         H, W = image.shape[:2]
         low = self._logits_whole(image, text) if self.mode == "whole" else self._logits_slide(image, text)
-        scores = F.interpolate(low[None].float(), size=(H, W), mode="bilinear", align_corners=False)[0]  # (K, H, W)
+        refined = None
         if self.refine == "pamr":
-            scores = self._pamr(image, scores)  # (K, H, W)
-        mask = label_mask(scores, self.logit_scale, background)  # (H, W)
+            full = self._pamr(image, upsample_scores(low, (H, W)))  # (K, H, W)
+            mask = label_mask(full, self.logit_scale, background)
+            refined = full.cpu().numpy()
+        else:
+            mask = mask_from_low(low, (H, W), self.logit_scale, background)  # (H, W)
         # patch level: the grid itself (whole) or the window average pooled back to patches (slide)
         patch = low if self.mode == "whole" else F.avg_pool2d(low[None], self.backbone.patch_size)[0]
-        return Segmentation(words=words, image=image, scores=scores.cpu().numpy(),
-                            mask=mask.to(torch.int16).cpu().numpy(), patch_logits=patch.float().cpu().numpy(),
-                            method=self.method, logit_scale=self.logit_scale, background=background, notes=notes)
+        return Segmentation(words=words, image=image, mask=mask.to(torch.int16).cpu().numpy(),
+                            patch_logits=patch.float().cpu().numpy(), low_logits=low.float().cpu().numpy(),
+                            method=self.method, logit_scale=self.logit_scale, background=background, notes=notes,
+                            refined=refined)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pacl_core.checkpoint import save_head
 from pacl_core.errors import PACLError
 from pacl_core.pacl import VisionEmbedder
-from pacl_core.segment import Segmenter, label_mask, parse_background
+from pacl_core.segment import Segmenter, label_mask, parse_background, upsample_scores
 from tests.conftest import random_image
 
 
@@ -117,3 +117,22 @@ def test_vocabulary_bad_input(tiny, rng):
         seg(img, [f"w{i}" for i in range(200)])
     out = seg(img, "dog, dog, 🐶, " + "y" * 500)
     assert out.words == ["dog", "🐶", "y" * 500] and out.notes
+
+
+@pytest.mark.parametrize("low_shape,size", [((3, 4, 4), (37, 53)), ((2, 28, 28), (1500, 2000)), ((1, 5, 9), (5, 9)),
+                                            ((4, 30, 40), (7, 3))])
+def test_blockwise_upsampling_equals_interpolate(low_shape, size):
+    low = torch.randn(*low_shape)
+    ref = F.interpolate(low[None], size=size, mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(upsample_scores(low, size), ref, atol=1e-5, rtol=0)
+
+
+def test_blockwise_mask_equals_full_argmax(monkeypatch):
+    import pacl_core.segment as segment
+
+    monkeypatch.setattr(segment, "UPSAMPLE_BLOCK", 3 * 50 * 7)  # many small blocks
+    low = torch.randn(3, 6, 8)
+    for background in (None, ("score", 0.3), ("entropy", 0.8)):
+        mask = segment.mask_from_low(low, (41, 50), 40.0, background)
+        full = segment.upsample_scores(low, (41, 50))
+        assert torch.equal(mask, label_mask(full, 40.0, background))
