@@ -57,7 +57,8 @@ def to_rgb_array(image, max_side: int = MAX_SIDE) -> np.ndarray:
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
         raise PACLError(f"expected an image array of shape (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
     if arr.dtype == np.uint8:
-        pass
+        if arr.ndim == 3 and arr.shape[2] == 3 and max(arr.shape[:2]) <= max_side:
+            return np.ascontiguousarray(arr)  # already what we need: no copy through PIL
     elif arr.dtype == np.uint16:
         arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
     elif np.issubdtype(arr.dtype, np.floating):

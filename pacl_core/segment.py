@@ -66,28 +66,39 @@ def label_mask(scores: torch.Tensor, logit_scale: float, background=None) -> tor
 UPSAMPLE_BLOCK = 1 << 22  # elements of one (K, rows, W) block of full-resolution scores
 
 
-def _bilinear_taps(n_out: int, n_in: int, device=None):
-    """Source rows i0, i1 and weights w0, w1 of 1-D bilinear resizing, as F.interpolate(align_corners=False)."""
+MATMUL_MAX_ROWS = 64  # grids up to this many rows upsample by matrix products; larger canvases by F.interpolate
+
+
+def bilinear_matrix(n_out: int, n_in: int, device=None) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D bilinear resizing, the same as F.interpolate(align_corners=False)."""
     src = ((torch.arange(n_out, device=device, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_(min=0)
     i0 = src.floor().long().clamp_(max=n_in - 1)
     i1 = (i0 + 1).clamp_(max=n_in - 1)
     w1 = (src - i0).float()
-    return i0, i1, 1 - w1, w1
+    m = torch.zeros(n_out, n_in, device=device)
+    rows = torch.arange(n_out, device=device)
+    m.index_put_((rows, i0), 1 - w1, accumulate=True)
+    m.index_put_((rows, i1), w1, accumulate=True)
+    return m  # (n_out, n_in)
 
 
 def upsample_blocks(low: torch.Tensor, size: tuple[int, int]):
-    """Bilinear upsampling of (K, h, w) to (K, H, W), yielded as row blocks (r0, (K, r, W)) to bound memory.
+    """Bilinear upsampling of (K, h, w) to (K, H, W), yielded as row blocks (r0, (K, r, W)).
 
-    Separable: columns first (F.interpolate to (K, h, W)), then each output row mixes two source rows.
+    A patch grid is upsampled separably, columns with F.interpolate and rows by a matrix product per block, so
+    memory stays bounded; a large canvas (sliding window) goes through F.interpolate in one block.
     """
     K, h, w = low.shape
     H, W = size
-    cols = F.interpolate(low[None].float(), size=(h, W), mode="bilinear", align_corners=False)[0]  # (K, h, W)
-    i0, i1, w0, w1 = _bilinear_taps(H, h, low.device)
+    low = low.float()
+    if h > MATMUL_MAX_ROWS:
+        yield 0, F.interpolate(low[None], size=(H, W), mode="bilinear", align_corners=False)[0]  # (K, H, W)
+        return
+    cols = F.interpolate(low[None], size=(h, W), mode="bilinear", align_corners=False)[0]  # (K, h, W)
+    wy = bilinear_matrix(H, h, low.device)  # (H, h)
     step = max(1, UPSAMPLE_BLOCK // max(1, K * W))
     for r0 in range(0, H, step):
-        r = slice(r0, min(H, r0 + step))
-        yield r0, cols[:, i0[r]] * w0[r, None] + cols[:, i1[r]] * w1[r, None]  # (K, r, W)
+        yield r0, torch.matmul(wy[r0:r0 + step], cols)  # (r, h) @ (K, h, W) -> (K, r, W)
 
 
 def upsample_scores(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -120,7 +120,7 @@ def test_vocabulary_bad_input(tiny, rng):
 
 
 @pytest.mark.parametrize("low_shape,size", [((3, 4, 4), (37, 53)), ((2, 28, 28), (1500, 2000)), ((1, 5, 9), (5, 9)),
-                                            ((4, 30, 40), (7, 3))])
+                                            ((4, 30, 40), (7, 3)), ((2, 100, 120), (150, 90))])
 def test_blockwise_upsampling_equals_interpolate(low_shape, size):
     low = torch.randn(*low_shape)
     ref = F.interpolate(low[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -131,6 +131,7 @@ def test_blockwise_mask_equals_full_argmax(monkeypatch):
     import pacl_core.segment as segment
 
     monkeypatch.setattr(segment, "UPSAMPLE_BLOCK", 3 * 50 * 7)  # many small blocks
+    assert len(list(segment.upsample_blocks(torch.randn(3, 6, 8), (41, 50)))) == 6
     low = torch.randn(3, 6, 8)
     for background in (None, ("score", 0.3), ("entropy", 0.8)):
         mask = segment.mask_from_low(low, (41, 50), 40.0, background)
