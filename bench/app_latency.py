@@ -1,0 +1,121 @@
+"""Request latency of the Gradio demo, end to end over HTTP: the toy model and a random-init ViT-B/16.
+
+For each model a live server is started on a free loopback port and called with gradio_client exactly as a
+browser's "Segment" click is: the first request (which loads the model), then sequential requests (median and
+worst), then requests from several clients at once (the bounded queue at work). The per-method compute time
+the server reports in each method's status line is shown beside the end-to-end time.
+
+    python bench/app_latency.py                       # toy and random ViT-B/16, 3 requests each
+    python bench/app_latency.py --models toy --requests 10 --methods vanilla pacl sclip
+    python bench/app_latency.py --json out/app_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODELS = {"toy": "toy", "vit-random": "ViT-B-16-quickgelu:none"}  # bench name -> the demo's --model
+IMAGE = ROOT / "assets" / "examples" / "chelsea.jpg"
+WORDS = "cat, wall, floor"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def method_seconds(outputs, n_methods: int) -> dict[str, float]:
+    """The compute time each method's status line reports ('**PACL** · 0.12 s · ...')."""
+    found = {}
+    for status in outputs[: 3 * n_methods: 3]:
+        m = re.match(r"\*\*(.+?)\*\* · ([0-9.]+) s", status or "")
+        if m:
+            found[m.group(1)] = float(m.group(2))
+    return found
+
+
+def run_model(name: str, methods: list[str], requests: int, users: int, resolution: str) -> dict:
+    from gradio_client import Client, handle_file
+
+    from demo import build_demo, launch_options
+    from demo.models import default_registry, pick_default
+    from pacl_core.methods import METHODS
+
+    registry = default_registry()
+    label, _ = pick_default(registry, MODELS[name])  # the dropdown label the page starts with
+    demo = build_demo(model=MODELS[name], registry=registry)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        args = (handle_file(str(IMAGE)), WORDS, methods, label, 0.0, resolution)
+
+        def one(c=client):
+            t = time.perf_counter()
+            out = c.predict(*args, api_name="/segment")
+            return time.perf_counter() - t, method_seconds(out, len(METHODS))
+
+        first, _ = one()
+        seq = [one() for _ in range(requests)]
+        clients = [Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(users)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=users) as pool:
+            conc = list(pool.map(lambda c: one(c), clients))
+        wall = time.perf_counter() - t0
+    finally:
+        demo.close()
+    times = [t for t, _ in seq]
+    per_method = {m: statistics.median(s[m] for _, s in seq if m in s) for m in seq[0][1]}
+    return {"model": name, "label": label, "methods": methods, "resolution": resolution,
+            "first_request_s": round(first, 3), "median_s": round(statistics.median(times), 3),
+            "max_s": round(max(times), 3), "method_compute_s": per_method, "concurrent_users": users,
+            "concurrent_wall_s": round(wall, 3), "concurrent_max_s": round(max(t for t, _ in conc), 3)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--methods", nargs="+", default=["vanilla", "pacl"])
+    p.add_argument("--requests", type=int, default=3, help="sequential requests after the first (default: 3)")
+    p.add_argument("--users", type=int, default=3, help="clients sending one request each at once (default: 3)")
+    p.add_argument("--resolution", default="model default", help="the demo's input resolution choice")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    import torch
+
+    results = []
+    print(f"CPU threads: {torch.get_num_threads()}  image: {IMAGE.name}  words: {WORDS!r}  methods: {args.methods}")
+    print(f"{'model':<11} {'first (load)':>12} {'median':>8} {'max':>8} {args.users} users: {'wall':>7} "
+          f"{'slowest':>8}   per-method compute (median)")
+    from gradio_client.exceptions import AppError
+
+    for name in args.models:
+        try:
+            r = run_model(name, args.methods, args.requests, args.users, args.resolution)
+        except AppError as e:  # e.g. the toy model's weights are not there yet
+            print(f"{name:<11} skipped: {e}", flush=True)
+            continue
+        results.append(r)
+        compute = ", ".join(f"{k} {v:.2f} s" for k, v in r["method_compute_s"].items()) or "-"
+        print(f"{name:<11} {r['first_request_s']:>11.2f}s {r['median_s']:>7.2f}s {r['max_s']:>7.2f}s "
+              f"{'':>8}{r['concurrent_wall_s']:>7.2f}s {r['concurrent_max_s']:>7.2f}s   {compute}", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The demo's request handlers as plain Python: input checks, one call into pacl_core per method, display values.
+
+Nothing here imports gradio, so the handlers can be called and tested directly. Problems with the user's input
+raise PACLError (one sentence); problems with one method only (e.g. PACL without a trained head) become that
+method's status line, and the other methods still run. demo/ui.py turns both into visible messages.
+"""
+
+from __future__ import annotations
+
+import atexit
+import csv
+import json
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pacl_core.commands.segment import slug, write_outputs
+from pacl_core.errors import PACLError
+from pacl_core.explain import draw_grid, explain
+from pacl_core.inputs import load_image, parse_words, to_rgb_array
+from pacl_core.methods import METHODS
+from pacl_core.viz import draw_heatmaps, palette
+
+METHOD_TITLES = {"vanilla": "Vanilla CLIP", "pacl": "PACL", "maskclip": "MaskCLIP", "sclip": "SCLIP",
+                 "clearclip": "ClearCLIP", "naclip": "NACLIP"}
+DEFAULT_METHODS = ("vanilla", "pacl")
+RESOLUTIONS = ("model default", "96", "160", "224", "320", "448", "672")
+DISPLAY_MAX_SIDE = 1024  # larger uploads are downscaled on load: the model sees a few hundred pixels anyway
+TABLE_HEADERS = ["method", "word", "pixel share (%)", "mean cosine", "max cosine"]
+LESSON_HEADERS = ["word", "patch-level score φ̂", "CLIP's CLS cosine", "best patch s", "patches attended (≈)"]
+KEEP_DOWNLOADS = 50
+MASK_OPACITY = 0.6  # the photo shows through the coloured regions
+
+
+def method_title(method: str) -> str:
+    return METHOD_TITLES.get(method, method)
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """(label, value) pairs for every method pacl_core knows, in its order."""
+    return [(method_title(m), m) for m in METHODS]
+
+
+# ---- input checks ------------------------------------------------------------------------------------------
+def check_image(image, max_side: int = DISPLAY_MAX_SIDE) -> tuple[np.ndarray, list[str]]:
+    """A file path, PIL image or array -> (H, W, 3) uint8 at most max_side, and a note if it was downscaled."""
+    if image is None or (isinstance(image, str) and not image.strip()):
+        raise PACLError("no image yet: upload a photo (or pick an example below), then press Segment")
+    if isinstance(image, (str, Path)):
+        rgb = load_image(image, max_side=max_side)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # load_image has vetted the size
+            with Image.open(image) as im:
+                original = im.size  # (W, H), header only
+    else:
+        rgb = to_rgb_array(image, max_side=max_side)
+        original = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+    notes = []
+    if max(original) > max_side:
+        notes.append(f"the {original[0]}×{original[1]} image was downscaled to {rgb.shape[1]}×{rgb.shape[0]} "
+                     "pixels for the demo")
+    return rgb, notes
+
+
+def check_words(words) -> tuple[list[str], list[str]]:
+    return parse_words(words)
+
+
+def check_methods(methods) -> list[str]:
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = [m for m in (methods or []) if m]
+    if not methods:
+        raise PACLError("no method selected: tick at least one method to compare (e.g. Vanilla CLIP and PACL)")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise PACLError(f"unknown method '{unknown[0]}'; valid methods: {', '.join(METHODS)}")
+    return [m for m in METHODS if m in methods]  # the page's order, no duplicates
+
+
+def check_resolution(resolution) -> int | None:
+    """'model default' -> None (the model's own input size), '448' or 448 -> 448."""
+    if resolution in (None, "", RESOLUTIONS[0]):
+        return None
+    try:
+        size = int(resolution)
+    except (TypeError, ValueError):
+        raise PACLError(f"input resolution '{resolution}' must be one of: {', '.join(RESOLUTIONS)}") from None
+    if str(size) not in RESOLUTIONS:
+        raise PACLError(f"input resolution {size} must be one of: {', '.join(RESOLUTIONS)}")
+    return size
+
+
+def check_threshold(threshold) -> tuple[str, float] | None:
+    """Slider value -> the segmenter's background rule: None when 0 (off), else ('score', t)."""
+    try:
+        t = float(threshold or 0.0)
+    except (TypeError, ValueError):
+        raise PACLError(f"background threshold '{threshold}' must be a number between 0 and 1") from None
+    if not 0.0 <= t <= 1.0:
+        raise PACLError(f"background threshold {t} must be between 0 and 1")
+    return None if t == 0.0 else ("score", t)
+
+
+# ---- segmentation and comparison ---------------------------------------------------------------------------
+@dataclass
+class Panel:
+    """One method's column on the page."""
+
+    method: str
+    title: str
+    status: str  # a Markdown line: timing and sizes, or why this method could not run
+    annotated: tuple | None = None  # gr.AnnotatedImage value: (image, [(mask (H, W) in {0, MASK_OPACITY}, word)])
+    colors: dict[str, str] = field(default_factory=dict)  # word -> '#rrggbb', the legend's colours
+    heatmaps: list[tuple[np.ndarray, str]] = field(default_factory=list)  # (image, word) per word
+    segmentation: object = None  # the pacl_core Segmentation, or None when the method failed
+
+    @property
+    def ok(self) -> bool:
+        return self.segmentation is not None
+
+
+@dataclass
+class Comparison:
+    words: list[str]
+    panels: list[Panel]
+    table: list[list]  # rows under TABLE_HEADERS
+    download: str | None  # a .zip with every method's overlay, mask, heatmaps and numbers (None: not made yet)
+    notes: list[str]  # things the user should be told (duplicates removed, downscaled image, a method failed)
+    settings: dict = field(default_factory=dict)  # model, input size, threshold: written into the archive
+
+
+def hex_color(rgb) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb))
+
+
+def annotations(seg) -> tuple[tuple, dict[str, str]]:
+    """A Segmentation -> the AnnotatedImage value (image, one 0/1 mask per word) and the word colours."""
+    colors = {w: hex_color(c) for w, c in zip(seg.words, palette(len(seg.words)))}
+    masks = [((seg.mask == k) * MASK_OPACITY, w) for k, w in enumerate(seg.words)]
+    return (seg.image, masks), colors
+
+
+def table_rows(panel: Panel) -> list[list]:
+    rows = []
+    for r in panel.segmentation.summary():
+        mean = None if np.isnan(r["mean_score"]) else round(r["mean_score"], 4)
+        top = None if np.isnan(r["max_score"]) else round(r["max_score"], 4)
+        rows.append([panel.title, r["word"], round(100.0 * r["pixel_share"], 1), mean, top])
+    return rows
+
+
+NO_HEAD = ("{model} has no trained PACL head. Drop one (NAME.safetensors with its NAME.json) into checkpoints/ "
+           "and pick it in the Model list, or pick the toy model, which ships one; the training-free methods "
+           "need no head.")
+
+
+def load_model(registry, model: str) -> None:
+    """Load the chosen model now: one that cannot load (e.g. no weights offline) fails the whole request."""
+    registry.choice(model)  # an unknown model fails here, before any work
+    try:
+        registry.backbone(model)
+    except PACLError as e:
+        raise PACLError(f"could not load {model}: {e} (or pick another model in the Model list)") from None
+
+
+def run_method(registry, model: str, method: str, image: np.ndarray, words: list[str], background,
+               size: int | None) -> Panel:
+    """One method on one image; a PACLError from this method only becomes the panel's status."""
+    title = method_title(method)
+    if method == "pacl" and not registry.has_pacl_head(model):
+        return Panel(method, title, status=f"**{title}** could not run: {NO_HEAD.format(model=model)}")
+    try:
+        segmenter = registry.segmenter(model, method, size)
+        start = time.perf_counter()
+        with registry.lock(model):
+            seg = segmenter(image, words, background=background)
+        elapsed = time.perf_counter() - start
+    except PACLError as e:
+        return Panel(method, title, status=f"**{title}** could not run: {e}")
+    grid = seg.patch_logits.shape[1:]
+    status = (f"**{title}** · {elapsed:.2f} s · {segmenter.image_size} px input · "
+              f"{grid[0]}×{grid[1]} patches")
+    annotated, colors = annotations(seg)
+    heatmaps = [(img, word) for word, img in draw_heatmaps(seg)]
+    return Panel(method, title, status, annotated, colors, heatmaps, seg)
+
+
+def compare(registry, image, words, methods, model: str, threshold=0.0, resolution=RESOLUTIONS[0],
+            package: bool = True) -> Comparison:
+    """Segment one image with each chosen method; every input is checked before any model is loaded.
+
+    package=False leaves the archive for later (`hold` + `package_held`), so the page can show results first.
+    """
+    rgb, notes = check_image(image)
+    words, word_notes = check_words(words)
+    methods = check_methods(methods)
+    background = check_threshold(threshold)
+    size = check_resolution(resolution)
+    load_model(registry, model)
+    panels = [run_method(registry, model, m, rgb, words, background, size) for m in methods]
+    notes = word_notes + notes + [p.status.replace("**", "") for p in panels if not p.ok]
+    table = [row for p in panels if p.ok for row in table_rows(p)]
+    settings = {"model": model, "image_size": size, "background_threshold": background[1] if background else 0.0}
+    result = Comparison(words=words, panels=panels, table=table, download=None, notes=notes, settings=settings)
+    if package:
+        result.download = package_comparison(result)
+    return result
+
+
+# ---- downloads ---------------------------------------------------------------------------------------------
+_downloads_dir: Path | None = None
+_downloads_lock = threading.Lock()
+
+
+def downloads_dir() -> Path:
+    """A private folder for result archives, made once per process and removed at exit; only the newest
+    KEEP_DOWNLOADS archives are kept (Gradio serves its own copy of each)."""
+    global _downloads_dir
+    with _downloads_lock:
+        if _downloads_dir is None:
+            _downloads_dir = Path(tempfile.mkdtemp(prefix="pacl-demo-downloads-"))
+            atexit.register(shutil.rmtree, _downloads_dir, ignore_errors=True)
+        archives = sorted(_downloads_dir.glob("*.zip"), key=lambda p: p.stat().st_mtime)
+        for old in archives[: max(0, len(archives) - KEEP_DOWNLOADS + 1)]:
+            old.unlink(missing_ok=True)
+        return _downloads_dir
+
+
+def package_comparison(result: Comparison) -> str | None:
+    """The archive of a comparison (None when no method ran)."""
+    ok = [p for p in result.panels if p.ok]
+    return package_results(ok, result.table, result.settings) if ok else None
+
+
+_held: OrderedDict[str, Comparison] = OrderedDict()
+_held_lock = threading.Lock()
+KEEP_HELD = 8  # comparisons waiting for their archive; each is packaged (and dropped) right after it is shown
+
+
+def hold(result: Comparison) -> str:
+    """Keep a comparison until its archive is made; returns the token `package_held` takes."""
+    token = uuid.uuid4().hex
+    with _held_lock:
+        _held[token] = result
+        while len(_held) > KEEP_HELD:
+            _held.popitem(last=False)
+    return token
+
+
+def package_held(token: str | None) -> str | None:
+    """The archive of a held comparison, which is then released; None if there is nothing (left) to package."""
+    with _held_lock:
+        result = _held.pop(token, None) if token else None
+    return package_comparison(result) if result is not None else None
+
+
+def package_results(panels: list[Panel], table: list[list], info: dict) -> str:
+    """A zip: summary.csv, and per method overlay.png, mask.png, heatmap_*.png and result.json."""
+    folder = downloads_dir()
+    archive = folder / f"pacl-results-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.zip"
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        root = Path(tmp)
+        for i, p in enumerate(panels):
+            write_outputs(root / slug(p.method, i + 1), p.segmentation, dict(info, method_title=p.title, notes=[]))
+        with open(root / "summary.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(TABLE_HEADERS)
+            writer.writerows(table)
+        (root / "settings.json").write_text(json.dumps(info, indent=2))
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(root.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(root).as_posix())
+    return str(archive)
+
+
+# ---- the teaching view -------------------------------------------------------------------------------------
+@dataclass
+class Lesson:
+    """What the teaching view shows for one word."""
+
+    word: str
+    similarity_image: np.ndarray  # s(x,y) on the patch grid over the image
+    attention_image: np.ndarray  # a(x,y) on the same grid
+    similarity_range: tuple[float, float]  # the values drawn darkest and brightest
+    attention_range: tuple[float, float]
+    summary: str  # Markdown: φ̂ next to the CLS cosine, in words
+    table: list[list]  # rows under LESSON_HEADERS, one per vocabulary word
+    method: str  # 'pacl', or 'vanilla' when the model has no PACL head
+    notes: list[str]
+
+
+def lesson_segmenter(registry, model: str, size: int | None):
+    """PACL's embedder when the model has a head; otherwise CLIP's own patch projection, with a note why."""
+    if registry.has_pacl_head(model):
+        return registry.segmenter(model, "pacl", size), []
+    note = (f"{model} has no trained PACL head, so this view shows vanilla CLIP's patch embeddings "
+            "(what PACL starts from); drop a head into checkpoints/ to see PACL's.")
+    return registry.segmenter(model, "vanilla", size), [note]
+
+
+def describe(ex, k: int) -> str:
+    """Plain-language Markdown for word k of an Explanation."""
+    r = ex.rows()[k]
+    name = "PACL" if ex.method == "pacl" else "vanilla CLIP"
+    patches = ex.grid[0] * ex.grid[1]
+    best = max(ex.rows(), key=lambda row: row["compatibility"])["word"]
+    best_cls = max(ex.rows(), key=lambda row: row["cls_cosine"])["word"]
+    return (
+        f"**“{r['word']}”** with {name} patches: patch-level score φ̂ = **{r['compatibility']:.3f}**, "
+        f"CLIP's CLS cosine = **{r['cls_cosine']:.3f}**. "
+        f"The attention a(x,y) is spread over about **{r['effective_patches']:.0f} of {patches}** patches "
+        f"(τ = {ex.tau:g}); the best single patch has s = {r['max_patch_cosine']:.3f}.\n\n"
+        f"Across the vocabulary, φ̂ ranks **{best}** first and the CLS embedding ranks **{best_cls}** first."
+    )
+
+
+def check_tau(tau) -> float | None:
+    """Slider value -> attention temperature; 0 or None = the one the head was trained with."""
+    try:
+        t = float(tau or 0.0)
+    except (TypeError, ValueError):
+        raise PACLError(f"attention temperature '{tau}' must be a number") from None
+    if not 0.0 <= t <= 10.0:
+        raise PACLError(f"attention temperature {t} must be between 0 (the head's own) and 10")
+    return None if t == 0.0 else t
+
+
+def lesson(registry, image, words, word, model: str, resolution=RESOLUTIONS[0], tau=None) -> Lesson:
+    """The teaching view for one word (added to the vocabulary if missing; the first word if none is chosen)."""
+    rgb, notes = check_image(image)
+    vocab, _ = check_words(words)
+    word = " ".join(str(word or "").split()) or vocab[0]
+    if word.casefold() not in {w.casefold() for w in vocab}:
+        vocab, _ = parse_words(vocab + [word])
+    size = check_resolution(resolution)
+    tau = check_tau(tau)
+    load_model(registry, model)
+    segmenter, seg_notes = lesson_segmenter(registry, model, size)
+    with registry.lock(model):
+        ex = explain(segmenter, rgb, vocab, tau=tau)
+    k = ex.index(word)
+    s_img = draw_grid(ex.image, ex.similarity[k], cmap="viridis")
+    a_img = draw_grid(ex.image, ex.attention[k], cmap="magma", scale="max")
+    s_range = (float(ex.similarity[k].min()), float(ex.similarity[k].max()))
+    a_range = (0.0, float(ex.attention[k].max()))
+    table = [[r["word"], round(r["compatibility"], 4), round(r["cls_cosine"], 4), round(r["max_patch_cosine"], 4),
+              round(r["effective_patches"], 1)] for r in ex.rows()]
+    return Lesson(word=ex.words[k], similarity_image=s_img, attention_image=a_img, similarity_range=s_range,
+                  attention_range=a_range, summary=describe(ex, k),
+                  table=table, method=ex.method, notes=notes + seg_notes)

@@ -1,0 +1,256 @@
+"""The Gradio page. `build_demo()` only wires components to the plain-Python handlers in demo/handlers.py.
+
+Events run with preprocess=False, so reading the uploaded file is pacl_core's job: a non-image or corrupt file
+becomes a sentence, not a server error. Every handler runs through `_guarded`: a PACLError becomes a visible
+gr.Error, notes become gr.Warning toasts, and an unexpected exception is logged and shown as one sentence, so the
+page never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+
+import gradio as gr
+
+from pacl_core.errors import PACLError
+from pacl_core.methods import METHODS
+
+from . import handlers as h
+from .models import ModelRegistry, default_registry, pick_default
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+QUEUE_SIZE = 16  # requests waiting beyond this are turned away with Gradio's "queue is full" message
+CONCURRENCY = 2  # requests running at once; inference on one model is serialised by the registry anyway
+MAX_FILE_SIZE = "25mb"
+
+INTRO = """
+# PACL explorer: which words does each patch of a photo match?
+Upload a photo, type the things to look for, and compare how **vanilla CLIP** and **PACL**
+(*Patch Aligned Contrastive Learning*, Mukhoti et al., CVPR 2023) label every pixel.
+CLIP learned to match the *whole image* to text; PACL teaches each *patch* to match the words in it.
+"""
+
+LESSON = """
+**Patch vs CLS alignment, in four steps.**
+1. The vision transformer cuts the image into a grid of patches (16×16 pixels for ViT-B/16) and turns each
+   patch into a vector; a PACL head maps these into the same space as the text vectors.
+2. **s(x,y)** (left): the cosine between each patch's vector and the word's text vector. Bright = this patch
+   looks like the word.
+3. **a(x,y)** (right): a softmax over all patches of s/τ. It sums to 1 and says *where to look* for the word.
+4. **φ̂(x,y)**: average the patch vectors weighted by a, then take the cosine with the word.
+
+CLIP is trained on one number per image and caption: the cosine of the single **CLS** image vector with the
+text. Nothing asks its *patches* to match words, so their s maps are noisy and segmentation suffers. PACL
+trains with φ̂ instead, which is only high when the *right patches* match the word; the patch-level alignment
+this produces is exactly what segmenting needs, and it comes for free from image–caption pairs.
+"""
+
+CSS = """
+.gradio-container {max-width: 1480px !important}
+.method-status p {margin: 0 !important}
+#run-button {min-height: 48px}
+"""
+
+
+def image_path(payload) -> str | None:
+    """The raw image payload (events run with preprocess=False) -> the uploaded file's path, or None.
+
+    Gradio has already checked that the file is one of its uploads; reading it is left to pacl_core, which
+    turns a file that is not an image, or is corrupt or huge, into a one-sentence PACLError.
+    """
+    if isinstance(payload, dict):
+        return payload.get("path")
+    return payload or None
+
+
+def _guarded(fn):
+    """Run a handler: user problems -> gr.Error (visible, the app keeps running); notes -> gr.Warning."""
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        try:
+            return fn(*args)
+        except gr.Error:
+            raise
+        except PACLError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception as e:  # a bug: keep the page alive and say so in one sentence
+            log.exception("demo handler %s failed", fn.__name__)
+            raise gr.Error(f"something went wrong ({type(e).__name__}); please try again or "
+                           "with other inputs") from None
+
+    return wrapper
+
+
+def _warn(notes) -> None:
+    for note in notes:
+        gr.Warning(note[:1].upper() + note[1:])
+
+
+def load_examples(folder: Path = EXAMPLES_DIR) -> list[list[str]]:
+    """[[image path, words], ...] from assets/examples/examples.json; missing files are skipped."""
+    index = folder / "examples.json"
+    try:
+        entries = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return []
+    rows = []
+    for e in entries if isinstance(entries, list) else []:
+        path = folder / str(e.get("file", "")) if isinstance(e, dict) else None
+        if path is not None and path.is_file() and e.get("words"):
+            rows.append([str(path), str(e["words"])])
+    return rows
+
+
+def _slot(method: str, visible: bool) -> dict:
+    """One method's column: a status line, the labelled overlay and the per-word heatmaps."""
+    with gr.Column(visible=visible, min_width=340, elem_classes="method-col") as col:
+        status = gr.Markdown(f"**{h.method_title(method)}**", elem_classes="method-status")
+        overlay = gr.AnnotatedImage(label=f"{h.method_title(method)}: segmentation", show_legend=True, height=360)
+        gallery = gr.Gallery(label=f"{h.method_title(method)}: per-word heatmaps", columns=4, height=190,
+                             object_fit="contain", allow_preview=True)
+    return {"column": col, "status": status, "overlay": overlay, "gallery": gallery}
+
+
+def make_run(registry: ModelRegistry):
+    """The Segment button: one output group per method slot, then the table, the (cleared) download, the word
+    list and the token under which the results wait for their archive."""
+
+    @_guarded
+    def run(image, words, methods, model, threshold, resolution):
+        result = h.compare(registry, image_path(image), words, methods, model, threshold, resolution,
+                           package=False)
+        _warn(result.notes)
+        by_method = {p.method: p for p in result.panels}
+        outputs = []
+        for m in METHODS:
+            p = by_method.get(m)
+            if p is None:
+                outputs += ["", None, []]
+                continue
+            outputs += [p.status, gr.AnnotatedImage(value=p.annotated, color_map=p.colors), p.heatmaps]
+        words_update = gr.Dropdown(choices=result.words, value=result.words[0])
+        return [*outputs, result.table, None, words_update, h.hold(result)]
+
+    return run
+
+
+@_guarded
+def make_download(token):
+    """After the results are on screen: their zip archive."""
+    return h.package_held(token)
+
+
+def make_lesson(registry: ModelRegistry):
+    """The teaching view's handler (the Explain button, a word picked, the tab opened)."""
+
+    @_guarded
+    def explain_word(image, words, word, model, resolution, tau):
+        lesson = h.lesson(registry, image_path(image), words, word, model, resolution, tau)
+        _warn(lesson.notes)
+        (s_lo, s_hi), (a_lo, a_hi) = lesson.similarity_range, lesson.attention_range
+        s_img = gr.Image(lesson.similarity_image, label=f"s(x, “{lesson.word}”): patch–word cosine, "
+                                                        f"{s_lo:.3f} (dark) to {s_hi:.3f} (bright)")
+        a_img = gr.Image(lesson.attention_image, label=f"a(x, “{lesson.word}”): attention over patches, "
+                                                       f"{a_lo:.3f} (dark) to {a_hi:.3f} (bright)")
+        return s_img, a_img, lesson.summary, lesson.table
+
+    return explain_word
+
+
+def make_lesson_if_open(registry: ModelRegistry):
+    """After Segment, or when the tab is opened: refresh the teaching view only if it is on screen and has an
+    image, so that the compare tab alone costs one pass per method."""
+    explain_word = make_lesson(registry)
+
+    def refresh(tab, image, words, word, model, resolution, tau):
+        if tab != "lesson" or image_path(image) is None:
+            return [gr.skip()] * 4
+        return explain_word(image, words, word, model, resolution, tau)
+
+    return refresh
+
+
+def show_slots(methods):
+    chosen = set(methods or [])
+    return [gr.Column(visible=m in chosen) for m in METHODS]
+
+
+def build_demo(model: str | None = None, registry: ModelRegistry | None = None) -> gr.Blocks:
+    """The whole page. `model` picks the initial model ('toy', 'vit-b-16', a head file, ...); None = automatic."""
+    registry = registry or default_registry()
+    default_label, notice = pick_default(registry, model)
+    with gr.Blocks(title="PACL explorer: open-vocabulary segmentation", delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(INTRO)
+        gr.Markdown(f"ℹ️ {notice}", visible=bool(notice), elem_id="model-notice")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=320):
+                image = gr.Image(label="Image", type="filepath", elem_id="input-image", height=300,
+                                 sources=["upload", "webcam", "clipboard"])
+                words = gr.Textbox(label="Vocabulary (comma-separated)", value="", lines=2,
+                                   placeholder="e.g. dog, grass, sky", max_lines=4)
+                methods = gr.CheckboxGroup(h.method_choices(), value=list(h.DEFAULT_METHODS),
+                                           label="Methods to compare")
+                model_box = gr.Dropdown(registry.labels, value=default_label, label="Model")
+                threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Background threshold",
+                                      info="pixels whose best cosine is below this become background; 0 = off")
+                resolution = gr.Dropdown(list(h.RESOLUTIONS), value=h.RESOLUTIONS[0], label="Input resolution (px)",
+                                         info="the side the image is resized to; larger = finer, slower")
+                run_btn = gr.Button("Segment", variant="primary", elem_id="run-button")
+                gr.Examples(load_examples(), inputs=[image, words], label="Examples: pick one, then press Segment",
+                            cache_examples=False, examples_per_page=8)
+            with gr.Column(scale=3):
+                with gr.Tabs():
+                    with gr.Tab("Compare methods", id="compare") as compare_tab:
+                        with gr.Row(equal_height=False):
+                            slots = {m: _slot(m, m in h.DEFAULT_METHODS) for m in METHODS}
+                        table = gr.Dataframe(headers=h.TABLE_HEADERS, label="Per-word pixel share and mean score",
+                                             interactive=False, wrap=True)
+                        download = gr.File(label="Download the results (.zip: overlays, masks, heatmaps, numbers)",
+                                           interactive=False)
+                    with gr.Tab("How PACL sees this word", id="lesson") as lesson_tab:
+                        with gr.Row():
+                            word = gr.Dropdown([], label="Word", allow_custom_value=True,
+                                               info="a word of the vocabulary (press Segment first), or type one")
+                            tau = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Attention temperature τ",
+                                            info="0 = the τ the head was trained with; lower τ sharpens a(x,y)")
+                            explain_btn = gr.Button("Explain", variant="secondary", scale=0, min_width=140)
+                        with gr.Row():
+                            s_img = gr.Image(label="s(x,y): patch–word cosine", type="numpy", height=340)
+                            a_img = gr.Image(label="a(x,y): softmax attention over patches", type="numpy",
+                                             height=340)
+                        lesson_md = gr.Markdown(label="explanation")
+                        lesson_table = gr.Dataframe(headers=h.LESSON_HEADERS, interactive=False,
+                                                    label="The patch-level score φ̂ next to CLIP's CLS cosine")
+                        gr.Markdown(LESSON)
+        slot_outputs = [c for m in METHODS for c in (slots[m]["status"], slots[m]["overlay"], slots[m]["gallery"])]
+        methods.change(show_slots, methods, [slots[m]["column"] for m in METHODS], api_visibility="private",
+                       queue=False)
+        lesson_inputs = [image, words, word, model_box, resolution, tau]
+        lesson_outputs = [s_img, a_img, lesson_md, lesson_table]
+        token = gr.State(None)
+        run_event = run_btn.click(make_run(registry), [image, words, methods, model_box, threshold, resolution],
+                                  [*slot_outputs, table, download, word, token], api_name="segment",
+                                  preprocess=False)
+        run_event.success(make_download, token, download, api_name="download", preprocess=False)
+        lesson_fn, refresh = make_lesson(registry), make_lesson_if_open(registry)
+        tab = gr.State("compare")
+        compare_tab.select(lambda: "compare", None, tab, api_visibility="private", queue=False)
+        lesson_tab.select(lambda: "lesson", None, tab, api_visibility="private", queue=False).then(
+            refresh, [tab, *lesson_inputs], lesson_outputs, api_visibility="private", preprocess=False)
+        run_event.success(refresh, [tab, *lesson_inputs], lesson_outputs, api_visibility="private", preprocess=False)
+        explain_btn.click(lesson_fn, lesson_inputs, lesson_outputs, api_name="explain", preprocess=False)
+        word.input(lesson_fn, lesson_inputs, lesson_outputs, api_visibility="private", preprocess=False)
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    return demo
+
+
+def launch_options() -> dict:
+    """What demo.launch() needs besides host and port (Gradio 6 takes theme and css here)."""
+    return {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="sky"), "css": CSS,
+            "max_file_size": MAX_FILE_SIZE}

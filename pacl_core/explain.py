@@ -1,0 +1,129 @@
+"""The teaching view's numbers: how a patch embedder "sees" each word of a vocabulary in one image.
+
+`explain(segmenter, image, words)` runs the image once through the segmenter's patch embedder (PACL's e_v,
+or CLIP's own projection for vanilla) and, with the equations in pacl_core.pacl, returns per word:
+    s(x,y)   the cosine of every patch with the word, on the (h, w) patch grid     patch_similarity
+    a(x,y)   the softmax attention over patches, on the same grid, sums to 1       patch_attention
+    φ̂(x,y)   the cosine of the attention-pooled patches with the word             compatibility
+and, for contrast, CLIP's own image-level score: the cosine of the CLS image embedding with the word.
+`draw_grid` turns one (h, w) grid into a picture over the image, one flat block per patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .errors import PACLError
+from .inputs import parse_words, to_rgb_array
+from .pacl import compatibility, patch_attention, patch_similarity
+from .viz import enlarge, heatmap_overlay
+
+
+@dataclass
+class Explanation:
+    """For one image and K words: patch-level maps on the (h, w) grid and image-level scores."""
+
+    words: list[str]
+    image: np.ndarray  # (H, W, 3) uint8, the image as explained
+    similarity: np.ndarray  # (K, h, w) s(x,y): cosine of each patch with each word
+    attention: np.ndarray  # (K, h, w) a(x,y): softmax over the h*w patches of s / tau
+    compatibility: np.ndarray  # (K,) φ̂(x,y) = cos(Σ_i a_i e_v(x)_i, e_t(y))
+    cls_cosine: np.ndarray  # (K,) CLIP's cos(CLS image embedding, e_t(y)) at the native input size
+    tau: float
+    method: str
+    image_size: int  # the side the image was resized to for the patch maps
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.similarity.shape[1:])
+
+    def index(self, word: str) -> int:
+        """Position of `word` (case-insensitive) in the vocabulary."""
+        keys = [w.casefold() for w in self.words]
+        if word is None or word.casefold() not in keys:
+            raise PACLError(f"'{word}' is not in the vocabulary ({', '.join(self.words)})")
+        return keys.index(word.casefold())
+
+    def effective_patches(self) -> np.ndarray:
+        """(K,) exp(entropy of a(x,y)): how many patches the attention is effectively spread over."""
+        a = np.clip(self.attention.reshape(len(self.words), -1).astype(np.float64), 1e-12, 1.0)
+        return np.exp(-(a * np.log(a)).sum(axis=1))
+
+    def rows(self) -> list[dict]:
+        """Per word: φ̂, CLS cosine, the best and mean patch cosine, and the effective number of patches."""
+        eff = self.effective_patches()
+        s = self.similarity.reshape(len(self.words), -1)
+        return [{"word": w, "compatibility": float(self.compatibility[k]), "cls_cosine": float(self.cls_cosine[k]),
+                 "max_patch_cosine": float(s[k].max()), "mean_patch_cosine": float(s[k].mean()),
+                 "effective_patches": float(eff[k])} for k, w in enumerate(self.words)]
+
+
+def head_tau(segmenter, default: float = 1.0) -> float:
+    """The attention temperature a PACL head was trained with (its metadata), else the segmenter's, else 1."""
+    meta = getattr(segmenter.head, "meta", None) or {}
+    return float(meta.get("tau") or getattr(segmenter, "tau", None) or default)
+
+
+@torch.no_grad()
+def explain(segmenter, image, words, tau: float | None = None) -> Explanation:
+    """One image, a vocabulary ('cat, wall' or a list) -> every word's s, a, φ̂ and CLS cosine."""
+    image = to_rgb_array(image)  # (H, W, 3) uint8
+    words, _ = parse_words(words, segmenter.max_words)
+    tau = head_tau(segmenter) if tau is None else float(tau)
+    if not tau > 0:
+        raise PACLError(f"the attention temperature tau must be positive, got {tau}")
+    bb = segmenter.backbone
+    size = segmenter.image_size
+    x = bb.preprocess(image, (size, size))  # (1, 3, S, S), as the segmenter's whole-image mode sees it
+    emb, (h, w) = segmenter.patch_embeddings(x)  # (1, T, D): e_v(f_v(x))_i for each patch i
+    emb = emb.float()
+    text = bb.text_embeddings(words).to(emb.device).float()  # (K, D): e_t(f_t(y))
+    s = patch_similarity(emb, text)[0]  # (K, T)
+    a = patch_attention(emb, text, tau)[0]  # (K, T)
+    phi = compatibility(emb, text, tau)[0]  # (K,)
+    native = bb.native_size
+    cls = bb.image_embedding(bb.preprocess(image, (native, native))).float()  # (1, D), CLIP's image embedding
+    cls_cos = patch_similarity(cls[:, None], text)[0, :, 0]  # (K,): the CLS embedding as the only "patch"
+    k = len(words)
+    return Explanation(words=words, image=image, similarity=s.view(k, h, w).cpu().numpy(),
+                       attention=a.view(k, h, w).cpu().numpy(), compatibility=phi.cpu().numpy(),
+                       cls_cosine=cls_cos.cpu().numpy(), tau=tau, method=segmenter.method, image_size=size)
+
+
+def _grid_lines(image: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Thin translucent lines between patches, so a student can count them."""
+    H, W = image.shape[:2]
+    h, w = grid
+    pil = Image.fromarray(image)
+    draw = ImageDraw.Draw(pil, "RGBA")
+    for i in range(1, h):
+        y = round(i * H / h)
+        draw.line([(0, y), (W, y)], fill=(255, 255, 255, 90), width=1)
+    for j in range(1, w):
+        x = round(j * W / w)
+        draw.line([(x, 0), (x, H)], fill=(255, 255, 255, 90), width=1)
+    return np.asarray(pil)
+
+
+def draw_grid(image: np.ndarray, values: np.ndarray, title: str | None = None, cmap: str = "viridis",
+              scale: str = "minmax", max_lines: int = 40) -> np.ndarray:
+    """A (h, w) patch grid drawn over the image as flat blocks, one per patch.
+
+    scale "minmax" stretches the grid's own range to the colormap (for cosines), "max" divides by the
+    largest value (for attention, so 0 stays dark). Grid lines are drawn when the grid is small enough.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    lo, hi = (0.0, float(values.max())) if scale == "max" else (float(values.min()), float(values.max()))
+    unit = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    image = enlarge(image, nearest=False)  # small images are enlarged first, so the blocks stay sharp
+    H, W = image.shape[:2]
+    blocks = cv2.resize(unit, (W, H), interpolation=cv2.INTER_NEAREST)  # (H, W), each patch one flat block
+    out = heatmap_overlay(image, blocks, cmap=cmap, alpha=0.65, title=title)
+    if max(values.shape) <= max_lines:
+        out = _grid_lines(out, values.shape)
+    return out

@@ -1,0 +1,122 @@
+"""The demo in a real headless browser (Debian's Chromium via Playwright): pick an example, run it, see results.
+
+Set PACL_SCREENSHOT=path/to/file.png to also keep the page's screenshot (docs/screenshot.png is made this way).
+"""
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from demo import build_demo, launch_options
+from demo.models import default_registry
+from demo.ui import load_examples
+from pacl_core.backbone import load_backbone
+from pacl_core.checkpoint import save_head
+from pacl_core.pacl import VisionEmbedder
+from pacl_core.toymodel import clip_path
+
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+PHOTOS = {"chelsea.jpg", "coffee.jpg", "astronaut.jpg"}
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file() and shutil.which("chromium") is None,
+                                reason="Debian's chromium is not installed (.ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    if clip_path().is_file():
+        request = "toy"
+    else:  # until the toy model's weights exist: a tiny random model with a saved head
+        torch.manual_seed(0)
+        tiny = load_backbone("PACL-Tiny-Test:none")
+        request = str(save_head(folder / "tiny_head", VisionEmbedder(tiny.width, tiny.embed_dim), tiny))
+    demo = build_demo(model=request, registry=default_registry(folder))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1480, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_selector("#run-button", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def example_row() -> int:
+    """The first toy-world example when the toy model runs (its scenes are what it knows), else the first."""
+    rows = load_examples()
+    if clip_path().is_file():
+        for i, (path, _) in enumerate(rows):
+            if Path(path).name not in PHOTOS:
+                return i
+    return 0
+
+
+def test_pick_an_example_run_it_and_see_the_results(page, tmp_path):
+    row = example_row()
+    words = load_examples()[row][1]
+    page.click(f"[data-testid='dataset-cell-{row}-0']")
+    vocab = page.get_by_label("Vocabulary (comma-separated)")
+    page.wait_for_function("w => document.querySelector('textarea').value === w", arg=words, timeout=10_000)
+    assert vocab.input_value() == words
+    page.locator("#input-image img").first.wait_for(state="visible", timeout=30_000)  # the example's image is in
+    page.click("#run-button")
+    for title in ("Vanilla CLIP", "PACL"):  # both method columns show their overlay and heatmaps
+        column = page.locator(".method-col", has_text=f"{title}: segmentation")
+        column.locator("img").nth(1).wait_for(state="visible", timeout=60_000)
+        assert column.locator("img").count() >= 1 + len(words.split(","))
+    page.wait_for_function("() => [...document.querySelectorAll('.method-col img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+    first_word = words.split(",")[0].strip()
+    page.get_by_role("gridcell", name=first_word).first.wait_for(timeout=30_000)
+    page.get_by_text(re.compile(r"pacl-results-.*\.zip")).first.wait_for(timeout=30_000)  # the download
+    assert page.locator("[data-testid='toast-body']").count() == 0  # no error or warning
+    shot = tmp_path / "demo.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 50_000
+    if os.environ.get("PACL_SCREENSHOT"):
+        shutil.copy(shot, os.environ["PACL_SCREENSHOT"])
+
+
+def test_teaching_view_explains_the_first_word(page):
+    page.get_by_role("tab", name="How PACL sees this word").click()
+    first_word = load_examples()[example_row()][1].split(",")[0].strip()
+    label = page.get_by_text(f"s(x, “{first_word}”): patch–word cosine")
+    label.first.wait_for(state="visible", timeout=60_000)
+    page.get_by_text("CLS cosine =").first.wait_for(state="visible", timeout=10_000)
+    assert page.get_by_text(f"a(x, “{first_word}”): attention over patches").count() >= 1
+    page.get_by_role("tab", name="Compare methods").click()
+
+
+def test_empty_vocabulary_shows_a_visible_message(page):
+    page.get_by_label("Vocabulary (comma-separated)").fill(" , ")
+    page.click("#run-button")
+    toast = page.locator("[data-testid='toast-body']", has_text="no words given")
+    toast.first.wait_for(state="visible", timeout=30_000)
+    assert page.locator("#run-button").is_enabled()  # the page is still usable

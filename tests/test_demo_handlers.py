@@ -1,0 +1,253 @@
+"""The demo's plain-Python handlers and model registry, called directly (no server): types, sizes, messages."""
+
+import json
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from demo import handlers as h
+from demo.models import (
+    TOY_LABEL,
+    VIT_LABEL,
+    ModelChoice,
+    ModelRegistry,
+    checkpoint_choices,
+    default_registry,
+    pick_default,
+)
+from pacl_core.backbone import load_backbone
+from pacl_core.checkpoint import save_head
+from pacl_core.errors import PACLError
+from pacl_core.methods import METHODS
+from pacl_core.pacl import VisionEmbedder
+from pacl_core.toymodel import clip_path
+
+TOY_READY = clip_path().is_file()
+HEAD_LABEL = "PACL head: tiny_head (PACL-Tiny-Test:none)"
+# The toy model ships its own PACL head; until its weights exist, a tiny random model with a saved head stands in.
+MODEL = TOY_LABEL if TOY_READY else HEAD_LABEL
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    tiny = load_backbone("PACL-Tiny-Test:none")
+    save_head(folder / "tiny_head", VisionEmbedder(tiny.width, tiny.embed_dim), tiny, tau=0.5)
+    (folder / "no_meta.safetensors").write_bytes(b"not even a safetensors file")
+    (folder / "not_a_head.safetensors").write_bytes(b"x")
+    (folder / "not_a_head.json").write_text(json.dumps({"format": "something-else"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def registry(checkpoints):
+    return default_registry(checkpoints)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[:60] = (40, 90, 220)
+    img[60:] = (40, 160, 50)
+    img[30:90, 50:110] = (230, 40, 40)
+    img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_registry_lists_toy_vit_and_valid_checkpoints_only(registry, checkpoints):
+    assert registry.labels == [TOY_LABEL, VIT_LABEL, HEAD_LABEL]
+    assert [c.label for c in checkpoint_choices(checkpoints)] == [HEAD_LABEL]
+    choice = registry.choice(HEAD_LABEL)
+    assert choice.spec == "PACL-Tiny-Test:none" and choice.head.endswith("tiny_head.safetensors")
+    with pytest.raises(PACLError, match="unknown model"):
+        registry.choice("GPT-9")
+
+
+def test_models_load_once_lazily_and_are_cached(checkpoints):
+    reg = default_registry(checkpoints)
+    assert not reg.is_loaded(HEAD_LABEL)
+    first = reg.backbone(HEAD_LABEL)
+    assert reg.is_loaded(HEAD_LABEL) and reg.backbone(HEAD_LABEL) is first
+    assert reg.segmenter(HEAD_LABEL, "pacl") is reg.segmenter(HEAD_LABEL, "pacl")
+    assert reg.segmenter(HEAD_LABEL, "vanilla", 64).image_size == 64
+    assert not reg.is_loaded(VIT_LABEL)  # never touched, never loaded
+
+
+def test_default_model_falls_back_to_toy_with_a_notice_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    reg = ModelRegistry([])
+    label, notice = pick_default(reg, None)
+    assert label == TOY_LABEL and "ViT-B/16 weights are not available" in notice and "HF_HUB_OFFLINE" in notice
+    assert pick_default(reg, "vit-b-16") == (VIT_LABEL, "")
+    label, _ = pick_default(reg, "ViT-B-16-quickgelu:none")
+    assert label == "ViT-B-16-quickgelu:none (custom)" and label in reg.labels
+    with pytest.raises(PACLError, match="no such head file"):
+        pick_default(reg, str(tmp_path / "missing.safetensors"))
+
+
+def test_compare_returns_a_panel_per_method_with_right_sizes(registry, photo):
+    result = h.compare(registry, str(photo), "sky, grass, red square", ["vanilla", "pacl"], MODEL)
+    assert [p.method for p in result.panels] == ["vanilla", "pacl"] and all(p.ok for p in result.panels)
+    for p in result.panels:
+        image, masks = p.annotated
+        assert image.shape == (120, 160, 3) and image.dtype == np.uint8
+        assert [w for _, w in masks] == ["sky", "grass", "red square"]
+        assert all(m.shape == (120, 160) and set(np.unique(m)) <= {0.0, h.MASK_OPACITY} for m, _ in masks)
+        assert sum((m > 0).sum() for m, _ in masks) == 120 * 160  # no background rule: every pixel labelled
+        assert sorted(p.colors) == sorted(["sky", "grass", "red square"])
+        assert all(c.startswith("#") and len(c) == 7 for c in p.colors.values())
+        assert [w for _, w in p.heatmaps] == ["sky", "grass", "red square"]
+        assert all(img.ndim == 3 and img.dtype == np.uint8 for img, _ in p.heatmaps)
+        assert p.title in p.status and " s · " in p.status
+    assert len(result.table) == 6 and all(len(r) == len(h.TABLE_HEADERS) for r in result.table)
+    for title in ("Vanilla CLIP", "PACL"):
+        shares = [r[2] for r in result.table if r[0] == title]
+        assert sum(shares) == pytest.approx(100.0, abs=0.2)
+    assert result.notes == []
+
+
+def test_download_archive_holds_every_methods_results(registry, photo):
+    result = h.compare(registry, str(photo), "sky, grass", ["pacl", "vanilla"], MODEL, 0.0, "96")
+    with zipfile.ZipFile(result.download) as zf:
+        names = set(zf.namelist())
+        summary = zf.read("summary.csv").decode()
+        meta = json.loads(zf.read("02-pacl/result.json"))
+    for folder in ("01-vanilla", "02-pacl"):
+        assert {f"{folder}/overlay.png", f"{folder}/mask.png", f"{folder}/result.json",
+                f"{folder}/heatmap_01-sky.png", f"{folder}/heatmap_02-grass.png"} <= names
+    assert summary.splitlines()[0] == ",".join(h.TABLE_HEADERS) and len(summary.splitlines()) == 5
+    assert meta["words"] == ["sky", "grass"] and meta["method"] == "pacl"
+
+
+def test_archive_can_wait_until_the_results_are_shown(registry, photo):
+    result = h.compare(registry, str(photo), "sky, grass", ["vanilla"], MODEL, package=False)
+    assert result.download is None
+    token = h.hold(result)
+    archive = h.package_held(token)
+    assert zipfile.ZipFile(archive).read("summary.csv").decode().count("Vanilla CLIP") == 2
+    assert h.package_held(token) is None and h.package_held(None) is None
+    tokens = [h.hold(result) for _ in range(h.KEEP_HELD + 2)]  # only the newest few are kept
+    assert h.package_held(tokens[0]) is None and h.package_held(tokens[-1]) is not None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs(registry, photo, method):
+    result = h.compare(registry, str(photo), "sky, grass", [method], MODEL)
+    (panel,) = result.panels
+    assert panel.ok, panel.status
+    assert panel.annotated[0].shape == (120, 160, 3) and len(panel.heatmaps) == 2
+
+
+@pytest.fixture(scope="module")
+def headless():
+    """A registry whose only model has no PACL head (like ViT-B/16 before a head is dropped in checkpoints/)."""
+    return ModelRegistry([ModelChoice("tiny, no head", "PACL-Tiny-Test:none")])
+
+
+def test_pacl_without_a_head_is_a_message_not_a_failure(headless, photo):
+    result = h.compare(headless, str(photo), "sky, grass", ["vanilla", "pacl"], "tiny, no head")
+    vanilla, pacl = result.panels
+    assert vanilla.ok and not pacl.ok and pacl.annotated is None
+    assert "no trained PACL head" in pacl.status and "checkpoints/" in pacl.status
+    assert any("no trained PACL head" in n for n in result.notes)
+    assert {r[0] for r in result.table} == {"Vanilla CLIP"} and result.download is not None
+
+
+def test_background_threshold_adds_a_background_row(registry, photo):
+    result = h.compare(registry, str(photo), "sky, grass", ["vanilla"], MODEL, threshold=1.0)
+    rows = {r[1]: r for r in result.table}
+    assert rows["background"][2] == 100.0 and rows["background"][3] is None  # no cosine reaches 1
+    masks = result.panels[0].annotated[1]
+    assert all(m.sum() == 0 for m, _ in masks)
+
+
+def test_duplicates_and_huge_images_produce_notes(registry, tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (3000, 1500), (90, 120, 200)).save(big)
+    result = h.compare(registry, str(big), "sky, Sky, grass", ["vanilla"], MODEL)
+    assert result.words == ["sky", "grass"]
+    assert any("duplicate" in n for n in result.notes) and any("downscaled" in n for n in result.notes)
+    assert result.panels[0].annotated[0].shape == (512, 1024, 3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"image": None}, "no image"),
+    ({"words": "  , ;"}, "no words given"),
+    ({"words": ", ".join(f"w{i}" for i in range(60))}, "at most 50 words"),
+    ({"methods": []}, "no method selected"),
+    ({"methods": ["magic"]}, "unknown method"),
+    ({"threshold": 1.5}, "between 0 and 1"),
+    ({"resolution": "9999"}, "input resolution"),
+    ({"model": "nope"}, "unknown model"),
+])
+def test_bad_inputs_are_one_line_errors(registry, photo, kwargs, message):
+    args = {"image": str(photo), "words": "sky", "methods": ["vanilla"], "model": MODEL, "threshold": 0.0,
+            "resolution": "model default", **kwargs}
+    with pytest.raises(PACLError, match=message) as err:
+        h.compare(registry, **args)
+    assert "\n" not in str(err.value)
+
+
+def test_non_image_and_corrupt_files_are_refused(registry, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("this is not a picture")
+    with pytest.raises(PACLError, match="not an image"):
+        h.compare(registry, str(text), "sky", ["vanilla"], MODEL)
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(PACLError, match="corrupt or truncated"):
+        h.compare(registry, str(truncated), "sky", ["vanilla"], MODEL)
+
+
+def test_lesson_gives_the_teaching_view_for_one_word(registry, photo):
+    lesson = h.lesson(registry, str(photo), "sky, grass", "grass", MODEL)
+    assert lesson.word == "grass" and lesson.method == "pacl"
+    assert lesson.similarity_image.shape == lesson.attention_image.shape
+    assert lesson.similarity_image.shape == (360, 480, 3)  # the 120x160 photo, enlarged 3x to stay legible
+    lo, hi = lesson.similarity_range
+    assert -1.0 <= lo <= hi <= 1.0 and lesson.attention_range[0] == 0.0 < lesson.attention_range[1] <= 1.0
+    assert [r[0] for r in lesson.table] == ["sky", "grass"]
+    assert all(len(r) == len(h.LESSON_HEADERS) for r in lesson.table)
+    assert "“grass”" in lesson.summary and "CLS cosine" in lesson.summary
+    custom = h.lesson(registry, str(photo), "sky", "red square", MODEL, "model default", 0.05)
+    assert [r[0] for r in custom.table] == ["sky", "red square"] and "τ = 0.05" in custom.summary
+    first = h.lesson(registry, str(photo), "sky, grass", None, MODEL)
+    assert first.word == "sky"
+
+
+def test_lesson_without_a_head_falls_back_to_vanilla_with_a_note(headless, registry, photo):
+    lesson = h.lesson(headless, str(photo), "sky, grass", "sky", "tiny, no head")
+    assert lesson.method == "vanilla" and "no trained PACL head" in lesson.notes[0]
+    with pytest.raises(PACLError, match="attention temperature"):
+        h.lesson(registry, str(photo), "sky", "sky", MODEL, "model default", -1)
+
+
+def test_concurrent_requests_all_succeed(registry, photo):
+    words = ["sky, grass", "grass, red square, sky", "sky"]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [pool.submit(h.compare, registry, str(photo), words[i % 3], ["vanilla", "pacl"], MODEL, 0.0,
+                               ["model default", "96"][i % 2]) for i in range(6)]
+        results = [f.result(timeout=120) for f in futures]
+    assert [len(r.words) for r in results] == [2, 3, 1, 2, 3, 1]
+    assert all(all(p.ok for p in r.panels) for r in results)
+
+
+def test_a_model_without_weights_is_a_message(monkeypatch, tmp_path, checkpoints, photo):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    reg = default_registry(checkpoints)
+    with pytest.raises(PACLError, match="could not load ViT-B/16 .*not cached") as err:
+        h.compare(reg, str(photo), "sky", ["vanilla"], VIT_LABEL)
+    assert "\n" not in str(err.value) and not reg.is_loaded(VIT_LABEL)

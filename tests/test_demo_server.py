@@ -1,0 +1,155 @@
+"""The demo as a live server on a free loopback port, called over HTTP with gradio_client; stopped afterwards."""
+
+import socket
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from demo import build_demo, launch_options
+from demo import handlers as h
+from demo.models import TOY_LABEL, default_registry
+from demo.ui import QUEUE_SIZE
+from pacl_core.backbone import load_backbone
+from pacl_core.checkpoint import save_head
+from pacl_core.methods import METHODS
+from pacl_core.pacl import VisionEmbedder
+from pacl_core.toymodel import clip_path
+
+SLOT = 3  # outputs per method slot: status, overlay, heatmap gallery
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_and_registry(tmp_path_factory):
+    """The toy model (it ships a PACL head); until its weights exist, a tiny random model with a saved head."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    if clip_path().is_file():
+        return "toy", TOY_LABEL, default_registry(folder)
+    torch.manual_seed(0)
+    tiny = load_backbone("PACL-Tiny-Test:none")
+    path = save_head(folder / "tiny_head", VisionEmbedder(tiny.width, tiny.embed_dim), tiny)
+    return str(path), "PACL head: tiny_head (PACL-Tiny-Test:none)", default_registry(folder)
+
+
+@pytest.fixture(scope="module")
+def server(model_and_registry):
+    request, label, registry = model_and_registry
+    demo = build_demo(model=request, registry=registry)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    try:
+        yield demo, f"http://127.0.0.1:{port}/", label
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server[1], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    img = np.zeros((90, 120, 3), np.uint8)
+    img[:45] = (50, 100, 230)
+    img[45:] = (50, 170, 60)
+    img[20:70, 40:80] = (230, 50, 40)
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
+def size(path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+def segment(client, label, image, words="sky, grass", methods=("vanilla",), threshold=0.0, resolution="model default"):
+    image = handle_file(str(image)) if image is not None else None
+    return client.predict(image, words, list(methods), label, threshold, resolution, api_name="/segment")
+
+
+def test_queue_is_bounded(server):
+    demo, _, _ = server
+    assert demo._queue.max_size == QUEUE_SIZE
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_over_http(client, server, photo, method):
+    out = segment(client, server[2], photo, "sky, grass, red square", [method])
+    assert len(out) == SLOT * len(METHODS) + 3
+    i = METHODS.index(method) * SLOT
+    status, overlay_update, gallery = out[i: i + SLOT]
+    assert h.method_title(method) in status and "could not run" not in status
+    overlay = overlay_update["value"]  # sent as an update: the legend colours change with the words
+    assert list(overlay_update["color_map"]) == ["sky", "grass", "red square"]
+    assert size(overlay["image"]) == (120, 90)
+    assert [a["label"] for a in overlay["annotations"]] == ["sky", "grass", "red square"]
+    assert all(size(a["image"]) == (120, 90) for a in overlay["annotations"])
+    assert [g["caption"] for g in gallery] == ["sky", "grass", "red square"]
+    table, download, word = out[-3:]
+    assert table["headers"] == h.TABLE_HEADERS and len(table["data"]) == 3
+    assert download is None and word["value"] == "sky" and word["choices"][2][0] == "red square"
+    archive = client.predict(api_name="/download")  # the page asks for it right after showing the results
+    with zipfile.ZipFile(archive) as zf:
+        assert f"01-{method}/overlay.png" in zf.namelist() and "summary.csv" in zf.namelist()
+    assert client.predict(api_name="/download") is None  # packaged once, then released
+    others = [out[j * SLOT + 1] for j in range(len(METHODS)) if METHODS[j] != method]
+    assert all(o is None for o in others)
+
+
+def test_explain_endpoint(client, server, photo):
+    s_img, a_img, summary, table = client.predict(handle_file(str(photo)), "sky, grass", "grass", server[2],
+                                                  "model default", 0.0, api_name="/explain")
+    assert size(s_img["value"]) == size(a_img["value"]) == (480, 360)  # enlarged 4x
+    assert s_img["label"].startswith("s(x, “grass”)") and a_img["label"].startswith("a(x, “grass”)")
+    assert "“grass”" in summary and [r[0] for r in table["data"]] == ["sky", "grass"]
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("no image", "no image yet"),
+    ("not an image", "not an image"),
+    ("empty vocabulary", "no words given"),
+    ("too many words", "at most 50 words"),
+    ("no method", "no method selected"),
+])
+def test_bad_inputs_show_a_message_and_the_server_keeps_running(client, server, photo, tmp_path, kind, message):
+    image, words, methods = photo, "sky", ["vanilla"]
+    if kind == "no image":
+        image = None
+    elif kind == "not an image":
+        image = tmp_path / "fake.png"
+        image.write_text("hello, I am text")
+    elif kind == "empty vocabulary":
+        words = " ,, "
+    elif kind == "too many words":
+        words = ", ".join(f"thing{i}" for i in range(80))
+    else:
+        methods = []
+    with pytest.raises(AppError, match=message) as err:
+        segment(client, server[2], image, words, methods)
+    assert "Traceback" not in str(err.value)
+    out = segment(client, server[2], photo, "sky")  # still serving
+    assert out[-1]["value"] == "sky"
+
+
+def test_several_users_at_once(server, photo):
+    url, label = server[1], server[2]
+    clients = [Client(url, verbose=False) for _ in range(3)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        jobs = [pool.submit(segment, clients[i % 3], label, photo, ["sky", "sky, grass", "grass, red"][i % 3],
+                            ["vanilla", "pacl"]) for i in range(6)]
+        outs = [j.result(timeout=180) for j in jobs]
+    assert [o[-1]["value"] for o in outs] == ["sky", "sky", "grass"] * 2
+    assert all(len(o[-3]["data"]) >= 2 for o in outs)
