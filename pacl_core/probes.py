@@ -1,0 +1,116 @@
+"""Patch-level probes from the PACL paper, for any (B, T, D) patch embeddings with per-patch labels.
+
+- `patch_majority_labels`: pixel label maps -> the majority label of every patch of a grid.
+- `patch_accuracy` (Table 1): each patch is classified by its cosine to the class-name text embeddings
+  and compared with its majority label.
+- `coherence_roc` (Section 4, "semantic coherence"): how well the cosine of two patch embeddings predicts
+  whether the two patches have the same label, as a ROC curve and its AUC, over randomly sampled pairs.
+- `save_roc_png`: one figure with several ROC curves.
+Labels equal to `ignore_index` (or negative) are left out everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+
+
+def patch_majority_labels(labels: np.ndarray, grid: tuple[int, int], num_classes: int,
+                          ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """(B, H, W) pixel labels -> (B, h*w) int64 majority label per patch, ignore_index where ignored pixels win.
+
+    Pixel (y, x) belongs to patch (y*h//H, x*w//W); ignored pixels vote as one extra class.
+    """
+    B, H, W = labels.shape
+    h, w = grid
+    lab = labels.astype(np.int64)
+    lab = np.where((lab < 0) | (lab >= num_classes), num_classes, lab)  # (B, H, W), ignored -> num_classes
+    py = (np.arange(H) * h // H)[:, None]  # (H, 1)
+    px = (np.arange(W) * w // W)[None, :]  # (1, W)
+    patch = (np.arange(B)[:, None, None] * (h * w) + py * w + px)  # (B, H, W) global patch index
+    C = num_classes + 1
+    counts = np.bincount((patch * C + lab).ravel(), minlength=B * h * w * C).reshape(B, h * w, C)  # (B, T, C)
+    major = counts.argmax(-1)  # (B, T)
+    return np.where(major == num_classes, ignore_index, major)
+
+
+def _valid(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    return (labels >= 0) & (labels != ignore_index)
+
+
+def patch_accuracy(patch_emb: torch.Tensor, labels, text_emb: torch.Tensor,
+                   ignore_index: int = IGNORE_INDEX) -> float:
+    """Share of (non-ignored) patches whose most similar class name is their label.
+
+    patch_emb (B, T, D), labels (B, T) class indices into text_emb (K, D).
+    """
+    labels = torch.as_tensor(np.asarray(labels)).long()
+    assert patch_emb.shape[:2] == labels.shape, f"{tuple(patch_emb.shape)} embeddings vs {tuple(labels.shape)} labels"
+    keep = _valid(labels, ignore_index)  # (B, T)
+    if not keep.any():
+        return float("nan")
+    emb = F.normalize(patch_emb[keep].float(), dim=-1)  # (N, D)
+    pred = (emb @ F.normalize(text_emb.float(), dim=-1).T).argmax(-1)  # (N,)
+    return float((pred == labels[keep]).float().mean())
+
+
+def sample_pairs(n_items: int, n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n_pairs random (i, j) index pairs with i != j from range(n_items), seeded."""
+    assert n_items >= 2, "need at least two patches to form a pair"
+    g = np.random.default_rng(seed)
+    i = g.integers(0, n_items, n_pairs)
+    j = (i + g.integers(1, n_items, n_pairs)) % n_items  # never equal to i
+    return i, j
+
+
+def coherence_roc(patch_emb: torch.Tensor, labels, n_pairs: int = 100_000, seed: int = 0,
+                  ignore_index: int = IGNORE_INDEX) -> dict:
+    """Semantic coherence: ROC of patch-patch cosine for predicting 'same label', over random patch pairs.
+
+    patch_emb (B, T, D), labels (B, T); pairs are drawn among all non-ignored patches of all images.
+    Returns {"auc", "fpr", "tpr", "n_pairs", "positive_share"}; auc is NaN when only one label occurs.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    labels = torch.as_tensor(np.asarray(labels)).long()
+    assert patch_emb.shape[:2] == labels.shape, f"{tuple(patch_emb.shape)} embeddings vs {tuple(labels.shape)} labels"
+    keep = _valid(labels, ignore_index)  # (B, T)
+    emb = F.normalize(patch_emb[keep].float(), dim=-1)  # (N, D)
+    lab = labels[keep].numpy()  # (N,)
+    if len(lab) < 2 or len(np.unique(lab)) < 2:
+        return {"auc": float("nan"), "fpr": [], "tpr": [], "n_pairs": 0, "positive_share": float("nan")}
+    i, j = sample_pairs(len(lab), n_pairs, seed)
+    cos = (emb[torch.from_numpy(i)] * emb[torch.from_numpy(j)]).sum(-1).numpy()  # (n_pairs,)
+    same = lab[i] == lab[j]
+    if same.all() or not same.any():
+        return {"auc": float("nan"), "fpr": [], "tpr": [], "n_pairs": n_pairs, "positive_share": float(same.mean())}
+    fpr, tpr, _ = roc_curve(same, cos)
+    keep_pts = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).round().astype(int))  # thin the curve
+    return {"auc": float(roc_auc_score(same, cos)), "fpr": fpr[keep_pts].tolist(), "tpr": tpr[keep_pts].tolist(),
+            "n_pairs": n_pairs, "positive_share": float(same.mean())}
+
+
+def save_roc_png(curves: dict[str, dict], path, title: str = "semantic coherence of patch embeddings") -> Path:
+    """Plot {name: coherence_roc(...)} as ROC curves in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    for name, roc in curves.items():
+        ax.plot(roc["fpr"], roc["tpr"], label=f"{name} (AUC {roc['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,155 @@
+"""Evaluation in the toy world: segmentation mIoU, patch accuracy and semantic coherence, vanilla vs PACL.
+
+`evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None) -> dict`
+reads a folder written by `python -m pacl_core toy generate` and returns, per method,
+
+    {"miou", "patch_acc", "coherence_auc", "pixel_acc", "per_class_iou": {class: IoU or None},
+     "seen": {...same four...}, "unseen": {...}}
+
+plus "roc_png" (the ROC figure of semantic coherence), "classes", "words", "templates" and "n_images".
+The vocabulary is the class names: the 8 shape words and the word "background", each embedded with the
+backbone's prompt templates; every pixel takes the word with the highest cosine (bilinearly upsampled patch
+scores, exactly as `Segmenter` does in "whole" mode). "seen" ignores the pixels of objects whose
+colour-shape pair was held out of training, "unseen" ignores those of the other objects; both keep the
+background. Run it alone with `python -m pacl_core.toyeval --root DIR [--model toy]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .errors import PACLError
+from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from .pacl import patch_similarity
+from .probes import coherence_roc, patch_accuracy, patch_majority_labels, save_roc_png
+from .toyworld import ToyDataset
+
+SUBSETS = ("all", "seen", "unseen")
+
+
+def subset_labels(item: dict) -> dict[str, np.ndarray]:
+    """The item's mask for each subset: 'all', 'seen' (unseen objects ignored), 'unseen' (seen objects ignored)."""
+    mask = item["mask"].astype(np.int64)  # (H, W)
+    unseen = ToyDataset.unseen_pixels(item)  # (H, W)
+    seen_obj = (item["instances"] > 0) & ~unseen
+    return {"all": mask, "seen": np.where(unseen, IGNORE_INDEX, mask),
+            "unseen": np.where(seen_obj, IGNORE_INDEX, mask)}
+
+
+@torch.no_grad()
+def predict(segmenter, images: list[np.ndarray], text: torch.Tensor) -> tuple[torch.Tensor, tuple, np.ndarray]:
+    """Images (H, W, 3) of one size -> patch embeddings (B, T, D), grid, and label maps (B, H, W).
+
+    The batched equivalent of Segmenter(image, words) in 'whole' mode without a background rule.
+    """
+    backbone, S = segmenter.backbone, segmenter.image_size
+    H, W = images[0].shape[:2]
+    x = torch.cat([backbone.preprocess(im, (S, S)) for im in images])  # (B, 3, S, S)
+    emb, grid = segmenter.patch_embeddings(x)  # (B, T, D)
+    s = patch_similarity(emb.float(), text.to(emb.device).float())  # (B, K, T)
+    s = s.view(s.shape[0], s.shape[1], *grid)  # (B, K, h, w)
+    scores = F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
+    return emb.float().cpu(), grid, scores.argmax(1).cpu().numpy()
+
+
+def _clean(v: float) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _summarise(conf: np.ndarray, emb: torch.Tensor, patch_labels: np.ndarray, text: torch.Tensor,
+               classes: tuple, seed: int) -> tuple[dict, dict]:
+    roc = coherence_roc(emb, patch_labels, seed=seed)
+    iou = iou_per_class(conf)
+    row = {"miou": _clean(mean_iou(conf)), "patch_acc": _clean(patch_accuracy(emb, patch_labels, text)),
+           "coherence_auc": _clean(roc["auc"]), "pixel_acc": _clean(pixel_accuracy(conf)),
+           "per_class_iou": {c: _clean(v) for c, v in zip(classes, iou)}}
+    return row, roc
+
+
+def evaluate_method(dataset: ToyDataset, segmenter, text: torch.Tensor, indices: list[int], batch: int = 50,
+                    progress: bool = False) -> tuple[dict, dict]:
+    """One method on the given items -> (metrics dict with seen/unseen parts, ROC of the whole set)."""
+    K = len(dataset.classes)
+    conf = {s: np.zeros((K, K), np.int64) for s in SUBSETS}
+    embs, plabels = [], {s: [] for s in SUBSETS}
+    for start in tqdm(range(0, len(indices), batch), desc=f"evaluating {segmenter.method}", unit="batch",
+                      disable=not progress, leave=False):
+        items = [dataset[i] for i in indices[start:start + batch]]
+        emb, grid, pred = predict(segmenter, [it["image"] for it in items], text)
+        embs.append(emb)
+        for s in SUBSETS:
+            labels = np.stack([subset_labels(it)[s] for it in items])  # (b, H, W)
+            conf[s] += confusion_matrix(pred, labels, K)
+            plabels[s].append(patch_majority_labels(labels, grid, K))  # (b, T)
+    emb = torch.cat(embs)  # (N, T, D)
+    result, roc_all = None, None
+    for s in SUBSETS:
+        row, roc = _summarise(conf[s], emb, np.concatenate(plabels[s]), text, dataset.classes, seed=SUBSETS.index(s))
+        if s == "all":
+            result, roc_all = row, roc
+        else:
+            result[s] = {k: v for k, v in row.items()}
+    return result, roc_all
+
+
+def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None,
+                 progress: bool = False) -> dict:
+    """Evaluate `methods` of `backbone` on the toy-world folder `root` (see the module docstring).
+
+    head: a PACL head (path or VisionEmbedder) for 'pacl'; default backbone.default_head.
+    limit: use only the first `limit` scenes. roc_png: where to save the coherence ROC figure
+    (default ROOT/coherence_roc.png; False for none).
+    """
+    from .segment import Segmenter
+
+    dataset = ToyDataset(root)
+    if len(dataset) == 0:
+        raise PACLError(f"{root}: the toy-world folder holds no scenes")
+    indices = list(range(len(dataset) if limit is None else min(int(limit), len(dataset))))
+    words = list(dataset.classes)
+    text = backbone.text_embeddings(words)  # (K, D)
+    out, rocs = {}, {}
+    for method in methods:
+        segmenter = Segmenter(backbone, method=method, head=head if method == "pacl" else None)
+        out[method], rocs[method] = evaluate_method(dataset, segmenter, text, indices, progress=progress)
+    if roc_png is not False:
+        roc_png = Path(roc_png) if roc_png else Path(root) / "coherence_roc.png"
+        save_roc_png(rocs, roc_png, title=f"semantic coherence, {backbone.name}")
+    out.update(roc_png=str(roc_png) if roc_png is not False else None, classes=words, words=words,
+               templates=list(backbone.templates), n_images=len(indices))
+    return out
+
+
+def main(argv=None) -> int:
+    """`python -m pacl_core.toyeval --root DIR`: print evaluate_toy's JSON."""
+    from .backbone import load_backbone
+
+    p = argparse.ArgumentParser(prog="python -m pacl_core.toyeval", description=__doc__.splitlines()[0])
+    p.add_argument("--root", required=True, help="a folder written by `toy generate`")
+    p.add_argument("--model", default="toy", help="backbone spec (default: toy)")
+    p.add_argument("--head", default=None, help="PACL head (default: the model's shipped head)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N scenes")
+    p.add_argument("--roc-png", default=None, help="where to save the ROC figure (default: ROOT/coherence_roc.png)")
+    args = p.parse_args(argv)
+    try:
+        backbone = load_backbone(args.model)
+        result = evaluate_toy(args.root, backbone, head=args.head, limit=args.limit, roc_png=args.roc_png,
+                              progress=True)
+    except PACLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The embedded toy-world model: a tiny CLIP trained from scratch in the toy world, and its PACL head.
+
+`load_toy_backbone()` reads assets/toy/toy_clip.safetensors (float16 weights of the open_clip config
+PACL-Toy, see pacl_core/model_configs/PACL-Toy.json) with no network, and sets `backbone.default_head` to
+the shipped PACL head assets/toy/toy_pacl_head.safetensors. Retrain both with `python -m pacl_core toy train`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import torch
+
+from .errors import PACLError
+
+CONFIG_NAME = "PACL-Toy"
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
+CLIP_FILE = "toy_clip.safetensors"
+HEAD_FILE = "toy_pacl_head.safetensors"
+CLIP_FORMAT = "pacl-toy-clip"
+# Words are embedded the way toy captions name objects ("a star"); see docs/parts/issue-3.md.
+TOY_TEMPLATES = ("a {}",)
+
+
+def clip_path(root=None) -> Path:
+    return Path(root or ASSET_DIR) / CLIP_FILE
+
+
+def head_path(root=None) -> Path:
+    return Path(root or ASSET_DIR) / HEAD_FILE
+
+
+def save_clip(root, model: torch.nn.Module, training: dict) -> Path:
+    """Save the toy CLIP as float16 safetensors + JSON metadata (config, training settings, measured numbers)."""
+    from .checkpoint import save_tensors
+
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    meta = {"format": CLIP_FORMAT, "version": 1, "config": CONFIG_NAME, "dtype": "float16",
+            "model_cfg": open_clip.get_model_config(CONFIG_NAME), "templates": list(TOY_TEMPLATES),
+            "training": training}
+    return save_tensors(clip_path(root), state, meta)
+
+
+def create_toy_clip(state: dict | None = None) -> torch.nn.Module:
+    """A PACL-Toy open_clip model, random or with `state` (any float dtype) loaded strictly."""
+    from .backbone import _quiet_hub_logs
+
+    with _quiet_hub_logs():  # open_clip warns that no pretrained weights were loaded
+        model = open_clip.create_model(CONFIG_NAME, pretrained=None)
+    if state is not None:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("attn_mask")]
+        assert not missing and not unexpected, f"toy weights do not fit {CONFIG_NAME}: {missing} {unexpected}"
+    return model
+
+
+def toy_backbone(model: torch.nn.Module, pretrained: str | None = None, image_size: int | None = None,
+                 device: str = "cpu", templates=TOY_TEMPLATES):
+    """Wrap a PACL-Toy open_clip model (trained or not) as a frozen Backbone with the toy prompt templates."""
+    from .backbone import Backbone
+
+    return Backbone(model, open_clip.get_tokenizer(CONFIG_NAME), CONFIG_NAME, pretrained, image_size=image_size,
+                    templates=templates, device=device)
+
+
+def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=None, with_head: bool = True):
+    """The toy CLIP as a Backbone (native 96 px input unless image_size), with its PACL head as default_head."""
+    from .checkpoint import load_tensors
+
+    path = clip_path(root)
+    if not path.is_file():
+        raise PACLError(f"toy model weights are missing ({path}); train them with "
+                        "`python -m pacl_core toy train --out assets/toy`")
+    state, meta = load_tensors(path, CLIP_FORMAT)
+    if meta.get("config") != CONFIG_NAME:
+        raise PACLError(f"{path}: made for config '{meta.get('config')}', expected '{CONFIG_NAME}'")
+    try:
+        model = create_toy_clip(state)
+    except AssertionError as e:
+        raise PACLError(f"{path}: {e}") from None
+    backbone = toy_backbone(model, str(path), image_size, device, tuple(meta.get("templates") or TOY_TEMPLATES))
+    if with_head and head_path(root).is_file():
+        backbone.default_head = head_path(root)
+    backbone.toy_meta = meta
+    return backbone
+
+
+def shipped_numbers(root=None) -> dict:
+    """The numbers measured when the shipped model was trained (from its JSON), or {} if none."""
+    meta_file = clip_path(root).with_suffix(".json")
+    if not meta_file.is_file():
+        return {}
+    return json.loads(meta_file.read_text()).get("training", {}).get("eval", {})

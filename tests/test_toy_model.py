@@ -1,0 +1,96 @@
+"""The shipped toy model: small, loads offline with --model toy, and reproduces the numbers it ships with."""
+
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from pacl_core import toymodel
+from pacl_core.backbone import load_backbone
+from pacl_core.cli import main
+from pacl_core.segment import Segmenter
+from pacl_core.toyeval import evaluate_toy, predict
+from pacl_core.toyworld import CLASSES, write_split
+
+EXAMPLES = toymodel.ASSET_DIR.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_backbone("toy")
+
+
+@pytest.fixture(scope="module")
+def test_split(tmp_path_factory):
+    return write_split(tmp_path_factory.mktemp("toytest"), "test", seed=12345, n=24)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a socket fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_assets_are_small_safetensors_with_json():
+    files = sorted(toymodel.ASSET_DIR.iterdir())
+    assert {f.suffix for f in files} <= {".safetensors", ".json"}
+    assert sum(f.stat().st_size for f in files) < 20 * 2**20
+    meta = json.loads(toymodel.clip_path().with_suffix(".json").read_text())
+    assert meta["config"] == "PACL-Toy" and "seed" in meta["training"]["train"]
+    assert {"vanilla", "pacl"} <= set(meta["training"]["eval"])
+
+
+def test_toy_loads_without_network_and_has_a_default_head(no_network):
+    backbone = load_backbone("toy")
+    assert backbone.default_head == toymodel.head_path()
+    assert backbone.native_size == 96 and backbone.image_size == 96
+    seg = Segmenter(backbone, "pacl")(np.zeros((50, 70, 3), np.uint8), "circle, star")
+    assert seg.mask.shape == (50, 70)
+
+
+def test_evaluation_report_is_complete(toy, test_split):
+    result = evaluate_toy(test_split, toy, roc_png=test_split / "roc.png")
+    for method in ("vanilla", "pacl"):
+        for key in ("miou", "patch_acc", "coherence_auc"):
+            assert 0 <= result[method][key] <= 1
+        assert set(result[method]["per_class_iou"]) == set(CLASSES)
+        assert {"seen", "unseen"} <= set(result[method])
+    assert (test_split / "roc.png").stat().st_size > 1000
+
+
+def test_shipped_numbers_reproduce(toy, tmp_path):
+    """The numbers recorded in the shipped JSON (and the README) come back from the same held-out scenes."""
+    recorded = json.loads(toymodel.clip_path().with_suffix(".json").read_text())["training"]["eval"]
+    split = write_split(tmp_path / "test", "test", seed=recorded["test_split"]["seed"],
+                        n=recorded["test_split"]["n"])
+    result = evaluate_toy(split, toy)
+    for method in ("vanilla", "pacl"):
+        for key in ("miou", "patch_acc", "coherence_auc"):
+            assert result[method][key] == pytest.approx(recorded[method][key], abs=2e-3), (method, key)
+    assert result["pacl"]["miou"] > result["vanilla"]["miou"]
+
+
+def test_batched_prediction_matches_the_segmenter(toy, test_split):
+    from pacl_core.toyworld import ToyDataset
+
+    item = ToyDataset(test_split)[0]
+    segmenter = Segmenter(toy, "pacl")
+    _, _, pred = predict(segmenter, [item["image"]], toy.text_embeddings(list(CLASSES)))
+    assert np.array_equal(pred[0], segmenter(item["image"], list(CLASSES)).mask)
+
+
+def test_examples_listed_and_segmented_by_cli(tmp_path, no_network):
+    entries = json.loads((EXAMPLES / "examples.json").read_text())
+    toy_entries = [e for e in entries if e["file"].startswith("toy_")]
+    assert len(toy_entries) >= 3
+    first = toy_entries[0]
+    code = main(["segment", str(EXAMPLES / first["file"]), "--words", first["words"], "--model", "toy",
+                 "--method", "pacl", "--out", str(tmp_path / "seg")])
+    assert code == 0
+    result = json.loads(next((tmp_path / "seg").glob("*/result.json")).read_text())
+    assert result["backbone"] == "PACL-Toy" and result["method"] == "pacl"

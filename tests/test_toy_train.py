@@ -1,0 +1,90 @@
+"""Miniature toy training: both stages run in seconds, their losses fall, and `toy train` writes loadable files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pacl_core import toymodel
+from pacl_core.checkpoint import load_head
+from pacl_core.cli import main
+from pacl_core.toytrain import ToyTrainConfig, _batches, make_pool, train_clip, train_pacl
+
+TINY = dict(clip_phases=((48, 14, 32), (96, 14, 32)), variants=4, clip_batch=32, clip_warmup=2, pacl_steps=14,
+            pacl_batch=32, threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    torch.set_num_threads(1)
+    cfg = ToyTrainConfig(**TINY)
+    torch.manual_seed(0)
+    model = toymodel.create_toy_clip()
+    clip_losses = {}
+    for size, steps, pool in cfg.clip_phases:  # 48 px, then the native 96 px
+        images, captions = make_pool(0, pool, size, cfg.variants, progress=False)
+        clip_losses[size] = train_clip(model, open_clip_tokenizer(), images, captions, cfg, steps, progress=False)
+    backbone = toymodel.toy_backbone(model)
+    head, pacl_losses = train_pacl(backbone, images, captions, cfg, progress=False)
+    return cfg, clip_losses, pacl_losses, head, backbone
+
+
+def open_clip_tokenizer():
+    import open_clip
+
+    return open_clip.get_tokenizer(toymodel.CONFIG_NAME)
+
+
+def test_batches_keep_scene_variants_together():
+    batches = list(_batches(n=40, batch=8, steps=12, seed=0, variants=4))
+    assert all(len(b) == 8 for b in batches)
+    for b in batches:
+        groups = b.reshape(-1, 4) // 4
+        assert (groups == groups[:, :1]).all(), "a batch holds whole groups of 4 variants"
+    seen = np.concatenate(batches[:5])
+    assert len(set(seen.tolist())) == 40, "an epoch visits every scene once"
+
+
+def test_clip_stage_loss_falls_in_both_phases(tiny_run):
+    _, losses, _, _, _ = tiny_run
+    for size, phase in losses.items():
+        assert len(phase) == 14 and all(np.isfinite(phase))
+        assert np.mean(phase[-3:]) < np.mean(phase[:3]) - 0.2, (size, phase)
+
+
+def test_sincos_grid_swaps_positions_only_inside():
+    from pacl_core.toytrain import sincos_grid
+
+    visual = toymodel.create_toy_clip().visual
+    native = visual.positional_embedding.detach().clone()  # (1 + 144, W)
+    with sincos_grid(visual, 6):
+        assert visual.positional_embedding.shape == (1 + 36, native.shape[1])
+        assert visual(torch.zeros(2, 3, 48, 48)).shape == (2, 64)
+    assert torch.equal(visual.positional_embedding, native)
+
+
+def test_pacl_stage_loss_falls_and_backbone_stays_frozen(tiny_run):
+    _, _, losses, head, backbone = tiny_run
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2, losses
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    assert head.linear.weight.shape == (backbone.embed_dim, backbone.width)
+
+
+def test_toy_train_cli_writes_a_loadable_model(tmp_path, capsys):
+    out = tmp_path / "toy"
+    code = main(["toy", "train", "--out", str(out), "--clip-steps", "2,2", "--pacl-steps", "2", "--pool", "16,16",
+                 "--threads", "1", "--eval-n", "3"])
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((out / "toy_clip.json").read_text())
+    assert meta["config"] == toymodel.CONFIG_NAME
+    assert [p[1] for p in meta["training"]["train"]["clip_phases"]] == [2, 2]
+    for method in ("vanilla", "pacl"):
+        for key in ("miou", "patch_acc", "coherence_auc"):
+            assert 0 <= meta["training"]["eval"][method][key] <= 1
+    backbone = toymodel.load_toy_backbone(root=out)
+    assert backbone.default_head == out / toymodel.HEAD_FILE
+    head = load_head(backbone.default_head, backbone)
+    assert head.meta["training"]["train"]["pacl_steps"] == 2
+    assert main(["toy", "train", "--out", str(out), "--pool", "0,5"]) == 2
+    assert "error: --pool needs 2 comma-separated integers of at least 1" in capsys.readouterr().err
