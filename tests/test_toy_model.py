@@ -71,7 +71,7 @@ def test_shipped_numbers_reproduce(toy, tmp_path):
     result = evaluate_toy(split, toy)
     for method in ("vanilla", "pacl"):
         for key in ("miou", "patch_acc", "coherence_auc"):
-            assert result[method][key] == pytest.approx(recorded[method][key], abs=2e-3), (method, key)
+            assert result[method][key] == pytest.approx(recorded[method][key], abs=1e-4), (method, key)
     assert result["pacl"]["miou"] > result["vanilla"]["miou"]
 
 
