@@ -6,7 +6,9 @@ reads a folder written by `python -m pacl_core toy generate` and returns, per me
     {"miou", "patch_acc", "coherence_auc", "pixel_acc", "per_class_iou": {class: IoU or None},
      "seen": {...same four...}, "unseen": {...}}
 
-plus "roc_png" (the ROC figure of semantic coherence), "classes", "words", "templates" and "n_images".
+plus "roc_png" (the ROC figure of semantic coherence), "classes", "words", "templates", "n_images" and
+"cls_zero_shot" (CLIP's image-level shape accuracy on the single-object scenes, a check on stage 1) and
+"oracle_miou" (the mIoU a perfect patch classifier would reach at this patch grid: the ceiling).
 The vocabulary is the class names: the 8 shape words and the word "background", each embedded with the
 backbone's prompt templates; every pixel takes the word with the highest cosine (bilinearly upsampled patch
 scores, exactly as `Segmenter` does in "whole" mode). "seen" ignores the pixels of objects whose
@@ -101,6 +103,38 @@ def evaluate_method(dataset: ToyDataset, segmenter, text: torch.Tensor, indices:
     return result, roc_all
 
 
+def oracle_miou(dataset: ToyDataset, indices: list[int], patch_size: int, image_size: int) -> float:
+    """The mIoU of a perfect patch-level segmenter at this grid: every patch scores each class by the share of
+    its pixels in that class, upsampled and argmaxed like the real methods. An upper bound for them."""
+    K = len(dataset.classes)
+    conf = np.zeros((K, K), np.int64)
+    for i in indices:
+        mask = dataset[i]["mask"]  # (H, W)
+        H, W = mask.shape
+        onehot = F.one_hot(torch.from_numpy(mask).long(), K).permute(2, 0, 1)[None].float()  # (1, K, H, W)
+        onehot = F.interpolate(onehot, size=(image_size, image_size), mode="nearest")  # (1, K, S, S)
+        share = F.avg_pool2d(onehot, patch_size)  # (1, K, h, w)
+        pred = F.interpolate(share, size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0)  # (H, W)
+        conf += confusion_matrix(pred.numpy(), mask, K)
+    return mean_iou(conf)
+
+
+@torch.no_grad()
+def cls_zero_shot(dataset: ToyDataset, backbone, indices: list[int], text: torch.Tensor) -> float | None:
+    """CLIP's own image-level skill: share of single-object scenes whose CLS embedding is closest to the
+    right shape word (background excluded). Tells whether stage 1 learned shapes at all."""
+    singles = [dataset[i] for i in indices if len(dataset.rows[i]["objects"]) == 1]
+    if not singles:
+        return None
+    S = backbone.image_size
+    x = torch.cat([backbone.preprocess(it["image"], (S, S)) for it in singles])  # (N, 3, S, S)
+    emb = backbone.image_embedding(x).float().cpu()  # (N, D)
+    shapes = list(dataset.classes[1:])
+    pred = (emb @ text[1:].float().cpu().T).argmax(1)  # (N,)
+    truth = torch.tensor([shapes.index(it["objects"][0]["shape"]) for it in singles])
+    return float((pred == truth).float().mean())
+
+
 def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None,
                  progress: bool = False) -> dict:
     """Evaluate `methods` of `backbone` on the toy-world folder `root` (see the module docstring).
@@ -125,7 +159,9 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
         roc_png = Path(roc_png) if roc_png else Path(root) / "coherence_roc.png"
         save_roc_png(rocs, roc_png, title=f"semantic coherence, {backbone.name}")
     out.update(roc_png=str(roc_png) if roc_png is not False else None, classes=words, words=words,
-               templates=list(backbone.templates), n_images=len(indices))
+               templates=list(backbone.templates), n_images=len(indices),
+               cls_zero_shot=cls_zero_shot(dataset, backbone, indices, text),
+               oracle_miou=oracle_miou(dataset, indices, backbone.patch_size, Segmenter(backbone).image_size))
     return out
 
 

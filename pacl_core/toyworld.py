@@ -54,6 +54,9 @@ MAX_TILT = 20.0  # degrees
 RADIUS = (0.16, 0.26)  # object radius range, as a fraction of the image size
 OBJ_CONTRAST = 0.4  # how far a texture's second colour is from the first, for objects
 BG_CONTRAST = 0.25  # and for backgrounds
+CAPTION_P = {"colour": 0.8, "texture": 0.6, "background": 0.5}  # chance a caption names each attribute
+OUTLINE = 0.0  # width of a dark outline drawn around every object, as a fraction of the image size (0: none)
+OUTLINE_RGB = (0.03, 0.03, 0.03)
 
 
 @dataclass
@@ -139,6 +142,14 @@ def shape_alpha(shape: str, box: tuple[int, int, int, int], centre: tuple[float,
     return small.astype(np.float32) * np.float32(1 / 255)
 
 
+def outline_alpha(alpha: np.ndarray, width: float) -> np.ndarray:
+    """Coverage of a band of about `width` px straddling the edge of a shape's coverage `alpha`: (h, w)."""
+    k = max(1, int(round(width)))
+    kernel = np.ones((2 * k + 1, 2 * k + 1), np.uint8)
+    band = cv2.dilate(alpha, kernel) - cv2.erode(alpha, kernel)  # (h, w) in [0, 1]
+    return np.clip(band, 0, 1).astype(np.float32)
+
+
 # ---- textures ---------------------------------------------------------------------------------
 def _second_colour(c: np.ndarray, contrast: float) -> np.ndarray:
     """The texture's other colour: a darker shade, or a lighter one for dark colours."""
@@ -181,9 +192,9 @@ def _article(word: str) -> str:
 def describe(obj: dict, rng: np.random.Generator) -> str:
     """'a red striped star', with the colour and texture words each sometimes left out."""
     words = []
-    if rng.random() < 0.8:
+    if rng.random() < CAPTION_P["colour"]:
         words.append(obj["colour"])
-    if obj["texture"] != "plain" and rng.random() < 0.6:
+    if obj["texture"] != "plain" and rng.random() < CAPTION_P["texture"]:
         words.append(obj["texture"])
     words.append(obj["shape"])
     return f"{_article(words[0])} {' '.join(words)}"
@@ -206,7 +217,7 @@ def make_caption(objects: list[dict], background: dict, rng: np.random.Generator
         text = f"{names[0]} {relation(objects[0], objects[1])} {names[1]}"
     else:
         text = ", ".join(names[:-1]) + f" and {names[-1]}"
-    if rng.random() < 0.5:
+    if rng.random() < CAPTION_P["background"]:
         bg = [w for w in (background["texture"] if background["texture"] != "plain" else None,
                           background["colour"] if rng.random() < 0.7 else None) if w]
         text += f" on {_article(bg[0]) if bg else 'a'} {' '.join(bg + ['background'])}"
@@ -270,6 +281,9 @@ def make_scene(seed: int, index: int, split: str = "train", size: int = DEFAULT_
                        OBJ_CONTRAST)  # (h, w, 3)
         crop = image[y0:y1, x0:x1]  # (h, w, 3), a view
         crop += (fill - crop) * alpha[..., None]
+        if OUTLINE > 0:
+            line = outline_alpha(alpha, OUTLINE * size)  # (h, w)
+            crop += (np.float32(OUTLINE_RGB) - crop) * line[..., None]
         inside = alpha > 0.5  # (h, w)
         mask[y0:y1, x0:x1][inside] = CLASSES.index(shape)
         instances[y0:y1, x0:x1][inside] = k + 1

@@ -94,3 +94,18 @@ def test_examples_listed_and_segmented_by_cli(tmp_path, no_network):
     assert code == 0
     result = json.loads(next((tmp_path / "seg").glob("*/result.json")).read_text())
     assert result["backbone"] == "PACL-Toy" and result["method"] == "pacl"
+
+
+def test_oracle_is_a_ceiling_and_exact_at_pixel_level(toy, test_split):
+    from pacl_core.toyeval import oracle_miou
+    from pacl_core.toyworld import ToyDataset
+
+    data = ToyDataset(test_split)
+    idx = list(range(len(data)))
+    assert oracle_miou(data, idx, patch_size=1, image_size=96) == pytest.approx(1.0)
+    coarse, fine = oracle_miou(data, idx, 16, 96), oracle_miou(data, idx, 8, 96)
+    assert 0 < coarse < fine < 1
+    result = evaluate_toy(test_split, toy, roc_png=False)
+    assert result["oracle_miou"] == pytest.approx(fine)
+    assert result["pacl"]["miou"] <= result["oracle_miou"] and result["vanilla"]["miou"] <= result["oracle_miou"]
+    assert 0 <= result["cls_zero_shot"] <= 1

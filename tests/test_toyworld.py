@@ -93,3 +93,31 @@ def test_cli_generate_writes_the_layout(tmp_path, capsys):
         assert sorted(p.name for p in (out / sub).iterdir()) == ["000000.png", "000001.png", "000002.png"]
     assert main(["toy", "generate", "--n", "0", "--out", str(out)]) == 2
     assert "error: --n must be at least 1" in capsys.readouterr().err
+
+
+def test_outline_darkens_edges_only_and_keeps_masks(monkeypatch):
+    plain = make_scene(5, 2, "train", size=96)
+    monkeypatch.setattr(toyworld, "OUTLINE", 2 / 96)
+    lined = make_scene(5, 2, "train", size=96)
+    assert np.array_equal(plain.mask, lined.mask) and plain.caption == lined.caption
+    changed = np.abs(plain.image.astype(int) - lined.image.astype(int)).sum(-1) > 30  # (H, W)
+    assert changed.any()
+    inner = np.zeros_like(changed)
+    m = plain.mask
+    inner[1:-1, 1:-1] = (m[1:-1, 1:-1] == m[:-2, 1:-1]) & (m[1:-1, 1:-1] == m[2:, 1:-1])
+    # every darkened pixel lies within a few pixels of an object edge
+    import cv2
+    edges = cv2.dilate((~inner).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    assert not (changed & ~edges).any()
+    assert lined.image[changed].mean() < plain.image[changed].mean()
+
+
+def test_caption_attribute_probabilities(monkeypatch):
+    monkeypatch.setitem(toyworld.CAPTION_P, "colour", 0.0)
+    monkeypatch.setitem(toyworld.CAPTION_P, "texture", 0.0)
+    monkeypatch.setitem(toyworld.CAPTION_P, "background", 0.0)
+    for i in range(30):
+        s = make_scene(9, i)
+        words = set(s.caption.replace(",", " ").split())
+        assert not words & (set(toyworld.COLOURS) | set(toyworld.TEXTURES) | {"background"}), s.caption
+        assert all(o["shape"] in words for o in s.objects)
