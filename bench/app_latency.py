@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -46,6 +48,11 @@ def method_seconds(outputs, n_methods: int) -> dict[str, float]:
     return found
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation between the sorted values."""
+    return float(np.percentile(np.asarray(values, float), q))
+
+
 def run_model(name: str, methods: list[str], requests: int, users: int, resolution: str) -> dict:
     from gradio_client import Client, handle_file
 
@@ -62,9 +69,15 @@ def run_model(name: str, methods: list[str], requests: int, users: int, resoluti
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         args = (handle_file(str(IMAGE)), WORDS, methods, label, 0.0, resolution)
 
+        errors = []
+
         def one(c=client):
             t = time.perf_counter()
-            out = c.predict(*args, api_name="/segment")
+            try:
+                out = c.predict(*args, api_name="/segment")
+            except Exception as e:  # counted and reported, so one failure does not hide the others
+                errors.append(f"{type(e).__name__}: {e}")
+                return time.perf_counter() - t, {}
             return time.perf_counter() - t, method_seconds(out, len(METHODS))
 
         first, _ = one()
@@ -76,12 +89,13 @@ def run_model(name: str, methods: list[str], requests: int, users: int, resoluti
         wall = time.perf_counter() - t0
     finally:
         demo.close()
-    times = [t for t, _ in seq]
+    times, ctimes = [t for t, _ in seq], [t for t, _ in conc]
     per_method = {m: statistics.median(s[m] for _, s in seq if m in s) for m in seq[0][1]}
     return {"model": name, "label": label, "methods": methods, "resolution": resolution,
-            "first_request_s": round(first, 3), "median_s": round(statistics.median(times), 3),
-            "max_s": round(max(times), 3), "method_compute_s": per_method, "concurrent_users": users,
-            "concurrent_wall_s": round(wall, 3), "concurrent_max_s": round(max(t for t, _ in conc), 3)}
+            "first_request_s": round(first, 3), "p50_s": round(percentile(times, 50), 3),
+            "p95_s": round(percentile(times, 95), 3), "method_compute_s": per_method, "concurrent_users": users,
+            "concurrent_wall_s": round(wall, 3), "concurrent_p50_s": round(percentile(ctimes, 50), 3),
+            "concurrent_p95_s": round(percentile(ctimes, 95), 3), "errors": errors}
 
 
 def main(argv=None) -> int:
@@ -97,8 +111,8 @@ def main(argv=None) -> int:
 
     results = []
     print(f"CPU threads: {torch.get_num_threads()}  image: {IMAGE.name}  words: {WORDS!r}  methods: {args.methods}")
-    print(f"{'model':<11} {'first (load)':>12} {'median':>8} {'max':>8} {args.users} users: {'wall':>7} "
-          f"{'slowest':>8}   per-method compute (median)")
+    print(f"{'model':<11} {'first (load)':>12} {'p50':>8} {'p95':>8} {args.users} users: {'wall':>7} "
+          f"{'p50':>7} {'p95':>7} errors  per-method compute (median)")
     from gradio_client.exceptions import AppError
 
     for name in args.models:
@@ -109,8 +123,11 @@ def main(argv=None) -> int:
             continue
         results.append(r)
         compute = ", ".join(f"{k} {v:.2f} s" for k, v in r["method_compute_s"].items()) or "-"
-        print(f"{name:<11} {r['first_request_s']:>11.2f}s {r['median_s']:>7.2f}s {r['max_s']:>7.2f}s "
-              f"{'':>8}{r['concurrent_wall_s']:>7.2f}s {r['concurrent_max_s']:>7.2f}s   {compute}", flush=True)
+        print(f"{name:<11} {r['first_request_s']:>11.2f}s {r['p50_s']:>7.2f}s {r['p95_s']:>7.2f}s "
+              f"{'':>8}{r['concurrent_wall_s']:>7.2f}s {r['concurrent_p50_s']:>6.2f}s {r['concurrent_p95_s']:>6.2f}s "
+              f"{len(r['errors']):>6}  {compute}", flush=True)
+        for err in r["errors"]:
+            print(f"  error: {err}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))
