@@ -6,19 +6,15 @@ Set PACL_SCREENSHOT=path/to/file.png to also keep the page's screenshot (docs/sc
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
-import torch
 
-from demo import build_demo, launch_options
+from demo import build_demo
 from demo.models import default_registry
 from demo.ui import load_examples
-from pacl_core.backbone import load_backbone
-from pacl_core.checkpoint import save_head
-from pacl_core.pacl import VisionEmbedder
 from pacl_core.toymodel import clip_path
+from tests.live_demo import demo_model, serving
 
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,28 +25,12 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file() and shutil.which("c
                                 reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
-    if clip_path().is_file():
-        request = "toy"
-    else:  # until the toy model's weights exist: a tiny random model with a saved head
-        torch.manual_seed(0)
-        tiny = load_backbone("PACL-Tiny-Test:none")
-        request = str(save_head(folder / "tiny_head", VisionEmbedder(tiny.width, tiny.embed_dim), tiny))
-    demo = build_demo(model=request, registry=default_registry(folder))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    request, _ = demo_model(folder)
+    with serving(build_demo(model=request, registry=default_registry(folder))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -1,57 +1,36 @@
 """The demo as a live server on a free loopback port, called over HTTP with gradio_client; stopped afterwards."""
 
-import socket
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from demo import build_demo, launch_options
+from demo import build_demo
 from demo import handlers as h
-from demo.models import TOY_LABEL, default_registry
+from demo.models import default_registry
 from demo.ui import QUEUE_SIZE
-from pacl_core.backbone import load_backbone
-from pacl_core.checkpoint import save_head
 from pacl_core.methods import METHODS
-from pacl_core.pacl import VisionEmbedder
-from pacl_core.toymodel import clip_path
+from tests.live_demo import demo_model, serving
 
 SLOT = 3  # outputs per method slot: status, overlay, heatmap gallery
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_and_registry(tmp_path_factory):
-    """The toy model (it ships a PACL head); until its weights exist, a tiny random model with a saved head."""
     folder = tmp_path_factory.mktemp("checkpoints")
-    if clip_path().is_file():
-        return "toy", TOY_LABEL, default_registry(folder)
-    torch.manual_seed(0)
-    tiny = load_backbone("PACL-Tiny-Test:none")
-    path = save_head(folder / "tiny_head", VisionEmbedder(tiny.width, tiny.embed_dim), tiny)
-    return str(path), "PACL head: tiny_head (PACL-Tiny-Test:none)", default_registry(folder)
+    return (*demo_model(folder), default_registry(folder))
 
 
 @pytest.fixture(scope="module")
 def server(model_and_registry):
     request, label, registry = model_and_registry
     demo = build_demo(model=request, registry=registry)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
-    try:
-        yield demo, f"http://127.0.0.1:{port}/", label
-    finally:
-        demo.close()
+    with serving(demo) as url:
+        yield demo, url, label
 
 
 @pytest.fixture(scope="module")
