@@ -5,6 +5,8 @@
   and compared with its majority label.
 - `coherence_roc` (Section 4, "semantic coherence"): how well the cosine of two patch embeddings predicts
   whether the two patches have the same label, as a ROC curve and its AUC, over randomly sampled pairs.
+- `attention_on_target`: where a(x,y) puts its mass when y names a class in the image: the share of the
+  attention on that class's own patches, beside the share of the patches it covers (uniform attention).
 - `save_roc_png`: one figure with several ROC curves.
 Labels equal to `ignore_index` (or negative) are left out everywhere.
 """
@@ -57,6 +59,32 @@ def patch_accuracy(patch_emb: torch.Tensor, labels, text_emb: torch.Tensor,
     emb = F.normalize(patch_emb[keep].float(), dim=-1)  # (N, D)
     pred = (emb @ F.normalize(text_emb.float(), dim=-1).T).argmax(-1)  # (N,)
     return float((pred == labels[keep]).float().mean())
+
+
+def attention_on_target(patch_emb: torch.Tensor, labels, text_emb: torch.Tensor, tau: float,
+                        exclude: tuple[int, ...] = (), ignore_index: int = IGNORE_INDEX) -> dict:
+    """For every (image, class present in it) pair: the attention a(x, class name) puts on the class's patches.
+
+    patch_emb (B, T, D), labels (B, T) class indices into text_emb (K, D). Returns the means over the pairs of
+    "attention" (mass on the target's patches) and "area" (the target's share of the patches, which is what
+    uniform attention would give), and "pairs". Classes in `exclude` (e.g. the background) are skipped.
+    """
+    from .pacl import patch_attention
+
+    labels = torch.as_tensor(np.asarray(labels)).long()
+    assert patch_emb.shape[:2] == labels.shape, f"{tuple(patch_emb.shape)} embeddings vs {tuple(labels.shape)} labels"
+    K = text_emb.shape[0]
+    valid = _valid(labels, ignore_index) & (labels < K)  # (B, T)
+    onehot = F.one_hot(torch.where(valid, labels, 0), K).float() * valid[..., None]  # (B, T, K)
+    att = patch_attention(patch_emb.float(), text_emb.float(), tau)  # (B, K, T)
+    mass = torch.einsum("bkt,btk->bk", att, onehot)  # (B, K) attention on each class's own patches
+    area = onehot.sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # (B, K)
+    present = onehot.sum(1) > 0  # (B, K)
+    present[:, list(exclude)] = False
+    if not present.any():
+        return {"attention": None, "area": None, "pairs": 0}
+    return {"attention": float(mass[present].mean()), "area": float(area[present].mean()),
+            "pairs": int(present.sum())}
 
 
 def sample_pairs(n_items: int, n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,9 @@ reads a folder written by `python -m pacl_core toy generate` and returns, per me
 
 plus "roc_png" (the ROC figure of semantic coherence), "classes", "words", "templates", "n_images" and
 "cls_zero_shot" (CLIP's image-level shape accuracy on the single-object scenes, a check on stage 1) and
-"oracle_miou" (the mIoU a perfect patch classifier would reach at this patch grid: the ceiling).
+"oracle_miou" (the mIoU a perfect patch classifier would reach at this patch grid: the ceiling). Each method
+also reports "attention_on_object": {"attention", "area"}, the share of a(x, shape word) that lands on that
+shape's own patches, beside their share of the image (what uniform attention gives), at the PACL head's tau.
 The vocabulary is the class names: the 8 shape words and the word "background", each embedded with the
 backbone's prompt templates; every pixel takes the word with the highest cosine (bilinearly upsampled patch
 scores, exactly as `Segmenter` does in "whole" mode). "seen" ignores the pixels of objects whose
@@ -32,7 +34,7 @@ from tqdm import tqdm
 from .errors import PACLError
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .pacl import patch_similarity
-from .probes import coherence_roc, patch_accuracy, patch_majority_labels, save_roc_png
+from .probes import attention_on_target, coherence_roc, patch_accuracy, patch_majority_labels, save_roc_png
 from .toyworld import ToyDataset
 
 SUBSETS = ("all", "seen", "unseen")
@@ -78,8 +80,10 @@ def _summarise(conf: np.ndarray, emb: torch.Tensor, patch_labels: np.ndarray, te
 
 
 def evaluate_method(dataset: ToyDataset, segmenter, text: torch.Tensor, indices: list[int], batch: int = 50,
-                    progress: bool = False) -> tuple[dict, dict]:
-    """One method on the given items -> (metrics dict with seen/unseen parts, ROC of the whole set)."""
+                    progress: bool = False, tau: float = 1.0) -> tuple[dict, dict]:
+    """One method on the given items -> (metrics dict with seen/unseen parts, ROC of the whole set).
+
+    tau: the softmax temperature of the attention diagnostic (the PACL head's own)."""
     K = len(dataset.classes)
     conf = {s: np.zeros((K, K), np.int64) for s in SUBSETS}
     embs, plabels = [], {s: [] for s in SUBSETS}
@@ -98,6 +102,8 @@ def evaluate_method(dataset: ToyDataset, segmenter, text: torch.Tensor, indices:
         row, roc = _summarise(conf[s], emb, np.concatenate(plabels[s]), text, dataset.classes, seed=SUBSETS.index(s))
         if s == "all":
             result, roc_all = row, roc
+            result["attention_on_object"] = attention_on_target(emb, np.concatenate(plabels[s]), text, tau,
+                                                                exclude=(0,))
         else:
             result[s] = {k: v for k, v in row.items()}
     return result, roc_all
@@ -151,10 +157,12 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
     indices = list(range(len(dataset) if limit is None else min(int(limit), len(dataset))))
     words = list(dataset.classes)
     text = backbone.text_embeddings(words)  # (K, D)
+    segmenters = {m: Segmenter(backbone, method=m, head=head if m == "pacl" else None) for m in methods}
+    heads = [sg.head for sg in segmenters.values() if sg.head is not None]
+    tau = float((getattr(heads[0], "meta", None) or {}).get("tau") or 1.0) if heads else 1.0
     out, rocs = {}, {}
-    for method in methods:
-        segmenter = Segmenter(backbone, method=method, head=head if method == "pacl" else None)
-        out[method], rocs[method] = evaluate_method(dataset, segmenter, text, indices, progress=progress)
+    for method, segmenter in segmenters.items():  # every method's attention at the same tau: the head's
+        out[method], rocs[method] = evaluate_method(dataset, segmenter, text, indices, progress=progress, tau=tau)
     if roc_png is not False:
         roc_png = Path(roc_png) if roc_png else Path(root) / "coherence_roc.png"
         save_roc_png(rocs, roc_png, title=f"semantic coherence, {backbone.name}")

@@ -52,10 +52,10 @@ N_OBJECTS_P = (0.45, 0.40, 0.15)  # probability of 1, 2, 3 objects
 UNSEEN_P_TEST = 0.4  # in the test split, the chance an object uses its shape's held-out colour
 MAX_TILT = 20.0  # degrees
 RADIUS = (0.16, 0.26)  # object radius range, as a fraction of the image size
-OBJ_CONTRAST = 0.4  # how far a texture's second colour is from the first, for objects
-BG_CONTRAST = 0.25  # and for backgrounds
-CAPTION_P = {"colour": 0.8, "texture": 0.6, "background": 0.5}  # chance a caption names each attribute
-OUTLINE = 0.0  # width of a dark outline drawn around every object, as a fraction of the image size (0: none)
+OBJ_CONTRAST = 0.15  # how far a texture's second colour is from the first, for objects
+BG_CONTRAST = 0.1  # and for backgrounds
+CAPTION_P = {"colour": 0.3, "texture": 0.2, "background": 0.2}  # chance a caption names each attribute
+OUTLINE = 0.021  # width of a dark outline drawn around every object, as a fraction of the image size (0: none)
 OUTLINE_RGB = (0.03, 0.03, 0.03)
 
 

@@ -34,6 +34,17 @@ def test_help_lists_subcommands():
     assert out.returncode == 0 and "segment" in out.stdout
 
 
+def test_toy_train_help_states_the_real_defaults(capsys):
+    from pacl_core.toytrain import ToyTrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["toy", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    phases = ToyTrainConfig().clip_phases
+    assert "recipe, " + ",".join(str(p[1]) for p in phases) + ")" in text
+    assert "recipe, " + ",".join(str(p[2]) for p in phases) + ")" in text
+
+
 def test_segment_writes_every_output(tmp_path, images, capsys):
     out = tmp_path / "out"
     code = main(["segment", *map(str, images), "--words", "dog, grass, dog, 🐶", "--out", str(out),

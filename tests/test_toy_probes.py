@@ -1,9 +1,9 @@
-"""Patch probes (patch accuracy, semantic coherence) on hand-made embeddings with known answers."""
+"""Patch probes (patch accuracy, semantic coherence, attention on target) on hand-made embeddings with known answers."""
 
 import numpy as np
 import torch
 
-from pacl_core.probes import IGNORE_INDEX, coherence_roc, patch_accuracy, patch_majority_labels, save_roc_png
+from pacl_core.probes import IGNORE_INDEX, attention_on_target, coherence_roc, patch_accuracy, patch_majority_labels, save_roc_png
 
 
 def test_majority_labels_on_a_hand_made_mask():
@@ -49,3 +49,35 @@ def test_coherence_handles_a_single_label(tmp_path):
     assert len(roc["fpr"]) == len(roc["tpr"]) > 2
     png = save_roc_png({"a": roc}, tmp_path / "roc.png")
     assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_attention_on_target_matches_a_per_pair_loop():
+    labels = np.random.default_rng(1).integers(0, 4, size=(5, 16))
+    labels[0] = 0  # an image with the background only: no pair from it
+    emb, centres = _clustered(labels, noise=0.8, seed=1)
+    labels[1, :3] = IGNORE_INDEX
+    got = attention_on_target(emb, labels, centres, tau=0.2, exclude=(0,))
+    masses, areas = [], []
+    for b in range(5):
+        valid = labels[b] != IGNORE_INDEX
+        for k in range(1, 4):
+            own = torch.from_numpy(labels[b] == k)
+            if not own.any():
+                continue
+            cos = torch.nn.functional.cosine_similarity(emb[b], centres[k][None], dim=-1)  # (T,)
+            att = torch.softmax(cos / 0.2, dim=0)
+            masses.append(float(att[own].sum()))
+            areas.append(float(own.sum()) / float(valid.sum()))
+    assert got["pairs"] == len(masses) > 0
+    assert abs(got["attention"] - np.mean(masses)) < 1e-6 and abs(got["area"] - np.mean(areas)) < 1e-6
+
+
+def test_attention_on_target_is_near_one_for_aligned_and_uniform_for_random_text():
+    labels = np.zeros((4, 36), np.int64)
+    labels[:, :6] = 1  # one sixth of every image is class 1
+    emb, centres = _clustered(labels, noise=0.05)
+    aligned = attention_on_target(emb, labels, centres, tau=0.05, exclude=(0,))
+    assert aligned["attention"] > 0.99 and abs(aligned["area"] - 1 / 6) < 1e-6
+    flat = attention_on_target(emb, labels, centres, tau=1e6, exclude=(0,))  # huge tau: uniform attention
+    assert abs(flat["attention"] - 1 / 6) < 1e-4
+    assert attention_on_target(emb, np.zeros_like(labels), centres, tau=0.1, exclude=(0,))["pairs"] == 0

@@ -96,6 +96,7 @@ def test_cli_generate_writes_the_layout(tmp_path, capsys):
 
 
 def test_outline_darkens_edges_only_and_keeps_masks(monkeypatch):
+    monkeypatch.setattr(toyworld, "OUTLINE", 0.0)
     plain = make_scene(5, 2, "train", size=96)
     monkeypatch.setattr(toyworld, "OUTLINE", 2 / 96)
     lined = make_scene(5, 2, "train", size=96)

@@ -47,9 +47,9 @@ def add_parser(sub) -> None:
     t.add_argument("--out", required=True, help="output folder (assets/toy is the shipped model)")
     t.add_argument("--seed", type=int, default=None, help="random seed (default: the shipped model's, 0)")
     t.add_argument("--clip-steps", default=None,
-                   help="stage-1 steps per phase, comma-separated (default: the shipped recipe, 1200,400)")
+                   help="stage-1 steps per phase, comma-separated (default: the shipped recipe, 1400,250)")
     t.add_argument("--pool", default=None,
-                   help="training scenes per phase, comma-separated (default: the shipped recipe, 24000,12000)")
+                   help="training scenes per phase, comma-separated (default: the shipped recipe, 24000,6000)")
     t.add_argument("--pacl-steps", type=int, default=None, help="stage-2 steps (default: the shipped recipe)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: 2)")
     t.add_argument("--eval-n", type=int, default=200, help="held-out scenes to evaluate on afterwards (0: skip)")
