@@ -7,6 +7,8 @@
   whether the two patches have the same label, as a ROC curve and its AUC, over randomly sampled pairs.
 - `attention_on_target`: where a(x,y) puts its mass when y names a class in the image: the share of the
   attention on that class's own patches, beside the share of the patches it covers (uniform attention).
+- `fit_probe`: a diagnostic, not part of PACL. A small classifier trained *with labels* on frozen features;
+  its held-out accuracy bounds what any per-patch head (PACL's e_v included) can read from those features.
 - `save_roc_png`: one figure with several ROC curves.
 Labels equal to `ignore_index` (or negative) are left out everywhere.
 """
@@ -85,6 +87,31 @@ def attention_on_target(patch_emb: torch.Tensor, labels, text_emb: torch.Tensor,
         return {"attention": None, "area": None, "pairs": 0}
     return {"attention": float(mass[present].mean()), "area": float(area[present].mean()),
             "pairs": int(present.sum())}
+
+
+def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+              hidden: int = 256, steps: int = 3000, batch: int = 256, lr: float = 1e-3, seed: int = 0) -> dict:
+    """Train a classifier on (N, D) features with (N,) int labels; return its train and test accuracy.
+
+    hidden=0 gives a linear classifier, otherwise one hidden ReLU layer of that width. Adam, seeded.
+    """
+    assert len(train_x) == len(train_y) > 0 and len(test_x) == len(test_y) > 0, "need labelled train and test sets"
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    D, K = train_x.shape[1], int(max(train_y.max(), test_y.max())) + 1
+    net = torch.nn.Linear(D, K) if hidden == 0 else torch.nn.Sequential(
+        torch.nn.Linear(D, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, K))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    train_x, test_x = train_x.float(), test_x.float()
+    for _ in range(steps):
+        idx = torch.randint(0, len(train_y), (min(batch, len(train_y)),), generator=g)
+        loss = F.cross_entropy(net(train_x[idx]), train_y[idx])  # (b, K) logits
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc = lambda x, y: float((net(x).argmax(1) == y).float().mean())  # noqa: E731
+        return {"train_acc": acc(train_x, train_y), "test_acc": acc(test_x, test_y)}
 
 
 def sample_pairs(n_items: int, n_pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,10 @@ backbone's prompt templates; every pixel takes the word with the highest cosine 
 scores, exactly as `Segmenter` does in "whole" mode). "seen" ignores the pixels of objects whose
 colour-shape pair was held out of training, "unseen" ignores those of the other objects; both keep the
 background. Run it alone with `python -m pacl_core.toyeval --root DIR [--model toy]`.
+
+`object_patch_probe(backbone, ...)` is a diagnostic that uses masks and is never part of training. It measures how
+well the frozen patch tokens tell an object patch's shape: a probe is trained with labels on the patches (at least
+60% one object) of generated training scenes and tested on held-out scenes (`--probe`).
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from tqdm import tqdm
 from .errors import PACLError
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .pacl import patch_similarity
-from .probes import attention_on_target, coherence_roc, patch_accuracy, patch_majority_labels, save_roc_png
-from .toyworld import ToyDataset
+from .probes import attention_on_target, coherence_roc, fit_probe, patch_accuracy, patch_majority_labels, save_roc_png
+from .toyworld import CLASSES, ToyDataset, make_scene
 
 SUBSETS = ("all", "seen", "unseen")
 
@@ -173,6 +177,38 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
     return out
 
 
+@torch.no_grad()
+def _object_patches(backbone, seed: int, n: int, split: str, purity: float, batch: int = 250):
+    """Frozen patch tokens of generated scenes -> (tokens of object patches (M, D_v), their shape index (M,))."""
+    size = backbone.native_size
+    xs, ys = [], []
+    for start in range(0, n, batch):
+        scenes = [make_scene(seed, i, split, size) for i in range(start, min(n, start + batch))]
+        x = torch.cat([backbone.preprocess(s.image, (size, size)) for s in scenes])  # (b, 3, S, S)
+        tokens, grid = backbone.patch_tokens(x)  # (b, T, D_v)
+        masks = torch.from_numpy(np.stack([s.mask for s in scenes])).long()  # (b, S, S)
+        onehot = F.one_hot(masks, len(CLASSES)).permute(0, 3, 1, 2).float()  # (b, C, S, S)
+        share = F.adaptive_avg_pool2d(onehot, grid).flatten(2).transpose(1, 2)  # (b, T, C)
+        top, label = share.max(-1)  # (b, T)
+        keep = (label > 0) & (top >= purity)
+        xs.append(tokens.float().cpu()[keep])
+        ys.append(label[keep] - 1)  # shape index
+    return torch.cat(xs), torch.cat(ys)
+
+
+def object_patch_probe(backbone, n_train: int = 3000, n_test: int = 400, train_seed: int = 5,
+                       test_seed: int = 1000, hidden: int = 256, steps: int = 3000, purity: float = 0.6) -> dict:
+    """How much the frozen patch tokens know about the shape of the object they lie on (diagnostic, uses masks).
+
+    Returns {"mlp": {"train_acc", "test_acc"}, "linear": {...}, "train_patches", "test_patches"}; chance is 1/8.
+    """
+    train_x, train_y = _object_patches(backbone, train_seed, n_train, "train", purity)
+    test_x, test_y = _object_patches(backbone, test_seed, n_test, "test", purity)
+    return {"mlp": fit_probe(train_x, train_y, test_x, test_y, hidden=hidden, steps=steps),
+            "linear": fit_probe(train_x, train_y, test_x, test_y, hidden=0, steps=steps),
+            "train_patches": len(train_y), "test_patches": len(test_y)}
+
+
 def main(argv=None) -> int:
     """`python -m pacl_core.toyeval --root DIR`: print evaluate_toy's JSON."""
     from .backbone import load_backbone
@@ -183,11 +219,15 @@ def main(argv=None) -> int:
     p.add_argument("--head", default=None, help="PACL head (default: the model's shipped head)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N scenes")
     p.add_argument("--roc-png", default=None, help="where to save the ROC figure (default: ROOT/coherence_roc.png)")
+    p.add_argument("--probe", action="store_true",
+                   help="also run object_patch_probe (a diagnostic trained with masks on generated scenes; ~1 min)")
     args = p.parse_args(argv)
     try:
         backbone = load_backbone(args.model)
         result = evaluate_toy(args.root, backbone, head=args.head, limit=args.limit, roc_png=args.roc_png,
                               progress=True)
+        if args.probe:
+            result["object_patch_probe"] = object_patch_probe(backbone)
     except PACLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

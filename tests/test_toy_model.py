@@ -109,3 +109,23 @@ def test_oracle_is_a_ceiling_and_exact_at_pixel_level(toy, test_split):
     assert result["oracle_miou"] == pytest.approx(fine)
     assert result["pacl"]["miou"] <= result["oracle_miou"] and result["vanilla"]["miou"] <= result["oracle_miou"]
     assert 0 <= result["cls_zero_shot"] <= 1
+
+
+def test_object_patch_probe_labels_and_cli(toy, capsys, tmp_path, monkeypatch):
+    from pacl_core.probes import patch_majority_labels
+    from pacl_core.toyeval import _object_patches, main as toyeval_main
+    from pacl_core.toyworld import make_scene
+
+    x, y = _object_patches(toy, seed=7, n=6, split="test", purity=0.0)  # purity 0: every object-majority patch
+    ref = patch_majority_labels(np.stack([make_scene(7, i, "test").mask for i in range(6)]), (12, 12), len(CLASSES))
+    assert sorted(y.tolist()) == sorted((ref[ref > 0] - 1).tolist()) and x.shape == (len(y), toy.width)
+    assert len(_object_patches(toy, seed=7, n=6, split="test", purity=0.9)[1]) < len(y)
+    split = write_split(tmp_path / "t", "test", seed=3, n=4)
+    import pacl_core.toyeval as te
+
+    real = te.object_patch_probe
+    monkeypatch.setattr(te, "object_patch_probe", lambda bb: real(bb, n_train=30, n_test=10, steps=50))  # fast
+    assert toyeval_main(["--root", str(split), "--probe", "--roc-png", str(tmp_path / "roc.png")]) == 0
+    probe = json.loads(capsys.readouterr().out)["object_patch_probe"]
+    assert probe["train_patches"] > 0 and probe["test_patches"] > 0
+    assert all(0 <= probe[k][a] <= 1 for k in ("mlp", "linear") for a in ("train_acc", "test_acc"))

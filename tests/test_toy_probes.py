@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from pacl_core.probes import IGNORE_INDEX, attention_on_target, coherence_roc, patch_accuracy, patch_majority_labels, save_roc_png
+from pacl_core.probes import IGNORE_INDEX, attention_on_target, coherence_roc, fit_probe, patch_accuracy, patch_majority_labels, save_roc_png
 
 
 def test_majority_labels_on_a_hand_made_mask():
@@ -81,3 +81,16 @@ def test_attention_on_target_is_near_one_for_aligned_and_uniform_for_random_text
     flat = attention_on_target(emb, labels, centres, tau=1e6, exclude=(0,))  # huge tau: uniform attention
     assert abs(flat["attention"] - 1 / 6) < 1e-4
     assert attention_on_target(emb, np.zeros_like(labels), centres, tau=0.1, exclude=(0,))["pairs"] == 0
+
+
+def test_probe_learns_separable_features_and_not_random_labels():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (600,), generator=g)
+    x = torch.nn.functional.one_hot(y, 4).float() * 3 + 0.5 * torch.randn(600, 4, generator=g)  # (600, 4)
+    x = torch.cat([x, torch.randn(600, 12, generator=g)], dim=1)  # (600, 16): 12 noise dimensions
+    for hidden in (0, 32):
+        got = fit_probe(x[:400], y[:400], x[400:], y[400:], hidden=hidden, steps=300)
+        assert got["test_acc"] > 0.95, (hidden, got)
+    shuffled = y[torch.randperm(600, generator=g)]
+    got = fit_probe(x[:400], shuffled[:400], x[400:], shuffled[400:], hidden=64, steps=600)
+    assert got["test_acc"] < 0.45 < got["train_acc"], got  # memorises noise, predicts chance (0.25) held out
