@@ -48,18 +48,22 @@ def _valid(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
 
 
 def patch_accuracy(patch_emb: torch.Tensor, labels, text_emb: torch.Tensor,
-                   ignore_index: int = IGNORE_INDEX) -> float:
+                   ignore_index: int = IGNORE_INDEX, classes=None) -> float:
     """Share of (non-ignored) patches whose most similar class name is their label.
 
-    patch_emb (B, T, D), labels (B, T) class indices into text_emb (K, D).
+    patch_emb (B, T, D), labels (B, T) class indices into text_emb (K, D). With `classes` (indices), only the
+    patches labelled with one of them count, and only those class names compete (e.g. the shapes without
+    "background": how well object patches tell their shape).
     """
     labels = torch.as_tensor(np.asarray(labels)).long()
     assert patch_emb.shape[:2] == labels.shape, f"{tuple(patch_emb.shape)} embeddings vs {tuple(labels.shape)} labels"
     keep = _valid(labels, ignore_index)  # (B, T)
+    names = torch.arange(len(text_emb)) if classes is None else torch.as_tensor(list(classes)).long()  # (K',)
+    keep &= torch.isin(labels, names)
     if not keep.any():
         return float("nan")
     emb = F.normalize(patch_emb[keep].float(), dim=-1)  # (N, D)
-    pred = (emb @ F.normalize(text_emb.float(), dim=-1).T).argmax(-1)  # (N,)
+    pred = names[(emb @ F.normalize(text_emb[names].float(), dim=-1).T).argmax(-1)]  # (N,) class index
     return float((pred == labels[keep]).float().mean())
 
 

@@ -10,7 +10,9 @@ plus "roc_png" (the ROC figure of semantic coherence), "classes", "words", "temp
 "cls_zero_shot" (CLIP's image-level shape accuracy on the single-object scenes, a check on stage 1) and
 "oracle_miou" (the mIoU a perfect patch classifier would reach at this patch grid: the ceiling). Each method
 also reports "attention_on_object": {"attention", "area"}, the share of a(x, shape word) that lands on that
-shape's own patches, beside their share of the image (what uniform attention gives), at the PACL head's tau.
+shape's own patches, beside their share of the image (what uniform attention gives), at the PACL head's tau,
+and "patch_acc_parts": {"background": share of background patches whose best word is "background",
+"objects_among_shapes": share of object patches whose best *shape* word is their shape (chance 1/8)}.
 The vocabulary is the class names: the 8 shape words and the word "background", each embedded with the
 backbone's prompt templates; every pixel takes the word with the highest cosine (bilinearly upsampled patch
 scores, exactly as `Segmenter` does in "whole" mode). "seen" ignores the pixels of objects whose
@@ -77,7 +79,11 @@ def _summarise(conf: np.ndarray, emb: torch.Tensor, patch_labels: np.ndarray, te
                classes: tuple, seed: int) -> tuple[dict, dict]:
     roc = coherence_roc(emb, patch_labels, seed=seed)
     iou = iou_per_class(conf)
+    background = np.where(patch_labels == 0, 0, IGNORE_INDEX)  # (N, T): the background patches only
+    parts = {"background": _clean(patch_accuracy(emb, background, text)),
+             "objects_among_shapes": _clean(patch_accuracy(emb, patch_labels, text, classes=range(1, len(classes))))}
     row = {"miou": _clean(mean_iou(conf)), "patch_acc": _clean(patch_accuracy(emb, patch_labels, text)),
+           "patch_acc_parts": parts,
            "coherence_auc": _clean(roc["auc"]), "pixel_acc": _clean(pixel_accuracy(conf)),
            "per_class_iou": {c: _clean(v) for c, v in zip(classes, iou)}}
     return row, roc

@@ -60,6 +60,10 @@ def test_evaluation_report_is_complete(toy, test_split):
             assert 0 <= result[method][key] <= 1
         assert set(result[method]["per_class_iou"]) == set(CLASSES)
         assert {"seen", "unseen"} <= set(result[method])
+        parts = result[method]["patch_acc_parts"]
+        assert all(0 <= parts[k] <= 1 for k in ("background", "objects_among_shapes")), parts
+        # dropping "background" from the candidates can only help an object patch, so the whole is bounded
+        assert result[method]["patch_acc"] <= max(parts.values()) + 1e-9, (result[method]["patch_acc"], parts)
     assert (test_split / "roc.png").stat().st_size > 1000
 
 

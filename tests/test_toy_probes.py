@@ -32,6 +32,27 @@ def test_patch_accuracy_is_one_for_aligned_and_low_for_shuffled_text():
     assert patch_accuracy(emb, labels, centres) == 1.0
 
 
+def test_patch_accuracy_among_some_classes_matches_a_loop():
+    g = torch.Generator().manual_seed(3)
+    labels = np.random.default_rng(3).integers(0, 5, size=(3, 20))
+    labels[0, :4] = IGNORE_INDEX
+    emb, text = torch.randn(3, 20, 6, generator=g), torch.randn(5, 6, generator=g)
+    classes = [1, 3, 4]
+    hits = total = 0
+    for b in range(3):
+        for t in range(20):
+            if labels[b, t] in classes:
+                cos = [float(torch.cosine_similarity(emb[b, t], text[k], dim=0)) for k in classes]
+                hits += classes[int(np.argmax(cos))] == labels[b, t]
+                total += 1
+    assert patch_accuracy(emb, labels, text, classes=classes) == hits / total
+    emb, centres = _clustered(np.where(labels == IGNORE_INDEX, 0, labels))
+    centres[0] = centres[2] * 2  # "background" steals class 2's patches unless it is left out
+    assert patch_accuracy(emb, labels, centres, classes=[1, 2]) == 1.0
+    assert patch_accuracy(emb, np.where(labels == 2, 2, IGNORE_INDEX), centres) == 0.0
+    assert np.isnan(patch_accuracy(emb, labels, centres, classes=[7]))
+
+
 def test_coherence_auc_separates_clustered_from_random_embeddings():
     labels = np.random.default_rng(1).integers(0, 5, size=(4, 32))
     emb, _ = _clustered(labels)
