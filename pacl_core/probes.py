@@ -1,6 +1,7 @@
 """Patch-level probes from the PACL paper, for any (B, T, D) patch embeddings with per-patch labels.
 
-- `patch_majority_labels`: pixel label maps -> the majority label of every patch of a grid.
+- `patch_majority_labels`: pixel label maps -> the majority label of every patch of a grid (from
+  `patch_label_counts`, each label's pixel count per patch).
 - `patch_accuracy` (Table 1): each patch is classified by its cosine to the class-name text embeddings
   and compared with its majority label.
 - `coherence_roc` (Section 4, "semantic coherence"): how well the cosine of two patch embeddings predicts
@@ -24,11 +25,11 @@ import torch.nn.functional as F
 IGNORE_INDEX = 255
 
 
-def patch_majority_labels(labels: np.ndarray, grid: tuple[int, int], num_classes: int,
-                          ignore_index: int = IGNORE_INDEX) -> np.ndarray:
-    """(B, H, W) pixel labels -> (B, h*w) int64 majority label per patch, ignore_index where ignored pixels win.
+def patch_label_counts(labels: np.ndarray, grid: tuple[int, int], num_classes: int) -> np.ndarray:
+    """(B, H, W) pixel labels -> (B, h*w, num_classes + 1) pixel count of each label in each patch.
 
-    Pixel (y, x) belongs to patch (y*h//H, x*w//W); ignored pixels vote as one extra class.
+    Pixel (y, x) belongs to patch (y*h//H, x*w//W); ignored pixels (negative, or >= num_classes) are counted
+    in the last column.
     """
     B, H, W = labels.shape
     h, w = grid
@@ -38,8 +39,16 @@ def patch_majority_labels(labels: np.ndarray, grid: tuple[int, int], num_classes
     px = (np.arange(W) * w // W)[None, :]  # (1, W)
     patch = (np.arange(B)[:, None, None] * (h * w) + py * w + px)  # (B, H, W) global patch index
     C = num_classes + 1
-    counts = np.bincount((patch * C + lab).ravel(), minlength=B * h * w * C).reshape(B, h * w, C)  # (B, T, C)
-    major = counts.argmax(-1)  # (B, T)
+    return np.bincount((patch * C + lab).ravel(), minlength=B * h * w * C).reshape(B, h * w, C)  # (B, T, C)
+
+
+def patch_majority_labels(labels: np.ndarray, grid: tuple[int, int], num_classes: int,
+                          ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """(B, H, W) pixel labels -> (B, h*w) int64 majority label per patch, ignore_index where ignored pixels win.
+
+    Ignored pixels vote as one extra class (see `patch_label_counts`).
+    """
+    major = patch_label_counts(labels, grid, num_classes).argmax(-1)  # (B, T)
     return np.where(major == num_classes, ignore_index, major)
 
 

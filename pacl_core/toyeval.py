@@ -40,7 +40,15 @@ from tqdm import tqdm
 from .errors import PACLError
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .pacl import patch_similarity
-from .probes import attention_on_target, coherence_roc, fit_probe, patch_accuracy, patch_majority_labels, save_roc_png
+from .probes import (
+    attention_on_target,
+    coherence_roc,
+    fit_probe,
+    patch_accuracy,
+    patch_label_counts,
+    patch_majority_labels,
+    save_roc_png,
+)
 from .toyworld import CLASSES, ToyDataset, make_scene
 
 SUBSETS = ("all", "seen", "unseen")
@@ -109,13 +117,13 @@ def evaluate_method(dataset: ToyDataset, segmenter, text: torch.Tensor, indices:
     emb = torch.cat(embs)  # (N, T, D)
     result, roc_all = None, None
     for s in SUBSETS:
-        row, roc = _summarise(conf[s], emb, np.concatenate(plabels[s]), text, dataset.classes, seed=SUBSETS.index(s))
+        patch_labels = np.concatenate(plabels[s])  # (N, T)
+        row, roc = _summarise(conf[s], emb, patch_labels, text, dataset.classes, seed=SUBSETS.index(s))
         if s == "all":
             result, roc_all = row, roc
-            result["attention_on_object"] = attention_on_target(emb, np.concatenate(plabels[s]), text, tau,
-                                                                exclude=(0,))
+            result["attention_on_object"] = attention_on_target(emb, patch_labels, text, tau, exclude=(0,))
         else:
-            result[s] = {k: v for k, v in row.items()}
+            result[s] = row
     return result, roc_all
 
 
@@ -192,9 +200,8 @@ def _object_patches(backbone, seed: int, n: int, split: str, purity: float, batc
         scenes = [make_scene(seed, i, split, size) for i in range(start, min(n, start + batch))]
         x = torch.cat([backbone.preprocess(s.image, (size, size)) for s in scenes])  # (b, 3, S, S)
         tokens, grid = backbone.patch_tokens(x)  # (b, T, D_v)
-        masks = torch.from_numpy(np.stack([s.mask for s in scenes])).long()  # (b, S, S)
-        onehot = F.one_hot(masks, len(CLASSES)).permute(0, 3, 1, 2).float()  # (b, C, S, S)
-        share = F.adaptive_avg_pool2d(onehot, grid).flatten(2).transpose(1, 2)  # (b, T, C)
+        counts = torch.from_numpy(patch_label_counts(np.stack([s.mask for s in scenes]), grid, len(CLASSES)))
+        share = counts[..., :-1].float() / counts.sum(-1, keepdim=True)  # (b, T, C), no ignored pixels here
         top, label = share.max(-1)  # (b, T)
         keep = (label > 0) & (top >= purity)
         xs.append(tokens.float().cpu()[keep])

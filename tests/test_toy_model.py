@@ -117,7 +117,8 @@ def test_oracle_is_a_ceiling_and_exact_at_pixel_level(toy, test_split):
 
 def test_object_patch_probe_labels_and_cli(toy, capsys, tmp_path, monkeypatch):
     from pacl_core.probes import patch_majority_labels
-    from pacl_core.toyeval import _object_patches, main as toyeval_main
+    from pacl_core.toyeval import _object_patches
+    from pacl_core.toyeval import main as toyeval_main
     from pacl_core.toyworld import make_scene
 
     x, y = _object_patches(toy, seed=7, n=6, split="test", purity=0.0)  # purity 0: every object-majority patch

@@ -3,7 +3,16 @@
 import numpy as np
 import torch
 
-from pacl_core.probes import IGNORE_INDEX, attention_on_target, coherence_roc, fit_probe, patch_accuracy, patch_majority_labels, save_roc_png
+from pacl_core.probes import (
+    IGNORE_INDEX,
+    attention_on_target,
+    coherence_roc,
+    fit_probe,
+    patch_accuracy,
+    patch_label_counts,
+    patch_majority_labels,
+    save_roc_png,
+)
 
 
 def test_majority_labels_on_a_hand_made_mask():
@@ -14,6 +23,8 @@ def test_majority_labels_on_a_hand_made_mask():
     mask[0, 2:, 2:] = [[3, IGNORE_INDEX], [IGNORE_INDEX, IGNORE_INDEX]]  # bottom-right: ignored wins
     got = patch_majority_labels(mask, (2, 2), num_classes=4)
     assert got.tolist() == [[1, 2, IGNORE_INDEX, IGNORE_INDEX]]
+    counts = patch_label_counts(mask, (2, 2), num_classes=4)  # (1, 4 patches, 4 classes + ignored)
+    assert counts.tolist() == [[[0, 4, 0, 0, 0], [1, 0, 3, 0, 0], [0, 0, 0, 0, 4], [0, 0, 0, 1, 3]]]
 
 
 def _clustered(labels, dim=8, noise=0.1, seed=0):
