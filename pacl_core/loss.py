@@ -2,8 +2,9 @@
 
 The B x B compatibility needs, for every image-caption pair, a text-weighted sum of patches: done at once
 that is a (B, B, D) tensor (and (B, B, T) attention). Here images go through in chunks, each chunk under
-activation checkpointing, so only the (B, B) logits and one chunk's intermediates are ever alive: peak
-memory grows like chunk·B·max(T, D) instead of B²·(T + D), with the same values and gradients.
+activation checkpointing, so only the (B, B) logits and one chunk's intermediates are ever alive: peak memory
+grows like chunk·B·max(T, D) instead of B²·(T + D), with the same values and gradients. When one chunk holds
+the whole batch, nothing is recomputed: checkpointing would then cost time and save no memory.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ def pairwise_compatibility(patch_emb: torch.Tensor, text_emb: torch.Tensor, tau:
     N = text_emb.shape[0]
     chunk = max(1, chunk_elements // max(N * max(T, D), T * D))  # images per chunk
     needs_grad = torch.is_grad_enabled() and (patch_emb.requires_grad or text_emb.requires_grad)
+    recompute = needs_grad and chunk < B  # one chunk for the whole batch: checkpointing would only cost time
     rows = []
     for start in range(0, B, chunk):
         part = patch_emb[start:start + chunk]  # (c, T, D)
-        if needs_grad:
+        if recompute:
             rows.append(checkpoint(compatibility, part, text_emb, tau, use_reentrant=False))  # (c, N)
         else:
             rows.append(compatibility(part, text_emb, tau))

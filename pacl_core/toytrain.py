@@ -2,8 +2,10 @@
 
 Stage 1 (`train_clip`) trains the PACL-Toy open_clip model with open_clip's own contrastive loss on
 scene-caption pairs: only the CLS image embedding is aligned with the caption, as in real CLIP.
-Stage 2 (`train_pacl`) freezes that CLIP and trains e_v (VisionEmbedder) with PACLLoss on the same kind of
-pairs. Neither stage ever sees a segmentation mask. `train_toy` runs both, saves the model + head as
+Stage 2 (`train_pacl`) freezes that CLIP and trains e_v (VisionEmbedder) with PACLLoss on image-caption
+pairs too: by default each scene paired with a *mention*, a short caption naming one thing in it (one object, or
+the background), as most web captions name one thing; `pacl_captions="scene"` uses the full scene captions
+instead (then PACL finds nothing local: see the README). Neither stage ever sees a segmentation mask. `train_toy` runs both, saves the model + head as
 safetensors + JSON, and measures the result on a held-out test split.
 """
 
@@ -26,6 +28,9 @@ from .loss import PACLLoss
 from .pacl import VisionEmbedder
 
 
+PACL_CAPTIONS = ("mentions", "scene")  # stage 2's captions: one thing per scene, or the whole scene
+
+
 @dataclass
 class ToyTrainConfig:
     """Every knob of the two stages; saved with the weights so a run can be reproduced."""
@@ -39,12 +44,18 @@ class ToyTrainConfig:
     clip_lr: float = 2e-3
     clip_warmup: int = 40
     weight_decay: float = 0.05
-    pacl_steps: int = 300
+    pacl_steps: int = 1000
     pacl_batch: int = 128
     pacl_lr: float = 2e-3
     pacl_tau: float = 0.1
-    pacl_init_from_projection: bool = True
+    pacl_captions: str = "mentions"  # one of PACL_CAPTIONS
+    mention_draws: int = 4  # mentions per scene; each epoch of stage 2 uses the next, like COCO's 5 captions
+    pacl_init_from_projection: bool = False  # True: e_v starts as CLIP's own patch projection (= vanilla)
     threads: int = 2
+
+    def __post_init__(self):
+        assert self.pacl_captions in PACL_CAPTIONS, f"pacl_captions must be one of {PACL_CAPTIONS}"
+        assert self.mention_draws >= 1, "mention_draws must be at least 1"
 
     @property
     def image_size(self) -> int:
@@ -57,21 +68,31 @@ def images_to_tensor(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) 
     return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
-def make_pool(seed: int, n: int, size: int, variants: int, progress: bool = True) -> tuple[np.ndarray, list[str]]:
-    """n training scenes of `size` px, the variants of a scene adjacent: (N, H, W, 3) uint8 and N captions."""
+def make_pool(seed: int, n: int, size: int, variants: int, progress: bool = True,
+              mention_draws: int = 1) -> tuple[np.ndarray, list, list]:
+    """n training scenes of `size` px, the variants of a scene adjacent.
+
+    Returns (N, H, W, 3) uint8 images, N captions, and `mention_draws` lists of N mentions. A mention names one
+    thing (toyworld.mention); within one draw the variants of a scene mention the same object, so they stay each
+    other's hard negatives, and whether it is the background is drawn for each image. Draws are independent.
+    """
     groups = max(1, n // variants)
     images = np.empty((groups * variants, size, size, 3), np.uint8)
-    captions = []
+    captions, mentions = [], [[] for _ in range(mention_draws)]
     bar = tqdm(total=len(images), desc=f"generating {size} px scenes", unit="scene", disable=not progress,
                leave=False)
     for g in range(groups):
-        for v in range(variants):
-            scene = toyworld.make_scene(seed, g, "train", size, variant=v)
+        scenes = [toyworld.make_scene(seed, g, "train", size, variant=v) for v in range(variants)]
+        for v, scene in enumerate(scenes):
             images[len(captions)] = scene.image
             captions.append(scene.caption)
             bar.update()
+        for d, draw in enumerate(mentions):
+            k = int(np.random.default_rng([seed, g, d]).integers(len(scenes[0].objects)))  # same count in variants
+            draw += [toyworld.mention(sc.objects, sc.background, k, np.random.default_rng([seed, g, v, d]))
+                     for v, sc in enumerate(scenes)]
     bar.close()
-    return images, captions
+    return images, captions, mentions
 
 
 def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
@@ -175,15 +196,21 @@ def _caption_embeddings(backbone, captions: list[str], batch: int = 512) -> torc
     return torch.cat(out)  # (N, D)
 
 
-def train_pacl(backbone, images: np.ndarray, captions: list[str], cfg: ToyTrainConfig,
+def train_pacl(backbone, images: np.ndarray, captions: list, cfg: ToyTrainConfig,
                progress: bool = True) -> tuple[VisionEmbedder, list[float]]:
-    """Stage 2: e_v on the frozen backbone's patch tokens with PACLLoss on captions. Returns (head, losses)."""
+    """Stage 2: e_v on the frozen backbone's patch tokens with PACLLoss on captions. Returns (head, losses).
+
+    captions: one per image, or several lists of one per image (draws), each epoch using the next draw in turn.
+    """
     torch.manual_seed(cfg.seed + 1)
     head = VisionEmbedder(backbone.width, backbone.embed_dim)
     if cfg.pacl_init_from_projection:
         head.init_from_projection(backbone.model.visual.proj.detach().float().cpu())
     tokens = _patch_tokens(backbone, images, progress=progress)  # (N, T, D_v)
-    text = _caption_embeddings(backbone, captions)  # (N, D)
+    draws = [captions] if isinstance(captions[0], str) else list(captions)
+    assert all(len(d) == len(images) for d in draws), "one caption per image in every draw"
+    text = torch.stack([_caption_embeddings(backbone, d) for d in draws])  # (draws, N, D)
+    per_epoch = max(1, (len(images) // cfg.variants) // max(1, cfg.pacl_batch // cfg.variants))  # steps
     loss_fn = PACLLoss(tau=cfg.pacl_tau)
     scale = backbone.logit_scale
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.pacl_lr, weight_decay=cfg.weight_decay)
@@ -196,7 +223,7 @@ def train_pacl(backbone, images: np.ndarray, captions: list[str], cfg: ToyTrainC
             group["lr"] = cosine_lr(step, cfg.pacl_steps, cfg.clip_warmup, cfg.pacl_lr)
         idx_t = torch.from_numpy(idx)
         emb = head(tokens[idx_t].float())  # (B, T, D)
-        loss = loss_fn(emb, text[idx_t], scale)
+        loss = loss_fn(emb, text[(step // per_epoch) % len(draws)][idx_t], scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -218,7 +245,9 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
     clip_losses, seconds = [], {}
     for k, (size, steps, pool) in enumerate(cfg.clip_phases):
         t = time.time()
-        images, captions = make_pool(cfg.seed + k, pool, size, cfg.variants, progress)
+        last = k == len(cfg.clip_phases) - 1  # stage 2 trains on the last phase's scenes
+        images, captions, mentions = make_pool(cfg.seed + k, pool, size, cfg.variants, progress,
+                                               cfg.mention_draws if last else 0)
         seconds[f"data_{size}px"] = round(time.time() - t, 1)
         t = time.time()
         clip_losses += train_clip(model, tokenizer, images, captions, cfg, steps, progress,
@@ -229,7 +258,8 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
     toymodel.save_clip(out, model, info)
     backbone = toymodel.load_toy_backbone(root=out, with_head=False)  # exactly the saved float16 weights
     t = time.time()
-    head, pacl_losses = train_pacl(backbone, images, captions, cfg, progress)
+    head, pacl_losses = train_pacl(backbone, images, mentions if cfg.pacl_captions == "mentions" else captions, cfg,
+                                   progress)
     seconds["pacl"] = round(time.time() - t, 1)
     seconds["total"] = round(time.time() - t0, 1)
     info.update(pacl_loss={"first": float(np.mean(pacl_losses[:10])), "last": float(np.mean(pacl_losses[-10:]))},

@@ -55,8 +55,14 @@ RADIUS = (0.16, 0.26)  # object radius range, as a fraction of the image size
 OBJ_CONTRAST = 0.15  # how far a texture's second colour is from the first, for objects
 BG_CONTRAST = 0.1  # and for backgrounds
 CAPTION_P = {"colour": 0.3, "texture": 0.2, "background": 0.2}  # chance a caption names each attribute
+MENTION_BACKGROUND_P = 0.3  # chance a mention (a one-thing caption, for PACL's stage 2) names the background
 OUTLINE = 0.021  # width of a dark outline drawn around every object, as a fraction of the image size (0: none)
 OUTLINE_RGB = (0.03, 0.03, 0.03)
+# Every shape's surface also carries a fine grating whose orientation is the shape's own (k·22.5° for SHAPES[k]):
+# a local cue, as fur or bark is for real classes. Without it the inside of a star and of a square look the
+# same, and no patch token can tell which shape it lies in (see "Why the shapes carry a grating" in the README).
+SHAPE_GRATING = 0.3  # amplitude, added to every channel (0: none)
+SHAPE_GRATING_PERIOD = 3.0  # px at the generated size
 
 
 @dataclass
@@ -180,6 +186,14 @@ def texture(kind: str, colour, rng: np.random.Generator, h: int, w: int, contras
     return c + (_second_colour(c, contrast) - c) * t[..., None].astype(np.float32) + noise  # (h, w, 3)
 
 
+def shape_grating(shape: str, h: int, w: int) -> np.ndarray:
+    """The shape's own fine grating, SHAPE_GRATING · sin(2π u / period) along the shape's direction: (h, w, 1)."""
+    theta = SHAPES.index(shape) * np.pi / len(SHAPES)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)  # (h, w) each
+    u = xx * np.cos(theta) + yy * np.sin(theta)  # (h, w)
+    return (SHAPE_GRATING * np.sin(2 * np.pi * u / SHAPE_GRATING_PERIOD))[..., None].astype(np.float32)
+
+
 def _jitter(rgb, rng) -> np.ndarray:
     return np.clip(np.asarray(rgb, np.float32) + rng.uniform(-0.06, 0.06, 3).astype(np.float32), 0, 1)
 
@@ -222,6 +236,21 @@ def make_caption(objects: list[dict], background: dict, rng: np.random.Generator
                           background["colour"] if rng.random() < 0.7 else None) if w]
         text += f" on {_article(bg[0]) if bg else 'a'} {' '.join(bg + ['background'])}"
     return text
+
+
+def mention(objects: list[dict], background: dict, k: int, rng: np.random.Generator) -> str:
+    """A short caption that names one thing in the scene, as most web alt-texts do.
+
+    With chance MENTION_BACKGROUND_P the background ('a dotted navy background', its texture and colour words each
+    kept half the time), otherwise object k with its colour and texture ('a red striped star').
+    """
+    if rng.random() < MENTION_BACKGROUND_P:
+        words = [w for w, keep in ((background["texture"], background["texture"] != "plain" and rng.random() < 0.5),
+                                   (background["colour"], rng.random() < 0.5)) if keep] + ["background"]
+    else:
+        obj = objects[k]
+        words = [obj["colour"]] + ([obj["texture"]] if obj["texture"] != "plain" else []) + [obj["shape"]]
+    return f"{_article(words[0])} {' '.join(words)}"
 
 
 # ---- scenes -----------------------------------------------------------------------------------
@@ -278,7 +307,7 @@ def make_scene(seed: int, index: int, split: str = "train", size: int = DEFAULT_
         angle = np.deg2rad(rng.uniform(-MAX_TILT, MAX_TILT))  # shapes stand upright, slightly tilted
         alpha = shape_alpha(shape, box, centre, r, angle)  # (h, w)
         fill = texture(obj["texture"], _jitter(COLOURS[obj["colour"]], rng), rng, y1 - y0, x1 - x0,
-                       OBJ_CONTRAST)  # (h, w, 3)
+                       OBJ_CONTRAST) + shape_grating(shape, y1 - y0, x1 - x0)  # (h, w, 3)
         crop = image[y0:y1, x0:x1]  # (h, w, 3), a view
         crop += (fill - crop) * alpha[..., None]
         if OUTLINE > 0:

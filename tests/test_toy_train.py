@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pacl_core import toymodel
+from pacl_core import toymodel, toyworld
 from pacl_core.checkpoint import load_head
 from pacl_core.cli import main
 from pacl_core.toytrain import ToyTrainConfig, _batches, make_pool, train_clip, train_pacl
@@ -23,10 +23,10 @@ def tiny_run():
     model = toymodel.create_toy_clip()
     clip_losses = {}
     for size, steps, pool in cfg.clip_phases:  # 48 px, then the native 96 px
-        images, captions = make_pool(0, pool, size, cfg.variants, progress=False)
+        images, captions, mentions = make_pool(0, pool, size, cfg.variants, progress=False)
         clip_losses[size] = train_clip(model, open_clip_tokenizer(), images, captions, cfg, steps, progress=False)
     backbone = toymodel.toy_backbone(model)
-    head, pacl_losses = train_pacl(backbone, images, captions, cfg, progress=False)
+    head, pacl_losses = train_pacl(backbone, images, mentions, cfg, progress=False)
     return cfg, clip_losses, pacl_losses, head, backbone
 
 
@@ -88,3 +88,37 @@ def test_toy_train_cli_writes_a_loadable_model(tmp_path, capsys):
     assert head.meta["training"]["train"]["pacl_steps"] == 2
     assert main(["toy", "train", "--out", str(out), "--pool", "0,5"]) == 2
     assert "error: --pool needs 2 comma-separated integers of at least 1" in capsys.readouterr().err
+
+
+def test_pool_mentions_name_one_object_per_scene_in_every_draw():
+    images, captions, draws = make_pool(3, 24, 48, 4, progress=False, mention_draws=3)
+    assert images.shape == (24, 48, 48, 3) and len(captions) == 24
+    assert len(draws) == 3 and all(len(d) == 24 for d in draws)
+    assert draws[0] != draws[1], "draws are independent"
+    assert make_pool(3, 24, 48, 4, progress=False, mention_draws=3)[2] == draws, "and seeded"
+    for g in range(6):
+        scenes = [toyworld.make_scene(3, g, "train", 48, variant=v) for v in range(4)]
+        assert [s.caption for s in scenes] == captions[4 * g:4 * g + 4]
+        for d in draws:
+            named = d[4 * g:4 * g + 4]
+            # one object index is named in every variant that does not name the background
+            k = [i for i in range(len(scenes[0].objects))
+                 if all(m.endswith("background") or m.endswith(" " + s.objects[i]["shape"]) for m, s in zip(named, scenes))]
+            assert k, named
+
+
+def test_config_checks_the_caption_switch():
+    with pytest.raises(AssertionError, match="pacl_captions"):
+        ToyTrainConfig(pacl_captions="masks")
+
+
+def test_pacl_stage_uses_the_next_draw_each_epoch(tiny_run):
+    cfg, _, _, _, backbone = tiny_run
+    images, captions, draws = make_pool(1, 32, 96, 4, progress=False, mention_draws=2)
+    cfg = ToyTrainConfig(**{**TINY, "pacl_steps": 6, "pacl_batch": 16})  # 2 steps per epoch of 8 groups
+    _, one = train_pacl(backbone, images, draws[0], cfg, progress=False)
+    _, same = train_pacl(backbone, images, [draws[0], draws[0]], cfg, progress=False)
+    _, two = train_pacl(backbone, images, draws, cfg, progress=False)
+    assert one == same
+    assert two[:2] == one[:2], "the first epoch uses the first draw"
+    assert two[2:4] != one[2:4], "the second epoch uses the second"

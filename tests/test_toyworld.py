@@ -122,3 +122,46 @@ def test_caption_attribute_probabilities(monkeypatch):
         words = set(s.caption.replace(",", " ").split())
         assert not words & (set(toyworld.COLOURS) | set(toyworld.TEXTURES) | {"background"}), s.caption
         assert all(o["shape"] in words for o in s.objects)
+
+
+def test_shape_grating_is_inside_objects_only_and_oriented_by_shape(monkeypatch):
+    monkeypatch.setattr(toyworld, "SHAPE_GRATING", 0.0)
+    plain = make_scene(5, 2, "train", size=96)
+    monkeypatch.setattr(toyworld, "SHAPE_GRATING", 0.3)
+    grated = make_scene(5, 2, "train", size=96)
+    assert np.array_equal(plain.mask, grated.mask) and plain.caption == grated.caption
+    changed = np.abs(plain.image.astype(int) - grated.image.astype(int)).max(-1) > 0  # (H, W)
+    assert changed.any() and not (changed & (plain.mask == 0)).any(), "the grating never touches the background"
+    # the grating of SHAPES[k] is constant along its own direction (checked where that direction hits pixels exactly)
+    for k, shape in enumerate(SHAPES):
+        g = toyworld.shape_grating(shape, 24, 24)[..., 0]  # (24, 24)
+        assert g.shape == (24, 24) and np.abs(g).max() <= 0.3 + 1e-6
+        theta = k * np.pi / len(SHAPES)
+        along = np.array([-np.sin(theta), np.cos(theta)])  # (dx, dy) perpendicular to the wave vector
+        ys, xs = np.mgrid[4:20, 4:20]
+        x2, y2 = np.round(xs + 3 * along[0]).astype(int), np.round(ys + 3 * along[1]).astype(int)
+        exact = np.isclose(xs + 3 * along[0], x2) & np.isclose(ys + 3 * along[1], y2)
+        if exact.any():  # for axis-aligned directions the shifted point is a pixel: the value is unchanged
+            assert np.allclose(g[ys[exact], xs[exact]], g[y2[exact], x2[exact]], atol=1e-5)
+    assert not np.allclose(toyworld.shape_grating("circle", 12, 12), toyworld.shape_grating("square", 12, 12))
+
+
+def test_mentions_name_one_thing_in_the_scene(monkeypatch):
+    rng = np.random.default_rng(0)
+    kinds = {"object": 0, "background": 0}
+    for i in range(60):
+        s = make_scene(2, i)
+        k = i % len(s.objects)
+        words = toyworld.mention(s.objects, s.background, k, rng).split()
+        assert words[0] in ("a", "an")
+        if words[-1] == "background":
+            kinds["background"] += 1
+            assert set(words[1:-1]) <= {s.background["colour"], s.background["texture"]}
+        else:
+            kinds["object"] += 1
+            o = s.objects[k]
+            assert words[1:] == [o["colour"]] + ([o["texture"]] if o["texture"] != "plain" else []) + [o["shape"]]
+    assert kinds["background"] > 5 and kinds["object"] > 30, kinds
+    monkeypatch.setattr(toyworld, "MENTION_BACKGROUND_P", 0.0)
+    s = make_scene(2, 0)
+    assert all(toyworld.mention(s.objects, s.background, 0, rng).endswith(s.objects[0]["shape"]) for _ in range(20))

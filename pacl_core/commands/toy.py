@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
     t = toy_sub.add_parser("train", help="train the toy CLIP from scratch, then its PACL head",
                            description="Stage 1 trains a tiny CLIP (open_clip config PACL-Toy) with the contrastive "
                                        "loss on scene captions; stage 2 freezes it and trains the PACL vision "
-                                       "embedder with PACLLoss. No masks are used. Writes toy_clip.* and "
+                                       "embedder with PACLLoss on short captions that each name one thing in "
+                                       "the scene. No masks are used. Writes toy_clip.* and "
                                        "toy_pacl_head.* (safetensors + JSON) to --out and evaluates them on "
                                        "held-out scenes.")
     t.add_argument("--out", required=True, help="output folder (assets/toy is the shipped model)")
@@ -51,6 +52,9 @@ def add_parser(sub) -> None:
     t.add_argument("--pool", default=None,
                    help="training scenes per phase, comma-separated (default: the shipped recipe, 24000,6000)")
     t.add_argument("--pacl-steps", type=int, default=None, help="stage-2 steps (default: the shipped recipe)")
+    t.add_argument("--pacl-captions", default=None, choices=("mentions", "scene"),
+                   help="stage 2's captions: 'mentions' name one thing per scene (the shipped recipe), 'scene' "
+                        "the whole scene")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: 2)")
     t.add_argument("--eval-n", type=int, default=200, help="held-out scenes to evaluate on afterwards (0: skip)")
     t.set_defaults(run=run_train)
@@ -106,7 +110,8 @@ def run_train(args) -> int:
     if out.exists() and not out.is_dir():
         raise PACLError(f"{out}: exists and is not a folder")
     phases = tuple((p[0], s, q) for p, s, q in zip(cfg.clip_phases, steps, pools))
-    overrides = {"seed": args.seed, "pacl_steps": args.pacl_steps, "threads": args.threads}
+    overrides = {"seed": args.seed, "pacl_steps": args.pacl_steps, "threads": args.threads,
+                 "pacl_captions": args.pacl_captions}
     cfg = ToyTrainConfig(clip_phases=phases, **{k: v for k, v in overrides.items() if v is not None})
     info = train_toy(out, cfg, progress=True, evaluate_n=args.eval_n)
     print(f"trained in {info['seconds']['total']:.0f} s; wrote {out}/toy_clip.* and {out}/toy_pacl_head.*")
