@@ -5,8 +5,9 @@ scene-caption pairs: only the CLS image embedding is aligned with the caption, a
 Stage 2 (`train_pacl`) freezes that CLIP and trains e_v (VisionEmbedder) with PACLLoss on image-caption
 pairs too: by default each scene paired with a *mention*, a short caption naming one thing in it (one object, or
 the background), as most web captions name one thing; `pacl_captions="scene"` uses the full scene captions
-instead (then PACL finds nothing local: see the README). Neither stage ever sees a segmentation mask. `train_toy` runs both, saves the model + head as
-safetensors + JSON, and measures the result on a held-out test split.
+instead (then PACL finds nothing local: see the README). Neither stage ever sees a segmentation mask.
+`train_toy` runs both, saves the model + head as safetensors + JSON, and measures the result on a held-out
+test split.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from . import toymodel, toyworld
 from .checkpoint import save_head
 from .loss import PACLLoss
 from .pacl import VisionEmbedder
-
 
 PACL_CAPTIONS = ("mentions", "scene")  # stage 2's captions: one thing per scene, or the whole scene
 
@@ -83,7 +83,7 @@ def make_pool(seed: int, n: int, size: int, variants: int, progress: bool = True
                leave=False)
     for g in range(groups):
         scenes = [toyworld.make_scene(seed, g, "train", size, variant=v) for v in range(variants)]
-        for v, scene in enumerate(scenes):
+        for scene in scenes:
             images[len(captions)] = scene.image
             captions.append(scene.caption)
             bar.update()

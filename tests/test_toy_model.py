@@ -53,8 +53,13 @@ def test_toy_loads_without_network_and_has_a_default_head(no_network):
     assert seg.mask.shape == (50, 70)
 
 
-def test_evaluation_report_is_complete(toy, test_split):
-    result = evaluate_toy(test_split, toy, roc_png=test_split / "roc.png")
+@pytest.fixture(scope="module")
+def report(toy, test_split):
+    return evaluate_toy(test_split, toy, roc_png=test_split / "roc.png")
+
+
+def test_evaluation_report_is_complete(report, test_split):
+    result = report
     for method in ("vanilla", "pacl"):
         for key in ("miou", "patch_acc", "coherence_auc"):
             assert 0 <= result[method][key] <= 1
@@ -65,6 +70,16 @@ def test_evaluation_report_is_complete(toy, test_split):
         # dropping "background" from the candidates can only help an object patch, so the whole is bounded
         assert result[method]["patch_acc"] <= max(parts.values()) + 1e-9, (result[method]["patch_acc"], parts)
     assert (test_split / "roc.png").stat().st_size > 1000
+
+
+def test_pacl_segments_small_split_above_a_floor(report):
+    """On 24 fresh held-out scenes (not the shipped 200) PACL must clearly segment; measured: 0.549 / 0.905 vs
+    vanilla 0.049 / 0.072. The floors leave room for torch/platform drift, not for a broken head."""
+    pacl, vanilla = report["pacl"], report["vanilla"]
+    assert pacl["miou"] >= 0.45, pacl["miou"]
+    assert pacl["patch_acc"] >= 0.85, pacl["patch_acc"]
+    assert pacl["miou"] >= vanilla["miou"] + 0.3, (pacl["miou"], vanilla["miou"])
+    assert pacl["patch_acc_parts"]["objects_among_shapes"] >= 0.55, pacl["patch_acc_parts"]
 
 
 def test_shipped_numbers_reproduce(toy, tmp_path):

@@ -74,11 +74,12 @@ def test_pacl_stage_loss_falls_and_backbone_stays_frozen(tiny_run):
 def test_toy_train_cli_writes_a_loadable_model(tmp_path, capsys):
     out = tmp_path / "toy"
     code = main(["toy", "train", "--out", str(out), "--clip-steps", "2,2", "--pacl-steps", "2", "--pool", "16,16",
-                 "--threads", "1", "--eval-n", "3"])
+                 "--threads", "1", "--eval-n", "3", "--pacl-captions", "scene"])
     assert code == 0, capsys.readouterr().err
     meta = json.loads((out / "toy_clip.json").read_text())
     assert meta["config"] == toymodel.CONFIG_NAME
     assert [p[1] for p in meta["training"]["train"]["clip_phases"]] == [2, 2]
+    assert meta["training"]["train"]["pacl_captions"] == "scene"
     for method in ("vanilla", "pacl"):
         for key in ("miou", "patch_acc", "coherence_auc"):
             assert 0 <= meta["training"]["eval"][method][key] <= 1
@@ -103,7 +104,8 @@ def test_pool_mentions_name_one_object_per_scene_in_every_draw():
             named = d[4 * g:4 * g + 4]
             # one object index is named in every variant that does not name the background
             k = [i for i in range(len(scenes[0].objects))
-                 if all(m.endswith("background") or m.endswith(" " + s.objects[i]["shape"]) for m, s in zip(named, scenes))]
+                 if all(m.endswith("background") or m.endswith(" " + s.objects[i]["shape"])
+                        for m, s in zip(named, scenes))]
             assert k, named
 
 
