@@ -154,6 +154,16 @@ def test_toy_dataset_dispatches_to_toyeval(tmp_path, capsys, monkeypatch):
     assert calls["roc_png"].endswith("coherence_roc.png")
 
 
+@pytest.mark.parametrize("extra", [["--refine", "pamr"], ["--mode", "slide", "--window", "48"], ["--split", "train"],
+                                   ["--short-side", "144"], ["--background", "entropy:1.5"]])
+def test_toy_rejects_benchmark_only_options(tmp_path, capsys, extra):
+    """The toy world has one protocol; a benchmark option is refused, not silently ignored."""
+    rc = main(["evaluate", "--dataset", "toy", "--root", str(tmp_path), "--model", TINY, *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and extra[0] in err and "apply to --dataset toy" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_toy_without_toyeval_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pacl_core.toyeval", None)  # import fails as if the module were absent
     from pacl_core.evaluate import evaluate_toy_world

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--root", required=True,
                    help="dataset folder: VOCdevkit (or VOC2012/VOC2010), coco_stuff164k, ADEChallengeData2016, or "
                         "the toy world's folder")
-    p.add_argument("--split", default="val", help="val (default) or train")
+    p.add_argument("--split", default=None, help="val (default) or train (not for toy: its folder is one split)")
     p.add_argument("--method", default=None,
                    help="vanilla, pacl, maskclip, sclip, clearclip, naclip; comma-separated for several "
                         "(default: vanilla; toy: vanilla,pacl)")
@@ -74,7 +74,7 @@ def run(args) -> int:
     from ..datasets import SegDataset
     from ..evaluate import evaluate_methods, iou_table, summary_json, write_reports
 
-    dataset = SegDataset(args.dataset, args.root, args.split, args.limit)  # fails fast, before the model loads
+    dataset = SegDataset(args.dataset, args.root, args.split or "val", args.limit)  # fails fast, before the model loads
     methods = methods or ["vanilla"]
     backbone = backbone_from_args(args)
     user = {"image_size": args.image_size_eval, "mode": args.mode, "window": args.window, "stride": args.stride,
@@ -105,11 +105,21 @@ def _protocol_line(proto: dict) -> str:
     return ", ".join(parts)
 
 
+# benchmark-only options: the toy world has one fixed protocol (whole image at the model's size, its own classes)
+_NOT_FOR_TOY = {"split": "--split", "image_size_eval": "--short-side", "mode": "--mode", "window": "--window",
+                "stride": "--stride", "background": "--background", "logit_scale": "--logit-scale",
+                "refine": "--refine", "class_names": "--class-names"}
+
+
 def _run_toy(args, methods) -> int:
     from pathlib import Path
 
     from ..evaluate import evaluate_toy_world
 
+    given = [flag for attr, flag in _NOT_FOR_TOY.items() if getattr(args, attr, None) is not None]
+    if given:
+        raise PACLError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --dataset toy "
+                        "(one protocol: the whole scene at the model's input size, the toy world's classes)")
     if not Path(args.root).is_dir():
         raise PACLError(f"{args.root}: no such folder")
     backbone = backbone_from_args(args)
