@@ -112,13 +112,24 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _grouping(n: int, batch: int, variants: int) -> tuple[int, int]:
+    """(scene groups in n images, whole groups per batch)."""
+    return n // variants, max(1, batch // variants)
+
+
+def steps_per_epoch(n: int, batch: int, variants: int = 1) -> int:
+    """How many batches `_batches` draws from one permutation before it draws the next (one epoch)."""
+    groups, per = _grouping(n, batch, variants)
+    return max(1, groups // per)
+
+
 def _batches(n: int, batch: int, steps: int, seed: int, variants: int = 1):
     """`steps` index batches from epochs of seeded permutations of the n // variants scene groups.
 
     A batch holds batch // variants whole groups, so variants of one scene are each other's negatives.
     """
     g = np.random.default_rng(seed)
-    groups, per = n // variants, max(1, batch // variants)
+    groups, per = _grouping(n, batch, variants)
     order, pos = g.permutation(groups), 0
     for _ in range(steps):
         if pos + per > groups:
@@ -210,7 +221,7 @@ def train_pacl(backbone, images: np.ndarray, captions: list, cfg: ToyTrainConfig
     draws = [captions] if isinstance(captions[0], str) else list(captions)
     assert all(len(d) == len(images) for d in draws), "one caption per image in every draw"
     text = torch.stack([_caption_embeddings(backbone, d) for d in draws])  # (draws, N, D)
-    per_epoch = max(1, (len(images) // cfg.variants) // max(1, cfg.pacl_batch // cfg.variants))  # steps
+    per_epoch = steps_per_epoch(len(images), cfg.pacl_batch, cfg.variants)
     loss_fn = PACLLoss(tau=cfg.pacl_tau)
     scale = backbone.logit_scale
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.pacl_lr, weight_decay=cfg.weight_decay)
@@ -246,8 +257,8 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
     for k, (size, steps, pool) in enumerate(cfg.clip_phases):
         t = time.time()
         last = k == len(cfg.clip_phases) - 1  # stage 2 trains on the last phase's scenes
-        images, captions, mentions = make_pool(cfg.seed + k, pool, size, cfg.variants, progress,
-                                               cfg.mention_draws if last else 0)
+        draws = cfg.mention_draws if last and cfg.pacl_captions == "mentions" else 0  # only what stage 2 reads
+        images, captions, mentions = make_pool(cfg.seed + k, pool, size, cfg.variants, progress, draws)
         seconds[f"data_{size}px"] = round(time.time() - t, 1)
         t = time.time()
         clip_losses += train_clip(model, tokenizer, images, captions, cfg, steps, progress,

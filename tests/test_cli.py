@@ -35,7 +35,7 @@ def test_help_lists_subcommands():
 
 
 def test_toy_train_help_states_the_real_defaults(capsys):
-    from pacl_core.toytrain import ToyTrainConfig
+    from pacl_core.toytrain import PACL_CAPTIONS, ToyTrainConfig
 
     with pytest.raises(SystemExit):
         main(["toy", "train", "--help"])
@@ -43,6 +43,7 @@ def test_toy_train_help_states_the_real_defaults(capsys):
     phases = ToyTrainConfig().clip_phases
     assert "recipe, " + ",".join(str(p[1]) for p in phases) + ")" in text
     assert "recipe, " + ",".join(str(p[2]) for p in phases) + ")" in text
+    assert "--pacl-captions {" + ",".join(PACL_CAPTIONS) + "}" in text, "the CLI offers exactly the config's choices"
 
 
 def test_segment_writes_every_output(tmp_path, images, capsys):

@@ -9,7 +9,7 @@ import torch
 from pacl_core import toymodel, toyworld
 from pacl_core.checkpoint import load_head
 from pacl_core.cli import main
-from pacl_core.toytrain import ToyTrainConfig, _batches, make_pool, train_clip, train_pacl
+from pacl_core.toytrain import ToyTrainConfig, _batches, make_pool, steps_per_epoch, train_clip, train_pacl
 
 TINY = dict(clip_phases=((48, 14, 32), (96, 14, 32)), variants=4, clip_batch=32, clip_warmup=2, pacl_steps=14,
             pacl_batch=32, threads=1)
@@ -44,6 +44,22 @@ def test_batches_keep_scene_variants_together():
         assert (groups == groups[:, :1]).all(), "a batch holds whole groups of 4 variants"
     seen = np.concatenate(batches[:5])
     assert len(set(seen.tolist())) == 40, "an epoch visits every scene once"
+
+
+@pytest.mark.parametrize("n,batch,variants", [(40, 8, 4), (44, 8, 4), (30, 7, 1)])
+def test_steps_per_epoch_is_where_batches_draw_a_new_permutation(n, batch, variants):
+    """Reference: epoch e's batches are consecutive slices of the e-th seeded permutation of the groups."""
+    per, groups, per_batch = steps_per_epoch(n, batch, variants), n // variants, batch // variants
+    assert per == groups // per_batch
+    got = list(_batches(n=n, batch=batch, steps=3 * per, seed=1, variants=variants))
+    g = np.random.default_rng(1)
+    for e in range(3):
+        order = g.permutation(groups)
+        for s in range(per):
+            chosen = order[s * per_batch:(s + 1) * per_batch]
+            want = (chosen[:, None] * variants + np.arange(variants)[None, :]).ravel()
+            assert np.array_equal(got[e * per + s], want), (e, s)
+    assert steps_per_epoch(16, 128, 4) == 1, "a pool smaller than one batch: every batch is a whole epoch"
 
 
 def test_clip_stage_loss_falls_in_both_phases(tiny_run):
