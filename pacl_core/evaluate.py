@@ -48,7 +48,8 @@ def resolve_protocol(spec: DatasetSpec, method: str, backbone, user: dict) -> di
     md = method_settings(method, spec.name, backbone.native_size)
     base = {"image_size": round(spec.short_side * scale), "mode": "slide", "window": round(spec.window * scale),
             "stride": round(spec.stride * scale), "background": spec.default_background, "logit_scale": None,
-            "templates": TRAINING_FREE_TEMPLATES if method in training_free else "imagenet7", "refine": None}
+            "templates": TRAINING_FREE_TEMPLATES if method in training_free else "imagenet7", "refine": None,
+            "shifts": 1}
     proto = {k: md.get(k, v) for k, v in base.items()}
     if user.get("window") is not None and user.get("stride") is None:
         proto["stride"] = None  # the segmenter's default: half the given window
@@ -113,7 +114,7 @@ def make_segmenter(backbone, method: str, proto: dict, head=None, num_words: int
 
     kwargs = dict(method=method, head=head, image_size=proto["image_size"], mode=proto["mode"],
                   window=proto["window"], stride=proto["stride"], background=proto["background"],
-                  logit_scale=proto["logit_scale"], max_words=max(num_words, 1))
+                  logit_scale=proto["logit_scale"], max_words=max(num_words, 1), shifts=proto.get("shifts") or 1)
     if proto.get("refine"):
         kwargs["refine"] = proto["refine"]
     return Segmenter(backbone, **kwargs)
@@ -240,7 +241,8 @@ def summary_json(results: dict, with_confusion: bool = False) -> dict:
 # ---- the toy world ------------------------------------------------------------------------------------
 
 
-def evaluate_toy_world(root, backbone, methods=None, head=None, limit=None, roc_png=None, progress=False) -> dict:
+def evaluate_toy_world(root, backbone, methods=None, head=None, limit=None, roc_png=None, progress=False,
+                       shifts: int = 1) -> dict:
     """Dispatch to the toy world's own evaluation (pacl_core.toyeval), imported only when asked for."""
     try:
         from .toyeval import evaluate_toy
@@ -248,7 +250,7 @@ def evaluate_toy_world(root, backbone, methods=None, head=None, limit=None, roc_
         if e.name == "pacl_core.toyeval":
             raise PACLError("the toy-world evaluation (pacl_core/toyeval.py) is not in this checkout yet") from None
         raise
-    kwargs = {"head": head, "limit": limit, "roc_png": roc_png}
+    kwargs = {"head": head, "limit": limit, "roc_png": roc_png, "shifts": shifts}
     if methods:
         kwargs["methods"] = tuple(methods)
     if "progress" in inspect.signature(evaluate_toy).parameters:

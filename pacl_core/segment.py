@@ -3,7 +3,8 @@
 `Segmenter(backbone, method)` scores every patch by its cosine to every word's text embedding, upsamples
 the patch scores to the image, and takes the per-pixel argmax (with an optional background rule).
 `method` is one checked string: "vanilla" (CLIP's own patch projection), "pacl" (a trained e_v head), or a
-training-free variant of the last block (see pacl_core.methods).
+training-free variant of the last block (see pacl_core.methods). `shifts=m` averages m x m passes of the image
+shifted by fractions of a patch (`shifted_scores`): a test-time augmentation that evens out each patch's noise.
 """
 
 from __future__ import annotations
@@ -106,6 +107,32 @@ def upsample_scores(low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.cat([block for _, block in upsample_blocks(low, size)], dim=1)
 
 
+def shift_offsets(patch: int, shifts: int) -> list[int]:
+    """The m sub-patch offsets (px) of shifted passes, centred on 0: patch 8, m 2 -> [-2, 2]; m 4 -> [-3, -1, 1, 3]."""
+    assert 1 <= shifts <= patch, f"shifts must be between 1 and the patch size {patch}, got {shifts}"
+    return [((2 * a + 1) * patch) // (2 * shifts) - patch // 2 for a in range(shifts)]
+
+
+def shifted_scores(patch_logits, images: torch.Tensor, patch: int, shifts: int) -> torch.Tensor:
+    """Pixel-level scores (B, K, H, W): the mean over shifts x shifts passes of the upsampled patch logits.
+
+    patch_logits: (B, 3, H, W) -> (B, K, h, w). Each pass sees the image moved by (dy, dx) from shift_offsets
+    (mirrored at the border), so every pixel falls into a different patch in each pass; its scores are put back
+    in place and averaged. shifts=1 is plain bilinear upsampling of one pass.
+    """
+    H, W = images.shape[-2:]
+    pad = patch  # enough for any offset, and < H, W as reflect padding needs
+    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")  # (B, 3, H + 2p, W + 2p)
+    total = None
+    for dy in shift_offsets(patch, shifts):
+        for dx in shift_offsets(patch, shifts):
+            view = padded[:, :, pad + dy:pad + dy + H, pad + dx:pad + dx + W]  # (B, 3, H, W): image[y + dy, x + dx]
+            up = F.interpolate(patch_logits(view), size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
+            back = F.pad(up, (pad, pad, pad, pad), mode="replicate")[:, :, pad - dy:pad - dy + H, pad - dx:pad - dx + W]
+            total = back if total is None else total + back  # (B, K, H, W)
+    return total / shifts ** 2
+
+
 def mask_from_low(low: torch.Tensor, size: tuple[int, int], logit_scale: float, background=None) -> torch.Tensor:
     """The (H, W) label mask of the upsampled scores, computed block by block (never all of (K, H, W) at once)."""
     return torch.cat([label_mask(block, logit_scale, background) for _, block in upsample_blocks(low, size)])
@@ -119,7 +146,7 @@ class Segmentation:
     image: np.ndarray  # (H, W, 3) uint8, the image as segmented
     mask: np.ndarray  # (H, W) int16 word index, -1 = background
     patch_logits: np.ndarray  # (K, h, w) float32 patch-level cosines
-    low_logits: np.ndarray  # (K, h', w') the scores before upsampling (the patch grid, or the slide canvas)
+    low_logits: np.ndarray  # (K, h', w') the scores before upsampling (the patch grid, or the slide / shifts canvas)
     method: str
     logit_scale: float
     background: tuple | None = None
@@ -177,7 +204,7 @@ class Segmenter:
     def __init__(self, backbone, method: str = "vanilla", head: VisionEmbedder | str | None = None,
                  image_size: int | None = None, mode: str | None = None, window: int | None = None,
                  stride: int | None = None, background=None, logit_scale: float | None = None, tau: float = 1.0,
-                 max_words: int = MAX_WORDS, refine: str | None = None):
+                 max_words: int = MAX_WORDS, refine: str | None = None, shifts: int = 1):
         self.backbone, self.method = backbone, check_method(method)
         # settings left unset (None) take the method's official defaults (pacl_core.methods.METHOD_DEFAULTS)
         defaults = method_defaults(method, native_size=backbone.native_size)
@@ -188,6 +215,9 @@ class Segmenter:
             raise PACLError(f"unknown refine '{refine}'; use one of {', '.join(REFINERS)} (or none)")
         self.head = self._resolve_head(head) if method == "pacl" else None
         p = backbone.patch_size
+        if not isinstance(shifts, int) or not 1 <= shifts <= p:
+            raise PACLError(f"shifts must be a whole number from 1 to the patch size ({p}), got {shifts}")
+        self.shifts = shifts
         self.image_size = _round_to(image_size or defaults.get("image_size") or backbone.image_size, p)
         self.mode, self.refine = mode, refine
         self.window = _round_to(window or defaults.get("window") or backbone.native_size, p)
@@ -226,10 +256,19 @@ class Segmenter:
         s = patch_similarity(emb.float(), text_emb.to(emb.device).float())  # (B, K, T)
         return s.view(s.shape[0], s.shape[1], h, w)  # (B, K, h, w)
 
+    @torch.no_grad()
+    def pixel_scores(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Cosines at the input's pixels, averaged over the shifted passes: (B, 3, H, W), (K, D) -> (B, K, H, W)."""
+        return shifted_scores(lambda x: self.patch_logits(x, text_emb), images, self.backbone.patch_size,
+                              self.shifts)
+
     # ---- the image level ----------------------------------------------------------------------
     def _logits_whole(self, image: np.ndarray, text: torch.Tensor) -> torch.Tensor:
+        """The patch grid (K, h, w), or with shifts the pixel-level average (K, S, S)."""
         S = self.image_size
         x = self.backbone.preprocess(image, (S, S))  # (1, 3, S, S)
+        if self.shifts > 1:
+            return self.pixel_scores(x, text)[0]  # (K, S, S)
         return self.patch_logits(x, text)[0]  # (K, h, w)
 
     def _logits_slide(self, image: np.ndarray, text: torch.Tensor) -> torch.Tensor:
@@ -246,8 +285,7 @@ class Segmenter:
         for i in range(0, len(boxes), 16):  # windows go through the backbone in batches
             batch = boxes[i:i + 16]
             crops = torch.cat([x[:, :, y:y + win, x0:x0 + win] for y, x0 in batch])  # (b, 3, win, win)
-            logits = self.patch_logits(crops, text)  # (b, K, h, w)
-            logits = F.interpolate(logits, size=(win, win), mode="bilinear", align_corners=False)
+            logits = self.pixel_scores(crops, text)  # (b, K, win, win)
             for (y, x0), lg in zip(batch, logits):
                 total[:, y:y + win, x0:x0 + win] += lg
                 count[:, y:y + win, x0:x0 + win] += 1
@@ -275,8 +313,9 @@ class Segmenter:
             refined = full.cpu().numpy()
         else:
             mask = mask_from_low(low, (H, W), self.logit_scale, background)  # (H, W)
-        # patch level: the grid itself (whole) or the window average pooled back to patches (slide)
-        patch = low if self.mode == "whole" else F.avg_pool2d(low[None], self.backbone.patch_size)[0]
+        # patch level: the grid itself (whole), or the pixel-level scores (slide, shifts) pooled back to patches
+        pixel_level = self.mode == "slide" or self.shifts > 1
+        patch = F.avg_pool2d(low[None], self.backbone.patch_size)[0] if pixel_level else low
         return Segmentation(words=words, image=image, mask=mask.to(torch.int16).cpu().numpy(),
                             patch_logits=patch.float().cpu().numpy(), low_logits=low.float().cpu().numpy(),
                             method=self.method, logit_scale=self.logit_scale, background=background, notes=notes,

@@ -1,12 +1,12 @@
 """Evaluation in the toy world: segmentation mIoU, patch accuracy and semantic coherence, vanilla vs PACL.
 
-`evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None) -> dict`
+`evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None, shifts=1) -> dict`
 reads a folder written by `python -m pacl_core toy generate` and returns, per method,
 
     {"miou", "patch_acc", "coherence_auc", "pixel_acc", "per_class_iou": {class: IoU or None},
      "seen": {...same four...}, "unseen": {...}}
 
-plus "roc_png" (the ROC figure of semantic coherence), "classes", "words", "templates", "n_images" and
+plus "roc_png" (the ROC figure of semantic coherence), "classes", "words", "templates", "n_images", "shifts" and
 "cls_zero_shot" (CLIP's image-level shape accuracy on the single-object scenes, a check on stage 1) and
 "oracle_miou" (the mIoU a perfect patch classifier would reach at this patch grid: the ceiling). Each method
 also reports "attention_on_object": {"attention", "area"}, the share of a(x, shape word) that lands on that
@@ -15,7 +15,7 @@ and "patch_acc_parts": {"background": share of background patches whose best wor
 "objects_among_shapes": share of object patches whose best *shape* word is their shape (chance 1/8)}.
 The vocabulary is the class names: the 8 shape words and the word "background", each embedded with the
 backbone's prompt templates; every pixel takes the word with the highest cosine (bilinearly upsampled patch
-scores, exactly as `Segmenter` does in "whole" mode). "seen" ignores the pixels of objects whose
+scores, exactly as `Segmenter` does in "whole" mode, with its `shifts`). "seen" ignores the pixels of objects whose
 colour-shape pair was held out of training, "unseen" ignores those of the other objects; both keep the
 background. Run it alone with `python -m pacl_core.toyeval --root DIR [--model toy]`.
 
@@ -67,14 +67,18 @@ def subset_labels(item: dict) -> dict[str, np.ndarray]:
 def predict(segmenter, images: list[np.ndarray], text: torch.Tensor) -> tuple[torch.Tensor, tuple, np.ndarray]:
     """Images (H, W, 3) of one size -> patch embeddings (B, T, D), grid, and label maps (B, H, W).
 
-    The batched equivalent of Segmenter(image, words) in 'whole' mode without a background rule.
+    The batched equivalent of Segmenter(image, words) in 'whole' mode without a background rule (with the
+    segmenter's shifted passes, if any; the patch embeddings are always those of the unshifted image).
     """
     backbone, S = segmenter.backbone, segmenter.image_size
     H, W = images[0].shape[:2]
     x = torch.cat([backbone.preprocess(im, (S, S)) for im in images])  # (B, 3, S, S)
     emb, grid = segmenter.patch_embeddings(x)  # (B, T, D)
-    s = patch_similarity(emb.float(), text.to(emb.device).float())  # (B, K, T)
-    s = s.view(s.shape[0], s.shape[1], *grid)  # (B, K, h, w)
+    if segmenter.shifts > 1:
+        s = segmenter.pixel_scores(x, text)  # (B, K, S, S)
+    else:
+        s = patch_similarity(emb.float(), text.to(emb.device).float())  # (B, K, T)
+        s = s.view(s.shape[0], s.shape[1], *grid)  # (B, K, h, w)
     scores = F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
     return emb.float().cpu(), grid, scores.argmax(1).cpu().numpy()
 
@@ -160,12 +164,13 @@ def cls_zero_shot(dataset: ToyDataset, backbone, indices: list[int], text: torch
 
 
 def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, shifts: int = 1) -> dict:
     """Evaluate `methods` of `backbone` on the toy-world folder `root` (see the module docstring).
 
     head: a PACL head (path or VisionEmbedder) for 'pacl'; default backbone.default_head.
     limit: use only the first `limit` scenes. roc_png: where to save the coherence ROC figure
-    (default ROOT/coherence_roc.png; False for none).
+    (default ROOT/coherence_roc.png; False for none). shifts: label maps from shifts x shifts shifted passes
+    (Segmenter's test-time augmentation); only the mask metrics change, the patch metrics use the plain grid.
     """
     from .segment import Segmenter
 
@@ -175,7 +180,7 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
     indices = list(range(len(dataset) if limit is None else min(int(limit), len(dataset))))
     words = list(dataset.classes)
     text = backbone.text_embeddings(words)  # (K, D)
-    segmenters = {m: Segmenter(backbone, method=m, head=head if m == "pacl" else None) for m in methods}
+    segmenters = {m: Segmenter(backbone, method=m, head=head if m == "pacl" else None, shifts=shifts) for m in methods}
     heads = [sg.head for sg in segmenters.values() if sg.head is not None]
     tau = float((getattr(heads[0], "meta", None) or {}).get("tau") or 1.0) if heads else 1.0
     out, rocs = {}, {}
@@ -185,7 +190,7 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
         roc_png = Path(roc_png) if roc_png else Path(root) / "coherence_roc.png"
         save_roc_png(rocs, roc_png, title=f"semantic coherence, {backbone.name}")
     out.update(roc_png=str(roc_png) if roc_png is not False else None, classes=words, words=words,
-               templates=list(backbone.templates), n_images=len(indices),
+               templates=list(backbone.templates), n_images=len(indices), shifts=shifts,
                cls_zero_shot=cls_zero_shot(dataset, backbone, indices, text),
                oracle_miou=oracle_miou(dataset, indices, backbone.patch_size, Segmenter(backbone).image_size))
     return out
@@ -232,13 +237,14 @@ def main(argv=None) -> int:
     p.add_argument("--head", default=None, help="PACL head (default: the model's shipped head)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N scenes")
     p.add_argument("--roc-png", default=None, help="where to save the ROC figure (default: ROOT/coherence_roc.png)")
+    p.add_argument("--shifts", type=int, default=1, help="m x m shifted passes per scene (default: 1, one pass)")
     p.add_argument("--probe", action="store_true",
                    help="also run object_patch_probe (a diagnostic trained with masks on generated scenes; ~1 min)")
     args = p.parse_args(argv)
     try:
         backbone = load_backbone(args.model)
         result = evaluate_toy(args.root, backbone, head=args.head, limit=args.limit, roc_png=args.roc_png,
-                              progress=True)
+                              progress=True, shifts=args.shifts)
         if args.probe:
             result["object_patch_probe"] = object_patch_probe(backbone)
     except PACLError as e:

@@ -69,7 +69,8 @@ def test_segment_writes_every_output(tmp_path, images, capsys):
     assert not [f for f in tmp_path.iterdir() if "staging" in f.name]
 
 
-@pytest.mark.parametrize("case", ["non_image", "corrupt", "empty_words", "too_many_words", "missing", "bad_method"])
+@pytest.mark.parametrize("case", ["non_image", "corrupt", "empty_words", "too_many_words", "missing", "bad_method",
+                                  "zero_shifts", "too_many_shifts"])
 def test_bad_input_exits_nonzero_with_one_line_and_no_files(tmp_path, images, case):
     out = tmp_path / "out"
     words = "dog, sky"
@@ -91,6 +92,10 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_files(tmp_path, images, ca
         imgs = [tmp_path / "nope.jpg"]
     elif case == "bad_method":
         extra = ["--method", "magic"]
+    elif case == "zero_shifts":
+        extra = ["--shifts", "0"]
+    elif case == "too_many_shifts":
+        extra = ["--shifts", "9"]  # more than the 8 px patch has positions
     res = run_cli("segment", *imgs, "--words", words, "--out", out, *TINY, *extra)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
@@ -112,3 +117,13 @@ def test_slide_mode_and_progress(tmp_path, images, capsys):
     assert main(["segment", *map(str, images), "--words", "a, b", "--out", str(out), "--mode", "slide",
                  *TINY]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["img0", "img1"]
+
+
+def test_shifted_passes_are_recorded_and_change_the_maps(tmp_path, images):
+    outs = {}
+    for m in (1, 4):
+        out = tmp_path / f"m{m}"
+        assert main(["segment", str(images[0]), "--words", "a, b", "--out", str(out), "--shifts", str(m), *TINY]) == 0
+        outs[m] = json.loads((out / "img0" / "result.json").read_text())
+        assert outs[m]["shifts"] == m
+    assert outs[1]["mean_score"] != outs[4]["mean_score"]

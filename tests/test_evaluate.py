@@ -88,17 +88,20 @@ def test_voc21_all_background_gives_the_hand_computed_miou(tmp_path, backbone):
     assert np.asarray(res["confusion"]).sum() == total  # the 255 boundary pixels are not counted
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "pacl"] + ["pacl"])
-def test_confusion_equals_the_segmenter_output_on_every_method(tmp_path, backbone, method):
+@pytest.mark.parametrize("method, user", [(m, {}) for m in METHODS if m != "pacl"] + [("pacl", {}),
+                                           ("pacl", {"shifts": 2}), ("vanilla", {"shifts": 2})])
+def test_confusion_equals_the_segmenter_output_on_every_method(tmp_path, backbone, method, user):
     root, raws = write_layout(tmp_path, "voc", n=2)
     head = None
     if method == "pacl":
         head = save_head(tmp_path / "head", VisionEmbedder(backbone.width, backbone.embed_dim), backbone)
     ds = SegDataset("voc20", root)
-    res = evaluate_methods(ds, backbone, [method], {}, head=head, progress=False)[method]
+    res = evaluate_methods(ds, backbone, [method], user, head=head, progress=False)[method]
     # recompute independently: the same segmenter settings, pixel by pixel, ignoring 0 and 255 of the raw labels
-    proto = resolve_protocol(ds.spec, method, backbone, {})
+    proto = resolve_protocol(ds.spec, method, backbone, user)
+    assert proto["shifts"] == user.get("shifts", 1) and res["protocol"]["shifts"] == proto["shifts"]
     seg = make_segmenter(backbone, method, proto, head=head, num_words=20)
+    assert seg.shifts == proto["shifts"]
     conf = np.zeros((20, 20), dtype=np.int64)
     for i, raw in enumerate(raws):
         _, image, _ = ds[i]
@@ -140,17 +143,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_toy_dataset_dispatches_to_toyeval(tmp_path, capsys, monkeypatch):
     calls = {}
 
-    def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None):
-        calls.update(root=root, methods=methods, limit=limit, roc_png=roc_png, width=backbone.width)
+    def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None, shifts=1):
+        calls.update(root=root, methods=methods, limit=limit, roc_png=roc_png, width=backbone.width, shifts=shifts)
         return {m: {"miou": 0.5, "patch_acc": 0.25} for m in methods}
 
     monkeypatch.setitem(sys.modules, "pacl_core.toyeval", types.SimpleNamespace(evaluate_toy=evaluate_toy))
     rc = main(["evaluate", "--dataset", "toy", "--root", str(tmp_path), "--model", TINY, "--json", "--limit", "3",
-               "--out", str(tmp_path / "o")])
+               "--out", str(tmp_path / "o"), "--shifts", "2"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out) == {"vanilla": {"miou": 0.5, "patch_acc": 0.25},
                                                    "pacl": {"miou": 0.5, "patch_acc": 0.25}}
     assert calls["methods"] == ("vanilla", "pacl") and calls["limit"] == 3 and calls["width"] == 64
+    assert calls["shifts"] == 2
     assert calls["roc_png"].endswith("coherence_roc.png")
 
 

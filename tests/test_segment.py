@@ -1,4 +1,4 @@
-"""Segmenter: shapes at any image size, patch logits against a direct computation, background rules."""
+"""Segmenter: shapes at any image size, patch logits against a direct computation, background rules, shifts."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pacl_core.checkpoint import save_head
 from pacl_core.errors import PACLError
 from pacl_core.pacl import VisionEmbedder
-from pacl_core.segment import Segmenter, label_mask, parse_background, upsample_scores
+from pacl_core.segment import Segmenter, label_mask, parse_background, shift_offsets, shifted_scores, upsample_scores
 from tests.conftest import random_image
 
 
@@ -137,3 +137,71 @@ def test_blockwise_mask_equals_full_argmax(monkeypatch):
         mask = segment.mask_from_low(low, (41, 50), 40.0, background)
         full = segment.upsample_scores(low, (41, 50))
         assert torch.equal(mask, label_mask(full, 40.0, background))
+
+
+@pytest.mark.parametrize("patch, m, expected", [(8, 1, [0]), (8, 2, [-2, 2]), (8, 4, [-3, -1, 1, 3]),
+                                                (16, 2, [-4, 4]), (16, 4, [-6, -2, 2, 6]),
+                                                (8, 8, [-4, -3, -2, -1, 0, 1, 2, 3])])
+def test_shift_offsets_spread_evenly_inside_a_patch(patch, m, expected):
+    assert shift_offsets(patch, m) == expected
+
+
+def _patch_means(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """A stand-in for patch logits: each patch's mean colour, (B, 3, H, W) -> (B, 3, h, w)."""
+    return F.avg_pool2d(x, patch)
+
+
+def _shifted_reference(img: np.ndarray, patch: int, m: int) -> np.ndarray:
+    """shifted_scores written out pixel by pixel with numpy: mirror, cut, score, upsample, look back, average."""
+    C, H, W = img.shape
+    total = np.zeros((C, H, W))
+    for dy in shift_offsets(patch, m):
+        for dx in shift_offsets(patch, m):
+            mirrored = np.pad(img, ((0, 0), (patch, patch), (patch, patch)), mode="reflect")
+            view = mirrored[:, patch + dy:patch + dy + H, patch + dx:patch + dx + W]  # view[y, x] = img[y+dy, x+dx]
+            low = _patch_means(torch.from_numpy(view)[None], patch)
+            up = F.interpolate(low, size=(H, W), mode="bilinear", align_corners=False)[0].numpy()
+            for y in range(H):
+                for x in range(W):  # pixel (y, x) sits at (y - dy, x - dx) in this pass (clamped at the border)
+                    total[:, y, x] += up[:, min(max(y - dy, 0), H - 1), min(max(x - dx, 0), W - 1)]
+    return total / m ** 2
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_shifted_scores_match_a_pixelwise_reference(rng, m):
+    img = rng.standard_normal((3, 24, 32))
+    got = shifted_scores(lambda x: _patch_means(x, 8), torch.from_numpy(img)[None], 8, m)[0]
+    np.testing.assert_allclose(got.numpy(), _shifted_reference(img, 8, m), atol=1e-10)
+
+
+def test_shifted_scores_keep_a_constant_and_follow_a_moved_edge():
+    flat = torch.full((1, 3, 32, 32), 0.25, dtype=torch.float64)
+    torch.testing.assert_close(shifted_scores(lambda x: _patch_means(x, 8), flat, 8, 4), flat)
+    # a vertical edge inside a patch: one pass blurs it over the whole patch pair, the shifted passes locate it
+    edge = torch.zeros(1, 1, 32, 32, dtype=torch.float64)
+    edge[..., 13:] = 1.0
+    def error(m):
+        return float((shifted_scores(lambda x: _patch_means(x, 8), edge, 8, m) - edge).abs().mean())
+    assert error(4) < error(2) < error(1), (error(1), error(2), error(4))
+
+
+def test_segmenter_shifts(tiny, rng):
+    img = random_image(rng, 40, 56)
+    plain = Segmenter(tiny, image_size=48)(img, "dog, grass, sky")
+    shifted = Segmenter(tiny, image_size=48, shifts=2)
+    seg = shifted(img, "dog, grass, sky")
+    assert seg.mask.shape == (40, 56) and np.array_equal(seg.mask, seg.scores.argmax(0))
+    assert seg.low_logits.shape == (3, 48, 48) and seg.patch_logits.shape == plain.patch_logits.shape == (3, 6, 6)
+    x = tiny.preprocess(img, (48, 48))
+    text = tiny.text_embeddings(["dog", "grass", "sky"])
+    ref = shifted_scores(lambda v: shifted.patch_logits(v, text), x, 8, 2)[0]  # the same passes, by hand
+    torch.testing.assert_close(torch.from_numpy(seg.low_logits), ref)
+    assert not np.allclose(seg.scores, plain.scores)
+    slide = Segmenter(tiny, image_size=48, mode="slide", window=32, shifts=2)(img, "dog, grass, sky")
+    assert slide.mask.shape == (40, 56)
+
+
+@pytest.mark.parametrize("shifts", [0, 9, -1, 1.5])
+def test_bad_shifts_are_one_clear_error(tiny, shifts):
+    with pytest.raises(PACLError, match="shifts must be a whole number from 1 to the patch size"):
+        Segmenter(tiny, shifts=shifts)

@@ -82,6 +82,17 @@ def test_pacl_segments_small_split_above_a_floor(report):
     assert pacl["patch_acc_parts"]["objects_among_shapes"] >= 0.55, pacl["patch_acc_parts"]
 
 
+def test_shifted_passes_sharpen_the_masks_not_the_patches(toy, test_split, report):
+    """2 x 2 half-patch-shifted passes: on the same 24 scenes measured 0.652 against 0.549 for one pass. The patch
+    metrics come from the unshifted grid, so they must not move at all."""
+    shifted = evaluate_toy(test_split, toy, roc_png=False, shifts=2)
+    assert shifted["shifts"] == 2 and report["shifts"] == 1
+    assert shifted["pacl"]["miou"] >= report["pacl"]["miou"] + 0.05, (shifted["pacl"]["miou"], report["pacl"]["miou"])
+    for method in ("vanilla", "pacl"):
+        assert shifted[method]["patch_acc"] == report[method]["patch_acc"]
+        assert shifted[method]["coherence_auc"] == report[method]["coherence_auc"]
+
+
 def test_shipped_numbers_reproduce(toy, tmp_path):
     """The numbers recorded in the shipped JSON (and the README) come back from the same held-out scenes."""
     recorded = json.loads(toymodel.clip_path().with_suffix(".json").read_text())["training"]["eval"]
@@ -98,9 +109,10 @@ def test_batched_prediction_matches_the_segmenter(toy, test_split):
     from pacl_core.toyworld import ToyDataset
 
     item = ToyDataset(test_split)[0]
-    segmenter = Segmenter(toy, "pacl")
-    _, _, pred = predict(segmenter, [item["image"]], toy.text_embeddings(list(CLASSES)))
-    assert np.array_equal(pred[0], segmenter(item["image"], list(CLASSES)).mask)
+    for shifts in (1, 2):
+        segmenter = Segmenter(toy, "pacl", shifts=shifts)
+        _, _, pred = predict(segmenter, [item["image"]], toy.text_embeddings(list(CLASSES)))
+        assert np.array_equal(pred[0], segmenter(item["image"], list(CLASSES)).mask), shifts
 
 
 def test_examples_listed_and_segmented_by_cli(tmp_path, no_network):

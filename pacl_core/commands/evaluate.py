@@ -46,6 +46,9 @@ def add_parser(sub) -> None:
                         "method's official rule)")
     g.add_argument("--logit-scale", type=float, default=None, help="softmax scale for the background rule")
     g.add_argument("--refine", default=None, choices=("pamr",), help="refine the score maps (PAMR)")
+    g.add_argument("--shifts", type=int, default=None, metavar="M",
+                   help="average M x M passes of the image shifted by fractions of a patch (default: 1, one pass; "
+                        "costs M^2 forward passes; also for --dataset toy)")
     g.add_argument("--class-names", default=None,
                    help="file with one line per class (background excluded), optionally comma-separated synonyms")
     o = p.add_argument_group("output")
@@ -69,6 +72,8 @@ def run(args) -> int:
     methods = _methods(args.method)
     if args.limit is not None and args.limit <= 0:
         raise PACLError("--limit must be positive")
+    if args.shifts is not None and args.shifts < 1:
+        raise PACLError(f"--shifts must be at least 1, got {args.shifts}")
     if args.dataset == "toy":
         return _run_toy(args, methods)
     from ..datasets import SegDataset
@@ -79,7 +84,7 @@ def run(args) -> int:
     backbone = backbone_from_args(args)
     user = {"image_size": args.image_size_eval, "mode": args.mode, "window": args.window, "stride": args.stride,
             "background": args.background, "logit_scale": args.logit_scale, "templates": args.templates,
-            "refine": args.refine}
+            "refine": args.refine, "shifts": args.shifts}
     results = evaluate_methods(dataset, backbone, methods, user, head=args.head, names_file=args.class_names,
                                progress=args.progress)
     written = write_reports(results, args.out) if args.out else []
@@ -102,6 +107,8 @@ def _protocol_line(proto: dict) -> str:
         parts.append(f"window {proto['window']}/{proto['stride']}")
     parts.append(f"background {proto['background'] or 'none'}")
     parts.append(f"templates {proto['templates']}")
+    if (proto.get("shifts") or 1) > 1:
+        parts.append(f"{proto['shifts']}x{proto['shifts']} shifted passes")
     return ", ".join(parts)
 
 
@@ -127,7 +134,7 @@ def _run_toy(args, methods) -> int:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     results = evaluate_toy_world(args.root, backbone, methods=methods, head=args.head, limit=args.limit, roc_png=roc,
-                                 progress=args.progress and not args.json)
+                                 progress=args.progress and not args.json, shifts=args.shifts or 1)
     if args.out:
         (Path(args.out) / "metrics.json").write_text(json.dumps(results, indent=2, default=float))
     if args.json:

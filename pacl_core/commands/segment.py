@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
                         "distribution's entropy > T) or prob:T (where the best word's probability < T)")
     p.add_argument("--refine", default="none", choices=("none", "pamr"),
                    help="post-processing of the score maps: pamr (as SCLIP / NACLIP use it) or none")
+    p.add_argument("--shifts", type=int, default=1, metavar="M",
+                   help="average M x M passes of the image shifted by fractions of a patch: smoother, less noisy "
+                        "maps for M^2 times the compute (default: 1)")
     p.add_argument("--out", required=True, help="output folder (one subfolder per image)")
     add_model_args(p)
     p.set_defaults(run=run)
@@ -85,6 +88,8 @@ def run(args) -> int:
 
     words, notes = parse_words(args.words)
     check_method(args.method)  # an unknown method fails before any model loads
+    if args.shifts < 1:
+        raise PACLError(f"--shifts must be at least 1, got {args.shifts}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise PACLError(f"{out}: exists and is not a folder")
@@ -93,7 +98,7 @@ def run(args) -> int:
     backbone = backbone_from_args(args)
     segmenter = Segmenter(backbone, method=args.method, head=args.head, mode=args.mode, window=args.window,
                           stride=args.stride, background=args.background, image_size=args.image_size,
-                          refine=None if args.refine == "none" else args.refine)
+                          refine=None if args.refine == "none" else args.refine, shifts=args.shifts)
     for n in notes:
         print(f"note: {n}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +109,8 @@ def run(args) -> int:
             image = load_image(path)
             seg = segmenter(image, words)
             info = {"image": str(path), "original_size": original, "model": args.model,
-                    "backbone": backbone.name, "pretrained": backbone.pretrained, "notes": []}
+                    "backbone": backbone.name, "pretrained": backbone.pretrained, "shifts": segmenter.shifts,
+                    "notes": []}
             if max(original) > MAX_SIDE:
                 info["notes"].append(f"downscaled from {original[0]}x{original[1]} to at most {MAX_SIDE} px")
             write_outputs(staging / stem, seg, info)
