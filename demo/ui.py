@@ -122,8 +122,8 @@ def make_run(registry: ModelRegistry):
     list and the token under which the results wait for their archive."""
 
     @_guarded
-    def run(image, words, methods, model, threshold, resolution):
-        result = h.compare(registry, image_path(image), words, methods, model, threshold, resolution,
+    def run(image, words, methods, model, threshold, resolution, shifts=h.SHIFTS[0]):
+        result = h.compare(registry, image_path(image), words, methods, model, threshold, resolution, shifts,
                            package=False)
         _warn(result.notes)
         by_method = {p.method: p for p in result.panels}
@@ -201,6 +201,9 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
                                       info="pixels whose best cosine is below this become background; 0 = off")
                 resolution = gr.Dropdown(list(h.RESOLUTIONS), value=h.RESOLUTIONS[0], label="Input resolution (px)",
                                          info="the side the image is resized to; larger = finer, slower")
+                shifts = gr.Radio(list(h.SHIFTS), value=h.SHIFTS[0], label="Shifted passes per axis",
+                                  info="average m×m passes of the image moved by fractions of a patch: "
+                                       "smoother, less noisy maps for m² times the compute; 1 = one pass")
                 run_btn = gr.Button("Segment", variant="primary", elem_id="run-button")
                 gr.Examples(load_examples(), inputs=[image, words], label="Examples: pick one, then press Segment",
                             cache_examples=False, examples_per_page=8)
@@ -234,7 +237,8 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
         lesson_inputs = [image, words, word, model_box, resolution, tau]
         lesson_outputs = [s_img, a_img, lesson_md, lesson_table]
         token = gr.State(None)
-        run_event = run_btn.click(make_run(registry), [image, words, methods, model_box, threshold, resolution],
+        run_event = run_btn.click(make_run(registry),
+                                  [image, words, methods, model_box, threshold, resolution, shifts],
                                   [*slot_outputs, table, download, word, token], api_name="segment",
                                   preprocess=False)
         run_event.success(make_download, token, download, api_name="download", preprocess=False)

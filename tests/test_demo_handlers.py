@@ -148,6 +148,16 @@ def test_every_method_runs(registry, photo, method):
     assert panel.annotated[0].shape == (120, 160, 3) and len(panel.heatmaps) == 2
 
 
+def test_shifted_passes_reach_the_segmenter_status_and_archive(registry, photo):
+    plain = h.compare(registry, str(photo), "sky, grass", ["pacl"], MODEL)
+    shifted = h.compare(registry, str(photo), "sky, grass", ["pacl"], MODEL, shifts="2")
+    (p1,), (p2,) = plain.panels, shifted.panels
+    assert p2.ok and "2×2 shifted passes" in p2.status and "shifted" not in p1.status
+    assert p2.segmentation.low_logits.shape[1:] == (96, 96)  # pixel-level: the average of the 4 passes
+    assert not np.allclose(p1.segmentation.scores, p2.segmentation.scores)
+    assert json.loads(zipfile.ZipFile(shifted.download).read("settings.json"))["shifts"] == 2
+
+
 @pytest.fixture(scope="module")
 def headless():
     """A registry whose only model has no PACL head (like ViT-B/16 before a head is dropped in checkpoints/)."""
@@ -188,6 +198,7 @@ def test_duplicates_and_huge_images_produce_notes(registry, tmp_path):
     ({"methods": ["magic"]}, "unknown method"),
     ({"threshold": 1.5}, "between 0 and 1"),
     ({"resolution": "9999"}, "input resolution"),
+    ({"shifts": "3"}, "shifted passes"),
     ({"model": "nope"}, "unknown model"),
 ])
 def test_bad_inputs_are_one_line_errors(registry, photo, kwargs, message):
