@@ -4,7 +4,9 @@ Random-init ViT-B-16-quickgelu, 448 px, 20 words with text embeddings cached. Se
 preprocessing (resizing the photo inside counts), every method's last block, upsampling to image resolution
 and the argmax. The bare reference is open_clip's encode_image on a model created at 448 px.
 
-    python bench/segment_overhead.py [--repeats 5] [--methods vanilla pacl sclip]
+    python bench/segment_overhead.py [--repeats 5] [--methods vanilla pacl sclip] [--shifts 2]
+
+--shifts M times the Segmenter with M x M shifted passes (Segmenter(shifts=M)), still against one bare forward.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main():
     ap.add_argument("--size", type=int, default=448)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--shifts", type=int, default=1, help="shifted passes per axis (default: 1)")
     args = ap.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone("ViT-B-16-quickgelu:none", image_size=args.size)
@@ -61,11 +64,11 @@ def main():
     t_bare = median_time(bare, args.repeats)
     print(f"bare encode_image at {args.size}px: {t_bare * 1000:.0f} ms (median of {args.repeats}, "
           f"{torch.get_num_threads()} threads); ratio = median over {args.repeats} back-to-back pairs of "
-          "Segmenter time / encode_image time")
+          f"Segmenter time ({args.shifts}x{args.shifts} shifted passes) / encode_image time")
     print(f"{'method':10s} | " + " | ".join(f"{name:>17s}" for name in photos))
     for method in args.methods:
         seg = Segmenter(backbone, method, head=head if method == "pacl" else None, image_size=args.size,
-                        mode="whole")
+                        mode="whole", shifts=args.shifts)
         cells = []
         for img in photos.values():
             seg(img, WORDS)  # caches the text embeddings
