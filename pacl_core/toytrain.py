@@ -68,31 +68,66 @@ def images_to_tensor(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) 
     return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
+def _pool_groups(seed: int, lo: int, hi: int, size: int, variants: int, mention_draws: int):
+    """Scene groups lo..hi-1 of a pool: (images (n, H, W, 3) uint8, captions, mention draws). A pure function."""
+    images = np.empty(((hi - lo) * variants, size, size, 3), np.uint8)
+    captions, mentions = [], [[] for _ in range(mention_draws)]
+    for g in range(lo, hi):
+        scenes = [toyworld.make_scene(seed, g, "train", size, variant=v) for v in range(variants)]
+        for scene in scenes:
+            images[len(captions)] = scene.image
+            captions.append(scene.caption)
+        for d, draw in enumerate(mentions):
+            k = int(np.random.default_rng([seed, g, d]).integers(len(scenes[0].objects)))  # same count in variants
+            draw += [toyworld.mention(sc.objects, sc.background, k, np.random.default_rng([seed, g, v, d]))
+                     for v, sc in enumerate(scenes)]
+    return images, captions, mentions
+
+
+PARALLEL_MIN_GROUPS = 500  # smaller pools are generated in this process: starting workers would cost more
+
+
 def make_pool(seed: int, n: int, size: int, variants: int, progress: bool = True,
-              mention_draws: int = 1) -> tuple[np.ndarray, list, list]:
+              mention_draws: int = 1, workers: int = 1) -> tuple[np.ndarray, list, list]:
     """n training scenes of `size` px, the variants of a scene adjacent.
 
     Returns (N, H, W, 3) uint8 images, N captions, and `mention_draws` lists of N mentions. A mention names one
     thing (toyworld.mention); within one draw the variants of a scene mention the same object, so they stay each
     other's hard negatives, and whether it is the background is drawn for each image. Draws are independent.
+    Every scene is a pure function of (seed, group, variant), so `workers` > 1 processes (forked, where the
+    platform can fork) give exactly the same pool, faster.
     """
     groups = max(1, n // variants)
-    images = np.empty((groups * variants, size, size, 3), np.uint8)
-    captions, mentions = [], [[] for _ in range(mention_draws)]
-    bar = tqdm(total=len(images), desc=f"generating {size} px scenes", unit="scene", disable=not progress,
+    chunks = 4 * workers if workers > 1 and groups >= PARALLEL_MIN_GROUPS else 1
+    bounds = [(groups * i // chunks, groups * (i + 1) // chunks) for i in range(chunks)]
+    bar = tqdm(total=groups * variants, desc=f"generating {size} px scenes", unit="scene", disable=not progress,
                leave=False)
-    for g in range(groups):
-        scenes = [toyworld.make_scene(seed, g, "train", size, variant=v) for v in range(variants)]
-        for scene in scenes:
-            images[len(captions)] = scene.image
-            captions.append(scene.caption)
-            bar.update()
-        for d, draw in enumerate(mentions):
-            k = int(np.random.default_rng([seed, g, d]).integers(len(scenes[0].objects)))  # same count in variants
-            draw += [toyworld.mention(sc.objects, sc.background, k, np.random.default_rng([seed, g, v, d]))
-                     for v, sc in enumerate(scenes)]
+    parts = []
+    context = _fork_context() if chunks > 1 else None
+    if context is None:
+        for lo, hi in bounds:
+            parts.append(_pool_groups(seed, lo, hi, size, variants, mention_draws))
+            bar.update((hi - lo) * variants)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for (lo, hi), part in zip(bounds, pool.map(_pool_groups, *zip(*[
+                    (seed, lo, hi, size, variants, mention_draws) for lo, hi in bounds]))):
+                parts.append(part)
+                bar.update((hi - lo) * variants)
     bar.close()
+    images = np.concatenate([p[0] for p in parts])  # (N, H, W, 3)
+    captions = [c for p in parts for c in p[1]]
+    mentions = [[m for p in parts for m in p[2][d]] for d in range(mention_draws)]
     return images, captions, mentions
+
+
+def _fork_context():
+    """multiprocessing's fork context where the platform has one (Linux, macOS), else None (generate serially)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
@@ -163,6 +198,7 @@ def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: T
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.clip_lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = open_clip.loss.ClipLoss()
     losses = []
+    tokens = tokenizer(captions)  # (N, L): tokenized once, not at every step
     batches = _batches(len(images), cfg.clip_batch, steps, cfg.seed + len(images), cfg.variants)
     bar = tqdm(enumerate(batches), total=steps, desc=desc, unit="step", disable=not progress)
     with sincos_grid(model.visual, images.shape[1] // model.visual.patch_size[0]):
@@ -170,7 +206,7 @@ def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: T
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, steps, cfg.clip_warmup, cfg.clip_lr)
             x = images_to_tensor(images[idx], mean, std)  # (B, 3, H, W)
-            text = tokenizer([captions[i] for i in idx])  # (B, L)
+            text = tokens[torch.from_numpy(idx)]  # (B, L)
             img_f, txt_f, scale = model(x, text)  # (B, D), (B, D), ()
             loss = loss_fn(img_f, txt_f, scale)
             opt.zero_grad(set_to_none=True)
@@ -258,7 +294,8 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
         t = time.time()
         last = k == len(cfg.clip_phases) - 1  # stage 2 trains on the last phase's scenes
         draws = cfg.mention_draws if last and cfg.pacl_captions == "mentions" else 0  # only what stage 2 reads
-        images, captions, mentions = make_pool(cfg.seed + k, pool, size, cfg.variants, progress, draws)
+        images, captions, mentions = make_pool(cfg.seed + k, pool, size, cfg.variants, progress, draws,
+                                               workers=cfg.threads)
         seconds[f"data_{size}px"] = round(time.time() - t, 1)
         t = time.time()
         clip_losses += train_clip(model, tokenizer, images, captions, cfg, steps, progress,

@@ -125,6 +125,19 @@ def test_pool_mentions_name_one_object_per_scene_in_every_draw():
             assert k, named
 
 
+def test_pool_from_worker_processes_equals_the_serial_pool(monkeypatch):
+    """Generation in forked workers (the shipped recipe uses one per thread) changes the speed, never the pool."""
+    from pacl_core import toytrain
+
+    if toytrain._fork_context() is None:
+        pytest.skip("this platform cannot fork")
+    serial = make_pool(5, 40, 48, 4, progress=False, mention_draws=2)
+    monkeypatch.setattr(toytrain, "PARALLEL_MIN_GROUPS", 2)  # 10 groups: 8 chunks over 2 workers
+    parallel = make_pool(5, 40, 48, 4, progress=False, mention_draws=2, workers=2)
+    assert np.array_equal(serial[0], parallel[0]) and serial[1:] == parallel[1:]
+    assert len(parallel[1]) == 40 and len(parallel[2]) == 2 and all(len(d) == 40 for d in parallel[2])
+
+
 def test_config_checks_the_caption_switch():
     with pytest.raises(AssertionError, match="pacl_captions"):
         ToyTrainConfig(pacl_captions="masks")
