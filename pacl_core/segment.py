@@ -121,15 +121,19 @@ def shifted_scores(patch_logits, images: torch.Tensor, patch: int, shifts: int) 
     in place and averaged. shifts=1 is plain bilinear upsampling of one pass.
     """
     H, W = images.shape[-2:]
-    pad = patch  # enough for any offset, and < H, W as reflect padding needs
+    offsets = shift_offsets(patch, shifts)
+    pad = max(abs(o) for o in offsets)  # at most patch / 2, so below H and W as reflect padding needs
     padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")  # (B, 3, H + 2p, W + 2p)
     total = None
-    for dy in shift_offsets(patch, shifts):
-        for dx in shift_offsets(patch, shifts):
+    for dy in offsets:
+        for dx in offsets:
             view = padded[:, :, pad + dy:pad + dy + H, pad + dx:pad + dx + W]  # (B, 3, H, W): image[y + dy, x + dx]
             up = F.interpolate(patch_logits(view), size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
             back = F.pad(up, (pad, pad, pad, pad), mode="replicate")[:, :, pad - dy:pad - dy + H, pad - dx:pad - dx + W]
-            total = back if total is None else total + back  # (B, K, H, W)
+            if total is None:
+                total = back.clone()  # (B, K, H, W)
+            else:
+                total += back
     return total / shifts ** 2
 
 
@@ -282,8 +286,9 @@ class Segmenter:
         total = torch.zeros(K, Hs, Ws, device=x.device)
         count = torch.zeros(1, Hs, Ws, device=x.device)
         boxes = [(y, x0) for y in _window_starts(Hs, win, stride) for x0 in _window_starts(Ws, win, stride)]
-        for i in range(0, len(boxes), 16):  # windows go through the backbone in batches
-            batch = boxes[i:i + 16]
+        per_batch = max(1, 16 // self.shifts ** 2)  # windows per backbone batch; each holds (K, win, win) scores
+        for i in range(0, len(boxes), per_batch):
+            batch = boxes[i:i + per_batch]
             crops = torch.cat([x[:, :, y:y + win, x0:x0 + win] for y, x0 in batch])  # (b, 3, win, win)
             logits = self.pixel_scores(crops, text)  # (b, K, win, win)
             for (y, x0), lg in zip(batch, logits):

@@ -199,6 +199,8 @@ def test_segmenter_shifts(tiny, rng):
     assert not np.allclose(seg.scores, plain.scores)
     slide = Segmenter(tiny, image_size=48, mode="slide", window=32, shifts=2)(img, "dog, grass, sky")
     assert slide.mask.shape == (40, 56)
+    one_patch = Segmenter(tiny, image_size=8, shifts=8)(img, "dog, grass")  # a 1x1 grid: offsets up to half a patch
+    assert one_patch.mask.shape == (40, 56) and one_patch.low_logits.shape == (2, 8, 8)
 
 
 @pytest.mark.parametrize("shifts", [0, 9, -1, 1.5])
