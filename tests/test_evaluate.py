@@ -186,3 +186,12 @@ def test_toy_world_end_to_end(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert 0.0 <= res["vanilla"]["miou"] <= 1.0 and res["n_images"] == 2
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["vanilla"]["miou"] == res["vanilla"]["miou"]
+
+
+def test_toy_world_with_shifted_passes_says_so(tmp_path, capsys):
+    toyworld = pytest.importorskip("pacl_core.toyworld")
+    toyworld.write_split(tmp_path / "toy", split="test", seed=1, n=2)
+    rc = main(["evaluate", "--dataset", "toy", "--root", str(tmp_path / "toy"), "--model", TINY, "--method", "vanilla",
+               "--shifts", "2", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "masks from 2x2 shifted passes" in out and "vanilla: miou" in out, out

@@ -143,6 +143,8 @@ def _run_toy(args, methods) -> int:
     for m, r in results.items():
         if isinstance(r, dict):  # one entry per method; the others describe the run (classes, n_images, ...)
             print(f"{m}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
+    if (results.get("shifts") or 1) > 1:
+        print(f"masks from {results['shifts']}x{results['shifts']} shifted passes (patch metrics: one pass)")
     if results.get("roc_png"):
         print(f"coherence ROC: {results['roc_png']}")
     return 0
