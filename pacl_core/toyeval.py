@@ -8,7 +8,8 @@ reads a folder written by `python -m pacl_core toy generate` and returns, per me
 
 plus "roc_png" (the ROC figure of semantic coherence), "classes", "words", "templates", "n_images", "shifts" and
 "cls_zero_shot" (CLIP's image-level shape accuracy on the single-object scenes, a check on stage 1) and
-"oracle_miou" (the mIoU a perfect patch classifier would reach at this patch grid: the ceiling). Each method
+"oracle_miou" (the mIoU a perfect patch classifier would reach at this patch grid, with the same shifted passes:
+the ceiling). Each method
 also reports "attention_on_object": {"attention", "area"}, the share of a(x, shape word) that lands on that
 shape's own patches, beside their share of the image (what uniform attention gives), at the PACL head's tau,
 and "patch_acc_parts": {"background": share of background patches whose best word is "background",
@@ -49,6 +50,7 @@ from .probes import (
     patch_majority_labels,
     save_roc_png,
 )
+from .segment import shifted_scores
 from .toyworld import CLASSES, ToyDataset, make_scene
 
 SUBSETS = ("all", "seen", "unseen")
@@ -131,9 +133,10 @@ def evaluate_method(dataset: ToyDataset, segmenter, text: torch.Tensor, indices:
     return result, roc_all
 
 
-def oracle_miou(dataset: ToyDataset, indices: list[int], patch_size: int, image_size: int) -> float:
+def oracle_miou(dataset: ToyDataset, indices: list[int], patch_size: int, image_size: int, shifts: int = 1) -> float:
     """The mIoU of a perfect patch-level segmenter at this grid: every patch scores each class by the share of
-    its pixels in that class, upsampled and argmaxed like the real methods. An upper bound for them."""
+    its pixels in that class, upsampled and argmaxed like the real methods (with the same shifted passes). An
+    upper bound for them."""
     K = len(dataset.classes)
     conf = np.zeros((K, K), np.int64)
     for i in indices:
@@ -141,7 +144,7 @@ def oracle_miou(dataset: ToyDataset, indices: list[int], patch_size: int, image_
         H, W = mask.shape
         onehot = F.one_hot(torch.from_numpy(mask).long(), K).permute(2, 0, 1)[None].float()  # (1, K, H, W)
         onehot = F.interpolate(onehot, size=(image_size, image_size), mode="nearest")  # (1, K, S, S)
-        share = F.avg_pool2d(onehot, patch_size)  # (1, K, h, w)
+        share = shifted_scores(lambda x: F.avg_pool2d(x, patch_size), onehot, patch_size, shifts)  # (1, K, S, S)
         pred = F.interpolate(share, size=(H, W), mode="bilinear", align_corners=False)[0].argmax(0)  # (H, W)
         conf += confusion_matrix(pred.numpy(), mask, K)
     return mean_iou(conf)
@@ -192,7 +195,8 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
     out.update(roc_png=str(roc_png) if roc_png is not False else None, classes=words, words=words,
                templates=list(backbone.templates), n_images=len(indices), shifts=shifts,
                cls_zero_shot=cls_zero_shot(dataset, backbone, indices, text),
-               oracle_miou=oracle_miou(dataset, indices, backbone.patch_size, Segmenter(backbone).image_size))
+               oracle_miou=oracle_miou(dataset, indices, backbone.patch_size, Segmenter(backbone).image_size,
+                                       shifts))
     return out
 
 

@@ -140,6 +140,9 @@ def test_oracle_is_a_ceiling_and_exact_at_pixel_level(toy, test_split):
     assert result["oracle_miou"] == pytest.approx(fine)
     assert result["pacl"]["miou"] <= result["oracle_miou"] and result["vanilla"]["miou"] <= result["oracle_miou"]
     assert 0 <= result["cls_zero_shot"] <= 1
+    shifted = oracle_miou(data, idx, 8, 96, shifts=2)  # a perfect patch classifier, with the same 2x2 passes
+    assert fine < shifted < 1, (fine, shifted)
+    assert evaluate_toy(test_split, toy, roc_png=False, methods=("pacl",), shifts=2)["oracle_miou"] == shifted
 
 
 def test_object_patch_probe_labels_and_cli(toy, capsys, tmp_path, monkeypatch):
