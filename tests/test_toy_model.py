@@ -164,3 +164,5 @@ def test_object_patch_probe_labels_and_cli(toy, capsys, tmp_path, monkeypatch):
     probe = json.loads(capsys.readouterr().out)["object_patch_probe"]
     assert probe["train_patches"] > 0 and probe["test_patches"] > 0
     assert all(0 <= probe[k][a] <= 1 for k in ("mlp", "linear") for a in ("train_acc", "test_acc"))
+    assert toyeval_main(["--root", str(split), "--shifts", "2", "--roc-png", str(tmp_path / "roc2.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["shifts"] == 2
