@@ -25,6 +25,19 @@ def add_model_args(p: argparse.ArgumentParser, default_model: str = "vit-b-16") 
     g.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
 
 
+def add_shifts_arg(p, default: int | None = 1) -> None:
+    """--shifts M, shared by the commands that segment (pacl_core.segment.shifted_scores)."""
+    p.add_argument("--shifts", type=int, default=default, metavar="M",
+                   help="average M x M passes of the image shifted by fractions of a patch: smoother, less noisy "
+                        "maps for M^2 times the compute (default: 1, one pass)")
+
+
+def check_shifts_arg(shifts: int | None) -> None:
+    """Refuse --shifts below 1 before any model loads (the upper bound, the patch size, needs the model)."""
+    if shifts is not None and shifts < 1:
+        raise PACLError(f"--shifts must be at least 1, got {shifts}")
+
+
 def backbone_from_args(args):
     from .backbone import load_backbone
 

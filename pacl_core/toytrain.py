@@ -112,12 +112,11 @@ def make_pool(seed: int, n: int, size: int, variants: int, progress: bool = True
             bar.update((hi - lo) * variants)
     else:
         from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
 
-        los, his = zip(*bounds)
-        n_chunks = len(bounds)
+        chunk = partial(_pool_groups, seed, size=size, variants=variants, mention_draws=mention_draws)
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            results = pool.map(_pool_groups, [seed] * n_chunks, los, his, [size] * n_chunks,
-                               [variants] * n_chunks, [mention_draws] * n_chunks)  # in order of the chunks
+            results = pool.map(chunk, *zip(*bounds))  # (lo, hi) of each chunk, results in order of the chunks
             for (lo, hi), part in zip(bounds, results):
                 parts.append(part)
                 bar.update((hi - lo) * variants)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ..cli import add_model_args, backbone_from_args
+from ..cli import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
 from ..datasets import DATASET_NAMES, DATASETS
 from ..errors import PACLError
 
@@ -46,9 +46,7 @@ def add_parser(sub) -> None:
                         "method's official rule)")
     g.add_argument("--logit-scale", type=float, default=None, help="softmax scale for the background rule")
     g.add_argument("--refine", default=None, choices=("pamr",), help="refine the score maps (PAMR)")
-    g.add_argument("--shifts", type=int, default=None, metavar="M",
-                   help="average M x M passes of the image shifted by fractions of a patch (default: 1, one pass; "
-                        "costs M^2 forward passes; also for --dataset toy)")
+    add_shifts_arg(g, default=None)  # None: not given, so a method's own protocol applies (one pass); toy too
     g.add_argument("--class-names", default=None,
                    help="file with one line per class (background excluded), optionally comma-separated synonyms")
     o = p.add_argument_group("output")
@@ -72,8 +70,7 @@ def run(args) -> int:
     methods = _methods(args.method)
     if args.limit is not None and args.limit <= 0:
         raise PACLError("--limit must be positive")
-    if args.shifts is not None and args.shifts < 1:
-        raise PACLError(f"--shifts must be at least 1, got {args.shifts}")
+    check_shifts_arg(args.shifts)
     if args.dataset == "toy":
         return _run_toy(args, methods)
     from ..datasets import SegDataset

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..cli import add_model_args, backbone_from_args
+from ..cli import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
 from ..errors import PACLError
 from ..inputs import MAX_SIDE, check_image_file, load_image, parse_words
 from ..methods import check_method
@@ -41,9 +41,7 @@ def add_parser(sub) -> None:
                         "distribution's entropy > T) or prob:T (where the best word's probability < T)")
     p.add_argument("--refine", default="none", choices=("none", "pamr"),
                    help="post-processing of the score maps: pamr (as SCLIP / NACLIP use it) or none")
-    p.add_argument("--shifts", type=int, default=1, metavar="M",
-                   help="average M x M passes of the image shifted by fractions of a patch: smoother, less noisy "
-                        "maps for M^2 times the compute (default: 1)")
+    add_shifts_arg(p)
     p.add_argument("--out", required=True, help="output folder (one subfolder per image)")
     add_model_args(p)
     p.set_defaults(run=run)
@@ -88,8 +86,7 @@ def run(args) -> int:
 
     words, notes = parse_words(args.words)
     check_method(args.method)  # an unknown method fails before any model loads
-    if args.shifts < 1:
-        raise PACLError(f"--shifts must be at least 1, got {args.shifts}")
+    check_shifts_arg(args.shifts)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise PACLError(f"{out}: exists and is not a folder")
