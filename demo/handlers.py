@@ -36,6 +36,7 @@ METHOD_TITLES = {"vanilla": "Vanilla CLIP", "pacl": "PACL", "maskclip": "MaskCLI
 DEFAULT_METHODS = ("vanilla", "pacl")
 RESOLUTIONS = ("model default", "96", "160", "224", "320", "448", "672")
 SHIFTS = ("1", "2", "4")  # shifted passes per axis (pacl_core.segment.shifted_scores): 1, 4 or 16 passes
+REFINES = ("none", "affinity", "pamr")  # post-processing (pacl_core.segment.REFINERS, or none)
 DISPLAY_MAX_SIDE = 1024  # larger uploads are downscaled on load: the model sees a few hundred pixels anyway
 TABLE_HEADERS = ["method", "word", "pixel share (%)", "mean cosine", "max cosine"]
 LESSON_HEADERS = ["word", "patch-level score φ̂", "CLIP's CLS cosine", "best patch s", "patches attended (≈)"]
@@ -111,6 +112,15 @@ def check_shifts(shifts) -> int:
     return int(shifts)
 
 
+def check_refine(refine) -> str | None:
+    """'affinity' -> 'affinity'; 'none' (or nothing) -> None: the segmenter's refinement."""
+    if refine in (None, "", "none"):
+        return None
+    if refine not in REFINES:
+        raise PACLError(f"refinement '{refine}' must be one of: {', '.join(REFINES)}")
+    return refine
+
+
 def check_threshold(threshold) -> tuple[str, float] | None:
     """Slider value -> the segmenter's background rule: None when 0 (off), else ('score', t)."""
     try:
@@ -147,7 +157,7 @@ class Comparison:
     table: list[list]  # rows under TABLE_HEADERS
     download: str | None  # a .zip with every method's overlay, mask, heatmaps and numbers (None: not made yet)
     notes: list[str]  # things the user should be told (duplicates removed, downscaled image, a method failed)
-    settings: dict = field(default_factory=dict)  # model, input size, threshold, shifts: written into the archive
+    settings: dict = field(default_factory=dict)  # model, size, threshold, shifts, refine: written into the archive
 
 
 def hex_color(rgb) -> str:
@@ -185,13 +195,13 @@ def load_model(registry, model: str) -> None:
 
 
 def run_method(registry, model: str, method: str, image: np.ndarray, words: list[str], background,
-               size: int | None, shifts: int = 1) -> Panel:
+               size: int | None, shifts: int = 1, refine: str | None = None) -> Panel:
     """One method on one image; a PACLError from this method only becomes the panel's status."""
     title = method_title(method)
     if method == "pacl" and not registry.has_pacl_head(model):
         return Panel(method, title, status=f"**{title}** could not run: {NO_HEAD.format(model=model)}")
     try:
-        segmenter = registry.segmenter(model, method, size, shifts)
+        segmenter = registry.segmenter(model, method, size, shifts, refine)
         start = time.perf_counter()
         with registry.lock(model):
             seg = segmenter(image, words, background=background)
@@ -200,14 +210,15 @@ def run_method(registry, model: str, method: str, image: np.ndarray, words: list
         return Panel(method, title, status=f"**{title}** could not run: {e}")
     grid = seg.patch_logits.shape[1:]
     status = (f"**{title}** · {elapsed:.2f} s · {segmenter.image_size} px input · "
-              f"{grid[0]}×{grid[1]} patches" + (f" · {shifts}×{shifts} shifted passes" if shifts > 1 else ""))
+              f"{grid[0]}×{grid[1]} patches" + (f" · {shifts}×{shifts} shifted passes" if shifts > 1 else "")
+              + (f" · {refine} refinement" if refine else ""))
     annotated, colors = annotations(seg)
     heatmaps = [(img, word) for word, img in draw_heatmaps(seg)]
     return Panel(method, title, status, annotated, colors, heatmaps, seg)
 
 
 def compare(registry, image, words, methods, model: str, threshold=0.0, resolution=RESOLUTIONS[0],
-            shifts=SHIFTS[0], package: bool = True) -> Comparison:
+            shifts=SHIFTS[0], refine=REFINES[0], package: bool = True) -> Comparison:
     """Segment one image with each chosen method; every input is checked before any model is loaded.
 
     package=False leaves the archive for later (`hold` + `package_held`), so the page can show results first.
@@ -218,12 +229,13 @@ def compare(registry, image, words, methods, model: str, threshold=0.0, resoluti
     background = check_threshold(threshold)
     size = check_resolution(resolution)
     shifts = check_shifts(shifts)
+    refine = check_refine(refine)
     load_model(registry, model)
-    panels = [run_method(registry, model, m, rgb, words, background, size, shifts) for m in methods]
+    panels = [run_method(registry, model, m, rgb, words, background, size, shifts, refine) for m in methods]
     notes = word_notes + notes + [p.status.replace("**", "") for p in panels if not p.ok]
     table = [row for p in panels if p.ok for row in table_rows(p)]
     settings = {"model": model, "image_size": size, "background_threshold": background[1] if background else 0.0,
-                "shifts": shifts}
+                "shifts": shifts, "refine": refine or "none"}
     result = Comparison(words=words, panels=panels, table=table, download=None, notes=notes, settings=settings)
     if package:
         result.download = package_comparison(result)

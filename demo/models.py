@@ -136,16 +136,17 @@ class ModelRegistry:
         """Whether 'pacl' can run: the choice names a head file, or its backbone ships one (the toy model)."""
         return self.choice(label).head is not None or self.backbone(label).default_head is not None
 
-    def segmenter(self, label: str, method: str, image_size: int | None = None, shifts: int = 1):
+    def segmenter(self, label: str, method: str, image_size: int | None = None, shifts: int = 1,
+                  refine: str | None = None):
         """A Segmenter for this model and method (PACLError, e.g. 'pacl' without a head); cached."""
         from pacl_core.segment import Segmenter
 
         choice = self.choice(label)
-        key = (label, method, image_size, shifts)
+        key = (label, method, image_size, shifts, refine)
         if key not in self._segmenters:
             backbone = self.backbone(label)
             seg = Segmenter(backbone, method=method, head=choice.head if method == "pacl" else None,
-                            image_size=image_size, shifts=shifts)
+                            image_size=image_size, shifts=shifts, refine=refine)
             with self._guard:
                 if len(self._segmenters) >= SEGMENTER_CACHE_SIZE:
                     self._segmenters.pop(next(iter(self._segmenters)))

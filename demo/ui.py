@@ -122,9 +122,9 @@ def make_run(registry: ModelRegistry):
     list and the token under which the results wait for their archive."""
 
     @_guarded
-    def run(image, words, methods, model, threshold, resolution, shifts=h.SHIFTS[0]):
+    def run(image, words, methods, model, threshold, resolution, shifts=h.SHIFTS[0], refine=h.REFINES[0]):
         result = h.compare(registry, image_path(image), words, methods, model, threshold, resolution, shifts,
-                           package=False)
+                           refine, package=False)
         _warn(result.notes)
         by_method = {p.method: p for p in result.panels}
         outputs = []
@@ -204,6 +204,9 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
                 shifts = gr.Radio(list(h.SHIFTS), value=h.SHIFTS[0], label="Shifted passes per axis",
                                   info="average m×m passes of the image moved by fractions of a patch: "
                                        "smoother, less noisy maps for m² times the compute; 1 = one pass")
+                refine = gr.Radio(list(h.REFINES), value=h.REFINES[0], label="Refinement",
+                                  info="affinity: each patch takes the scores of the patches whose embeddings "
+                                       "resemble its own; pamr: smoothed along the image's colour edges")
                 run_btn = gr.Button("Segment", variant="primary", elem_id="run-button")
                 gr.Examples(load_examples(), inputs=[image, words], label="Examples: pick one, then press Segment",
                             cache_examples=False, examples_per_page=8)
@@ -238,7 +241,7 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
         lesson_outputs = [s_img, a_img, lesson_md, lesson_table]
         token = gr.State(None)
         run_event = run_btn.click(make_run(registry),
-                                  [image, words, methods, model_box, threshold, resolution, shifts],
+                                  [image, words, methods, model_box, threshold, resolution, shifts, refine],
                                   [*slot_outputs, table, download, word, token], api_name="segment",
                                   preprocess=False)
         run_event.success(make_download, token, download, api_name="download", preprocess=False)

@@ -9,7 +9,6 @@ settings for that benchmark (pacl_core.methods), the benchmark's defaults (pacl_
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import math
 from contextlib import contextmanager
@@ -242,7 +241,7 @@ def summary_json(results: dict, with_confusion: bool = False) -> dict:
 
 
 def evaluate_toy_world(root, backbone, methods=None, head=None, limit=None, roc_png=None, progress=False,
-                       shifts: int = 1) -> dict:
+                       shifts: int = 1, refine: str | None = None) -> dict:
     """Dispatch to the toy world's own evaluation (pacl_core.toyeval), imported only when asked for."""
     try:
         from .toyeval import evaluate_toy
@@ -250,9 +249,8 @@ def evaluate_toy_world(root, backbone, methods=None, head=None, limit=None, roc_
         if e.name == "pacl_core.toyeval":
             raise PACLError("the toy-world evaluation (pacl_core/toyeval.py) is not in this checkout yet") from None
         raise
-    kwargs = {"head": head, "limit": limit, "roc_png": roc_png, "shifts": shifts}
+    kwargs = {"head": head, "limit": limit, "roc_png": roc_png, "shifts": shifts, "refine": refine,
+              "progress": progress}
     if methods:
         kwargs["methods"] = tuple(methods)
-    if "progress" in inspect.signature(evaluate_toy).parameters:
-        kwargs["progress"] = progress
     return evaluate_toy(root, backbone, **kwargs)

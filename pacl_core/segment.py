@@ -5,6 +5,8 @@ the patch scores to the image, and takes the per-pixel argmax (with an optional 
 `method` is one checked string: "vanilla" (CLIP's own patch projection), "pacl" (a trained e_v head), or a
 training-free variant of the last block (see pacl_core.methods). `shifts=m` averages m x m passes of the image
 shifted by fractions of a patch (`shifted_scores`): a test-time augmentation that evens out each patch's noise.
+`refine` post-processes the scores: "affinity" (a random walk over the patches weighted by their own embeddings,
+pacl_core.affinity; per pass, before upsampling) or "pamr" (guided by the image's colours, after upsampling).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .affinity import affinity_refine
 from .errors import PACLError
 from .inputs import MAX_WORDS, parse_words, to_rgb_array
 from .methods import check_method, method_defaults
@@ -23,7 +26,7 @@ from .pacl import VisionEmbedder, patch_similarity
 
 MODES = ("whole", "slide")
 BACKGROUND_RULES = ("score", "entropy", "prob")
-REFINERS = ("pamr",)
+REFINERS = ("pamr", "affinity")  # PAMR: image colours; affinity: the patches' own embeddings
 
 
 def parse_background(spec) -> tuple[str, float] | None:
@@ -254,11 +257,19 @@ class Segmenter:
         return self.backbone.vanilla_patch_embeddings(tokens), grid  # (B, T, D)
 
     @torch.no_grad()
+    def scores_from_embeddings(self, emb: torch.Tensor, grid: tuple[int, int], text_emb: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings (B, T, D) -> cosine of every patch with every word (B, K, h, w), after the
+        affinity refinement when refine="affinity"."""
+        s = patch_similarity(emb.float(), text_emb.to(emb.device).float())  # (B, K, T)
+        if self.refine == "affinity":
+            s = affinity_refine(emb, s)  # (B, K, T)
+        return s.view(s.shape[0], s.shape[1], *grid)  # (B, K, h, w)
+
+    @torch.no_grad()
     def patch_logits(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """Cosine of every patch with every word: (B, 3, H, W), (K, D) -> (B, K, h, w)."""
-        emb, (h, w) = self.patch_embeddings(images)  # (B, T, D)
-        s = patch_similarity(emb.float(), text_emb.to(emb.device).float())  # (B, K, T)
-        return s.view(s.shape[0], s.shape[1], h, w)  # (B, K, h, w)
+        emb, grid = self.patch_embeddings(images)  # (B, T, D)
+        return self.scores_from_embeddings(emb, grid, text_emb)  # (B, K, h, w)
 
     @torch.no_grad()
     def pixel_scores(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:

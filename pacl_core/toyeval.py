@@ -1,13 +1,14 @@
 """Evaluation in the toy world: segmentation mIoU, patch accuracy and semantic coherence, vanilla vs PACL.
 
-`evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None, shifts=1) -> dict`
+`evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None, shifts=1,
+refine=None) -> dict`
 reads a folder written by `python -m pacl_core toy generate` and returns, per method,
 
     {"miou", "patch_acc", "coherence_auc", "pixel_acc", "per_class_iou": {class: IoU or None},
      "seen": {...same four...}, "unseen": {...}}
 
-plus "roc_png" (the ROC figure of semantic coherence), "classes", "words", "templates", "n_images", "shifts" and
-"cls_zero_shot" (CLIP's image-level shape accuracy on the single-object scenes, a check on stage 1) and
+plus "roc_png" (the ROC figure of semantic coherence), "classes", "words", "templates", "n_images", "shifts",
+"refine" and "cls_zero_shot" (CLIP's image-level shape accuracy on the single-object scenes, a check on stage 1) and
 "oracle_miou" (the mIoU a perfect patch classifier would reach at this patch grid, with the same shifted passes:
 the ceiling). Each method
 also reports "attention_on_object": {"attention", "area"}, the share of a(x, shape word) that lands on that
@@ -16,9 +17,9 @@ and "patch_acc_parts": {"background": share of background patches whose best wor
 "objects_among_shapes": share of object patches whose best *shape* word is their shape (chance 1/8)}.
 The vocabulary is the class names: the 8 shape words and the word "background", each embedded with the
 backbone's prompt templates; every pixel takes the word with the highest cosine (bilinearly upsampled patch
-scores, exactly as `Segmenter` does in "whole" mode, with its `shifts`). "seen" ignores the pixels of objects whose
-colour-shape pair was held out of training, "unseen" ignores those of the other objects; both keep the
-background. Run it alone with `python -m pacl_core.toyeval --root DIR [--model toy]`.
+scores, exactly as `Segmenter` does in "whole" mode, with its `shifts` and `refine`). "seen" ignores the pixels
+of objects whose colour-shape pair was held out of training, "unseen" ignores those of the other objects; both
+keep the background. Run it alone with `python -m pacl_core.toyeval --root DIR [--model toy]`.
 
 `object_patch_probe(backbone, ...)` is a diagnostic that uses masks and is never part of training. It measures how
 well the frozen patch tokens tell an object patch's shape: a probe is trained with labels on the patches (at least
@@ -40,7 +41,7 @@ from tqdm import tqdm
 
 from .errors import PACLError
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from .pacl import patch_similarity
+from .pamr import pamr
 from .probes import (
     attention_on_target,
     coherence_roc,
@@ -50,7 +51,7 @@ from .probes import (
     patch_majority_labels,
     save_roc_png,
 )
-from .segment import shifted_scores
+from .segment import REFINERS, shifted_scores
 from .toyworld import CLASSES, ToyDataset, make_scene
 
 SUBSETS = ("all", "seen", "unseen")
@@ -70,7 +71,8 @@ def predict(segmenter, images: list[np.ndarray], text: torch.Tensor) -> tuple[to
     """Images (H, W, 3) of one size -> patch embeddings (B, T, D), grid, and label maps (B, H, W).
 
     The batched equivalent of Segmenter(image, words) in 'whole' mode without a background rule (with the
-    segmenter's shifted passes, if any; the patch embeddings are always those of the unshifted image).
+    segmenter's shifted passes and refinement, if any; the patch embeddings are always those of the unshifted
+    image, before any refinement).
     """
     backbone, S = segmenter.backbone, segmenter.image_size
     H, W = images[0].shape[:2]
@@ -79,9 +81,11 @@ def predict(segmenter, images: list[np.ndarray], text: torch.Tensor) -> tuple[to
     if segmenter.shifts > 1:
         s = segmenter.pixel_scores(x, text)  # (B, K, S, S)
     else:
-        s = patch_similarity(emb.float(), text.to(emb.device).float())  # (B, K, T)
-        s = s.view(s.shape[0], s.shape[1], *grid)  # (B, K, h, w)
+        s = segmenter.scores_from_embeddings(emb, grid, text)  # (B, K, h, w), affinity-refined if asked
     scores = F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
+    if segmenter.refine == "pamr":
+        rgb = torch.from_numpy(np.stack(images)).to(scores.device).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+        scores = pamr(rgb / 255.0, scores)  # (B, K, H, W)
     return emb.float().cpu(), grid, scores.argmax(1).cpu().numpy()
 
 
@@ -167,13 +171,14 @@ def cls_zero_shot(dataset: ToyDataset, backbone, indices: list[int], text: torch
 
 
 def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None,
-                 progress: bool = False, shifts: int = 1) -> dict:
+                 progress: bool = False, shifts: int = 1, refine: str | None = None) -> dict:
     """Evaluate `methods` of `backbone` on the toy-world folder `root` (see the module docstring).
 
     head: a PACL head (path or VisionEmbedder) for 'pacl'; default backbone.default_head.
     limit: use only the first `limit` scenes. roc_png: where to save the coherence ROC figure
     (default ROOT/coherence_roc.png; False for none). shifts: label maps from shifts x shifts shifted passes
     (Segmenter's test-time augmentation); only the mask metrics change, the patch metrics use the plain grid.
+    refine: None, "affinity" or "pamr" (Segmenter's refinement); again only the masks change.
     """
     from .segment import Segmenter
 
@@ -183,7 +188,8 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
     indices = list(range(len(dataset) if limit is None else min(int(limit), len(dataset))))
     words = list(dataset.classes)
     text = backbone.text_embeddings(words)  # (K, D)
-    segmenters = {m: Segmenter(backbone, method=m, head=head if m == "pacl" else None, shifts=shifts) for m in methods}
+    segmenters = {m: Segmenter(backbone, method=m, head=head if m == "pacl" else None, shifts=shifts, refine=refine)
+                  for m in methods}
     heads = [sg.head for sg in segmenters.values() if sg.head is not None]
     tau = float((getattr(heads[0], "meta", None) or {}).get("tau") or 1.0) if heads else 1.0
     out, rocs = {}, {}
@@ -193,7 +199,7 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
         roc_png = Path(roc_png) if roc_png else Path(root) / "coherence_roc.png"
         save_roc_png(rocs, roc_png, title=f"semantic coherence, {backbone.name}")
     out.update(roc_png=str(roc_png) if roc_png is not False else None, classes=words, words=words,
-               templates=list(backbone.templates), n_images=len(indices), shifts=shifts,
+               templates=list(backbone.templates), n_images=len(indices), shifts=shifts, refine=refine,
                cls_zero_shot=cls_zero_shot(dataset, backbone, indices, text),
                oracle_miou=oracle_miou(dataset, indices, backbone.patch_size, Segmenter(backbone).image_size,
                                        shifts))
@@ -242,13 +248,14 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="use only the first N scenes")
     p.add_argument("--roc-png", default=None, help="where to save the ROC figure (default: ROOT/coherence_roc.png)")
     p.add_argument("--shifts", type=int, default=1, help="m x m shifted passes per scene (default: 1, one pass)")
+    p.add_argument("--refine", default=None, choices=REFINERS, help="refine the score maps (default: none)")
     p.add_argument("--probe", action="store_true",
                    help="also run object_patch_probe (a diagnostic trained with masks on generated scenes; ~1 min)")
     args = p.parse_args(argv)
     try:
         backbone = load_backbone(args.model)
         result = evaluate_toy(args.root, backbone, head=args.head, limit=args.limit, roc_png=args.roc_png,
-                              progress=True, shifts=args.shifts)
+                              progress=True, shifts=args.shifts, refine=args.refine)
         if args.probe:
             result["object_patch_probe"] = object_patch_probe(backbone)
     except PACLError as e:

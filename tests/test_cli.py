@@ -127,3 +127,13 @@ def test_shifted_passes_are_recorded_and_change_the_maps(tmp_path, images):
         outs[m] = json.loads((out / "img0" / "result.json").read_text())
         assert outs[m]["shifts"] == m
     assert outs[1]["mean_score"] != outs[4]["mean_score"]
+
+
+def test_affinity_refinement_is_recorded_and_changes_the_maps(tmp_path, images):
+    outs = {}
+    for refine in ("none", "affinity"):
+        out = tmp_path / refine
+        assert main(["segment", str(images[0]), "--words", "a, b", "--out", str(out), "--refine", refine, *TINY]) == 0
+        outs[refine] = json.loads((out / "img0" / "result.json").read_text())
+        assert outs[refine]["refine"] == refine
+    assert outs["none"]["mean_score"] != outs["affinity"]["mean_score"]

@@ -158,6 +158,17 @@ def test_shifted_passes_reach_the_segmenter_status_and_archive(registry, photo):
     assert json.loads(zipfile.ZipFile(shifted.download).read("settings.json"))["shifts"] == 2
 
 
+@pytest.mark.parametrize("refine", ["affinity", "pamr"])
+def test_refinement_reaches_the_segmenter_status_and_archive(registry, photo, refine):
+    plain = h.compare(registry, str(photo), "sky, grass", ["pacl"], MODEL)
+    refined = h.compare(registry, str(photo), "sky, grass", ["pacl"], MODEL, refine=refine)
+    (p1,), (p2,) = plain.panels, refined.panels
+    assert p2.ok and f"{refine} refinement" in p2.status and "refinement" not in p1.status
+    assert p2.segmentation.method == "pacl" and not np.allclose(p1.segmentation.scores, p2.segmentation.scores)
+    assert json.loads(zipfile.ZipFile(refined.download).read("settings.json"))["refine"] == refine
+    assert json.loads(zipfile.ZipFile(plain.download).read("settings.json"))["refine"] == "none"
+
+
 @pytest.fixture(scope="module")
 def headless():
     """A registry whose only model has no PACL head (like ViT-B/16 before a head is dropped in checkpoints/)."""
@@ -199,6 +210,7 @@ def test_duplicates_and_huge_images_produce_notes(registry, tmp_path):
     ({"threshold": 1.5}, "between 0 and 1"),
     ({"resolution": "9999"}, "input resolution"),
     ({"shifts": "3"}, "shifted passes"),
+    ({"refine": "crf"}, "refinement 'crf' must be one of"),
     ({"model": "nope"}, "unknown model"),
 ])
 def test_bad_inputs_are_one_line_errors(registry, photo, kwargs, message):

@@ -55,15 +55,16 @@ def size(path) -> tuple[int, int]:
 
 
 def segment(client, label, image, words="sky, grass", methods=("vanilla",), threshold=0.0, resolution="model default",
-            shifts="1"):
+            shifts="1", refine="none"):
     image = handle_file(str(image)) if image is not None else None
-    return client.predict(image, words, list(methods), label, threshold, resolution, shifts, api_name="/segment")
+    return client.predict(image, words, list(methods), label, threshold, resolution, shifts, refine,
+                          api_name="/segment")
 
 
-def test_shifted_passes_over_http(client, server, photo):
-    out = segment(client, server[2], photo, "sky, grass", ["pacl"], shifts="2")
+def test_shifted_passes_and_refinement_over_http(client, server, photo):
+    out = segment(client, server[2], photo, "sky, grass", ["pacl"], shifts="2", refine="affinity")
     status = out[METHODS.index("pacl") * SLOT]
-    assert "2×2 shifted passes" in status and "could not run" not in status
+    assert "2×2 shifted passes" in status and "affinity refinement" in status and "could not run" not in status
 
 
 def test_queue_is_bounded(server):

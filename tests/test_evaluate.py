@@ -143,22 +143,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_toy_dataset_dispatches_to_toyeval(tmp_path, capsys, monkeypatch):
     calls = {}
 
-    def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None, shifts=1):
-        calls.update(root=root, methods=methods, limit=limit, roc_png=roc_png, width=backbone.width, shifts=shifts)
+    def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None, shifts=1,
+                     refine=None, progress=False):
+        calls.update(root=root, methods=methods, limit=limit, roc_png=roc_png, width=backbone.width, shifts=shifts,
+                     refine=refine)
         return {m: {"miou": 0.5, "patch_acc": 0.25} for m in methods}
 
     monkeypatch.setitem(sys.modules, "pacl_core.toyeval", types.SimpleNamespace(evaluate_toy=evaluate_toy))
     rc = main(["evaluate", "--dataset", "toy", "--root", str(tmp_path), "--model", TINY, "--json", "--limit", "3",
-               "--out", str(tmp_path / "o"), "--shifts", "2"])
+               "--out", str(tmp_path / "o"), "--shifts", "2", "--refine", "affinity"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out) == {"vanilla": {"miou": 0.5, "patch_acc": 0.25},
                                                    "pacl": {"miou": 0.5, "patch_acc": 0.25}}
     assert calls["methods"] == ("vanilla", "pacl") and calls["limit"] == 3 and calls["width"] == 64
-    assert calls["shifts"] == 2
+    assert calls["shifts"] == 2 and calls["refine"] == "affinity"
     assert calls["roc_png"].endswith("coherence_roc.png")
 
 
-@pytest.mark.parametrize("extra", [["--refine", "pamr"], ["--mode", "slide", "--window", "48"], ["--split", "train"],
+@pytest.mark.parametrize("extra", [["--logit-scale", "50"], ["--mode", "slide", "--window", "48"], ["--split", "train"],
                                    ["--short-side", "144"], ["--background", "entropy:1.5"]])
 def test_toy_rejects_benchmark_only_options(tmp_path, capsys, extra):
     """The toy world has one protocol; a benchmark option is refused, not silently ignored."""

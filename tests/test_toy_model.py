@@ -93,6 +93,18 @@ def test_shifted_passes_sharpen_the_masks_not_the_patches(toy, test_split, repor
         assert shifted[method]["coherence_auc"] == report[method]["coherence_auc"]
 
 
+def test_affinity_refinement_cleans_the_masks_not_the_patches(toy, test_split, report):
+    """refine="affinity" (a random walk over each scene's patches, weighted by PACL's own embeddings): on the same
+    24 scenes measured 0.586 against 0.549 (2x2 shifted passes: 0.684 against 0.652). The patch metrics are
+    measured before it, so they must not move."""
+    refined = evaluate_toy(test_split, toy, roc_png=False, refine="affinity")
+    assert refined["refine"] == "affinity" and report["refine"] is None
+    assert refined["pacl"]["miou"] >= report["pacl"]["miou"] + 0.02, (refined["pacl"]["miou"], report["pacl"]["miou"])
+    for method in ("vanilla", "pacl"):
+        assert refined[method]["patch_acc"] == report[method]["patch_acc"]
+        assert refined[method]["coherence_auc"] == report[method]["coherence_auc"]
+
+
 def test_shipped_numbers_reproduce(toy, tmp_path):
     """The numbers recorded in the shipped JSON (and the README) come back from the same held-out scenes."""
     recorded = json.loads(toymodel.clip_path().with_suffix(".json").read_text())["training"]["eval"]
@@ -109,10 +121,10 @@ def test_batched_prediction_matches_the_segmenter(toy, test_split):
     from pacl_core.toyworld import ToyDataset
 
     item = ToyDataset(test_split)[0]
-    for shifts in (1, 2):
-        segmenter = Segmenter(toy, "pacl", shifts=shifts)
+    for shifts, refine in ((1, None), (2, None), (1, "affinity"), (2, "affinity"), (1, "pamr")):
+        segmenter = Segmenter(toy, "pacl", shifts=shifts, refine=refine)
         _, _, pred = predict(segmenter, [item["image"]], toy.text_embeddings(list(CLASSES)))
-        assert np.array_equal(pred[0], segmenter(item["image"], list(CLASSES)).mask), shifts
+        assert np.array_equal(pred[0], segmenter(item["image"], list(CLASSES)).mask), (shifts, refine)
 
 
 def test_examples_listed_and_segmented_by_cli(tmp_path, no_network):

@@ -12,6 +12,7 @@ import json
 from ..cli import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
 from ..datasets import DATASET_NAMES, DATASETS
 from ..errors import PACLError
+from ..segment import REFINERS
 
 
 def _defaults_help() -> str:
@@ -45,7 +46,8 @@ def add_parser(sub) -> None:
                    help="voc21/context60: entropy:T, prob:T, score:T or none (default: entropy:1.5, or the "
                         "method's official rule)")
     g.add_argument("--logit-scale", type=float, default=None, help="softmax scale for the background rule")
-    g.add_argument("--refine", default=None, choices=("pamr",), help="refine the score maps (PAMR)")
+    g.add_argument("--refine", default=None, choices=REFINERS,
+                   help="refine the score maps: affinity (the patches' own embeddings) or pamr (the image's colours)")
     add_shifts_arg(g, default=None)  # None: not given, so a method's own protocol applies (one pass); toy too
     g.add_argument("--class-names", default=None,
                    help="file with one line per class (background excluded), optionally comma-separated synonyms")
@@ -112,7 +114,7 @@ def _protocol_line(proto: dict) -> str:
 # benchmark-only options: the toy world has one fixed protocol (whole image at the model's size, its own classes)
 _NOT_FOR_TOY = {"split": "--split", "image_size_eval": "--short-side", "mode": "--mode", "window": "--window",
                 "stride": "--stride", "background": "--background", "logit_scale": "--logit-scale",
-                "refine": "--refine", "class_names": "--class-names"}
+                "class_names": "--class-names"}
 
 
 def _run_toy(args, methods) -> int:
@@ -131,7 +133,8 @@ def _run_toy(args, methods) -> int:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     results = evaluate_toy_world(args.root, backbone, methods=methods, head=args.head, limit=args.limit, roc_png=roc,
-                                 progress=args.progress and not args.json, shifts=args.shifts or 1)
+                                 progress=args.progress and not args.json, shifts=args.shifts or 1,
+                                 refine=args.refine)
     if args.out:
         (Path(args.out) / "metrics.json").write_text(json.dumps(results, indent=2, default=float))
     if args.json:
@@ -142,6 +145,8 @@ def _run_toy(args, methods) -> int:
             print(f"{m}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
     if (results.get("shifts") or 1) > 1:
         print(f"masks from {results['shifts']}x{results['shifts']} shifted passes (patch metrics: one pass)")
+    if results.get("refine"):
+        print(f"masks refined with {results['refine']} (patch metrics: before refinement)")
     if results.get("roc_png"):
         print(f"coherence ROC: {results['roc_png']}")
     return 0

@@ -20,6 +20,7 @@ from ..cli import add_model_args, add_shifts_arg, backbone_from_args, check_shif
 from ..errors import PACLError
 from ..inputs import MAX_SIDE, check_image_file, load_image, parse_words
 from ..methods import check_method
+from ..segment import REFINERS
 
 
 def add_parser(sub) -> None:
@@ -39,8 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--background", default="none",
                    help="none, score:T (background where the best cosine < T), entropy:T (where the word "
                         "distribution's entropy > T) or prob:T (where the best word's probability < T)")
-    p.add_argument("--refine", default="none", choices=("none", "pamr"),
-                   help="post-processing of the score maps: pamr (as SCLIP / NACLIP use it) or none")
+    p.add_argument("--refine", default="none", choices=("none", *REFINERS),
+                   help="post-processing of the score maps: affinity (a random walk over the patches, weighted by "
+                        "their own embeddings), pamr (guided by the colours, as SCLIP / NACLIP use it) or none")
     add_shifts_arg(p)
     p.add_argument("--out", required=True, help="output folder (one subfolder per image)")
     add_model_args(p)
@@ -107,7 +109,7 @@ def run(args) -> int:
             seg = segmenter(image, words)
             info = {"image": str(path), "original_size": original, "model": args.model,
                     "backbone": backbone.name, "pretrained": backbone.pretrained, "shifts": segmenter.shifts,
-                    "notes": []}
+                    "refine": segmenter.refine or "none", "notes": []}
             if max(original) > MAX_SIDE:
                 info["notes"].append(f"downscaled from {original[0]}x{original[1]} to at most {MAX_SIDE} px")
             write_outputs(staging / stem, seg, info)
