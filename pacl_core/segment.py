@@ -116,28 +116,45 @@ def shift_offsets(patch: int, shifts: int) -> list[int]:
     return [((2 * a + 1) * patch) // (2 * shifts) - patch // 2 for a in range(shifts)]
 
 
-def shifted_scores(patch_logits, images: torch.Tensor, patch: int, shifts: int) -> torch.Tensor:
-    """Pixel-level scores (B, K, H, W): the mean over shifts x shifts passes of the upsampled patch logits.
+def shifted_scores(patch_logits, images: torch.Tensor, patch: int, shifts: int,
+                   logit_scale: float | None = None) -> torch.Tensor:
+    """Pixel-level scores (B, K, H, W): the mean over shifts x shifts passes of the upsampled patch scores.
 
     patch_logits: (B, 3, H, W) -> (B, K, h, w). Each pass sees the image moved by (dy, dx) from shift_offsets
     (mirrored at the border), so every pixel falls into a different patch in each pass; its scores are put back
     in place and averaged. shifts=1 is plain bilinear upsampling of one pass.
+
+    logit_scale=None averages the scores themselves (linear: right for shares of pixels). A number averages the
+    passes as an ensemble of classifiers: each pass's word probabilities softmax(logit_scale · s) and its
+    log-normaliser are upsampled, put back and averaged, then written back in cosine units,
+    s̄ = (mean log-normaliser + log mean probability) / logit_scale. So softmax(logit_scale · s̄) is the mean
+    probability, and s̄ is the plain cosine wherever the passes (and neighbouring patches) agree.
     """
     H, W = images.shape[-2:]
     offsets = shift_offsets(patch, shifts)
     pad = max(abs(o) for o in offsets)  # at most patch / 2, so below H and W as reflect padding needs
     padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")  # (B, 3, H + 2p, W + 2p)
-    total = None
+
+    def put_back(low: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        """A pass's (B, C, h, w) upsampled to (B, C, H, W) and moved back by (dy, dx), edges replicated."""
+        up = F.interpolate(low, size=(H, W), mode="bilinear", align_corners=False)  # (B, C, H, W)
+        return F.pad(up, (pad, pad, pad, pad), mode="replicate")[:, :, pad - dy:pad - dy + H, pad - dx:pad - dx + W]
+
+    total, norm = 0.0, 0.0
     for dy in offsets:
         for dx in offsets:
             view = padded[:, :, pad + dy:pad + dy + H, pad + dx:pad + dx + W]  # (B, 3, H, W): image[y + dy, x + dx]
-            up = F.interpolate(patch_logits(view), size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
-            back = F.pad(up, (pad, pad, pad, pad), mode="replicate")[:, :, pad - dy:pad - dy + H, pad - dx:pad - dx + W]
-            if total is None:
-                total = back.clone()  # (B, K, H, W)
+            low = patch_logits(view)  # (B, K, h, w)
+            if logit_scale is None:
+                total = total + put_back(low, dy, dx)  # (B, K, H, W)
             else:
-                total += back
-    return total / shifts ** 2
+                total = total + put_back(torch.softmax(logit_scale * low, dim=1), dy, dx)  # (B, K, H, W)
+                norm = norm + put_back(torch.logsumexp(logit_scale * low, dim=1, keepdim=True), dy, dx)  # (B, 1, H, W)
+    n = shifts ** 2
+    if logit_scale is None:
+        return total / n
+    tiny = torch.finfo(total.dtype).tiny  # a word no pass gives any probability stays finite
+    return (norm / n + torch.log((total / n).clamp_min(tiny))) / logit_scale  # (B, K, H, W)
 
 
 def mask_from_low(low: torch.Tensor, size: tuple[int, int], logit_scale: float, background=None) -> torch.Tensor:
@@ -273,9 +290,11 @@ class Segmenter:
 
     @torch.no_grad()
     def pixel_scores(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """Cosines at the input's pixels, averaged over the shifted passes: (B, 3, H, W), (K, D) -> (B, K, H, W)."""
+        """Cosines at the input's pixels, (B, 3, H, W), (K, D) -> (B, K, H, W); with shifts > 1 the passes are
+        averaged as word probabilities at the segmenter's logit scale (shifted_scores)."""
+        scale = self.logit_scale if self.shifts > 1 else None  # one pass: plain upsampled cosines, as in the paper
         return shifted_scores(lambda x: self.patch_logits(x, text_emb), images, self.backbone.patch_size,
-                              self.shifts)
+                              self.shifts, scale)
 
     # ---- the image level ----------------------------------------------------------------------
     def _logits_whole(self, image: np.ndarray, text: torch.Tensor) -> torch.Tensor:

@@ -151,20 +151,30 @@ def _patch_means(x: torch.Tensor, patch: int) -> torch.Tensor:
     return F.avg_pool2d(x, patch)
 
 
-def _shifted_reference(img: np.ndarray, patch: int, m: int) -> np.ndarray:
-    """shifted_scores written out pixel by pixel with numpy: mirror, cut, score, upsample, look back, average."""
+def _shifted_reference(img: np.ndarray, patch: int, m: int, scale: float | None = None) -> np.ndarray:
+    """shifted_scores written out pixel by pixel with numpy: mirror, cut, score, upsample, look back, average.
+    With a scale, each pass's patch scores become word probabilities (and a log-normaliser) first."""
     C, H, W = img.shape
-    total = np.zeros((C, H, W))
+    total, norm = np.zeros((C, H, W)), np.zeros((1, H, W))
     for dy in shift_offsets(patch, m):
         for dx in shift_offsets(patch, m):
             mirrored = np.pad(img, ((0, 0), (patch, patch), (patch, patch)), mode="reflect")
             view = mirrored[:, patch + dy:patch + dy + H, patch + dx:patch + dx + W]  # view[y, x] = img[y+dy, x+dx]
-            low = _patch_means(torch.from_numpy(view)[None], patch)
-            up = F.interpolate(low, size=(H, W), mode="bilinear", align_corners=False)[0].numpy()
-            for y in range(H):
-                for x in range(W):  # pixel (y, x) sits at (y - dy, x - dx) in this pass (clamped at the border)
-                    total[:, y, x] += up[:, min(max(y - dy, 0), H - 1), min(max(x - dx, 0), W - 1)]
-    return total / m ** 2
+            low = _patch_means(torch.from_numpy(view)[None], patch)[0].numpy()  # (C, h, w)
+            parts = [low]
+            if scale is not None:
+                z = scale * low
+                lse = np.log(np.exp(z).sum(0, keepdims=True))  # (1, h, w)
+                parts = [np.exp(z - lse), lse]
+            for part, acc in zip(parts, (total, norm)):
+                up = F.interpolate(torch.from_numpy(part)[None], size=(H, W), mode="bilinear",
+                                   align_corners=False)[0].numpy()
+                for y in range(H):
+                    for x in range(W):  # pixel (y, x) sits at (y - dy, x - dx) in this pass (clamped at the border)
+                        acc[:, y, x] += up[:, min(max(y - dy, 0), H - 1), min(max(x - dx, 0), W - 1)]
+    if scale is None:
+        return total / m ** 2
+    return (norm / m ** 2 + np.log(total / m ** 2)) / scale
 
 
 @pytest.mark.parametrize("m", [1, 2, 4])
@@ -172,6 +182,27 @@ def test_shifted_scores_match_a_pixelwise_reference(rng, m):
     img = rng.standard_normal((3, 24, 32))
     got = shifted_scores(lambda x: _patch_means(x, 8), torch.from_numpy(img)[None], 8, m)[0]
     np.testing.assert_allclose(got.numpy(), _shifted_reference(img, 8, m), atol=1e-10)
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_shifted_probability_ensemble_matches_a_pixelwise_reference(rng, m):
+    img = rng.uniform(-1, 1, (3, 24, 32))
+    got = shifted_scores(lambda x: _patch_means(x, 8), torch.from_numpy(img)[None], 8, m, logit_scale=20.0)[0]
+    np.testing.assert_allclose(got.numpy(), _shifted_reference(img, 8, m, 20.0), atol=1e-9)
+
+
+def test_probability_ensemble_is_in_cosine_units_and_averages_probabilities(rng):
+    """Where every pass agrees the ensemble returns the cosines themselves; in general softmax(scale · result)
+    is the mean of the passes' upsampled probabilities, so the argmax is the ensemble's vote."""
+    flat = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    torch.testing.assert_close(shifted_scores(lambda x: _patch_means(x, 8), flat, 8, 4, logit_scale=50.0), flat)
+    img = torch.from_numpy(rng.uniform(-1, 1, (1, 3, 24, 32)))
+    got = shifted_scores(lambda x: _patch_means(x, 8), img, 8, 2, logit_scale=30.0)
+    probs = shifted_scores(lambda x: torch.softmax(30.0 * _patch_means(x, 8), dim=1), img, 8, 2)  # linear mean
+    torch.testing.assert_close(torch.softmax(30.0 * got, dim=1), probs)
+    # a word no pass gives any probability stays finite
+    far = torch.tensor([1.0, -1.0], dtype=torch.float32).view(1, 2, 1, 1).expand(1, 2, 16, 16)
+    assert bool(torch.isfinite(shifted_scores(lambda x: _patch_means(x, 8), far, 8, 2, logit_scale=100.0)).all())
 
 
 def test_shifted_scores_keep_a_constant_and_follow_a_moved_edge():
@@ -194,7 +225,7 @@ def test_segmenter_shifts(tiny, rng):
     assert seg.low_logits.shape == (3, 48, 48) and seg.patch_logits.shape == plain.patch_logits.shape == (3, 6, 6)
     x = tiny.preprocess(img, (48, 48))
     text = tiny.text_embeddings(["dog", "grass", "sky"])
-    ref = shifted_scores(lambda v: shifted.patch_logits(v, text), x, 8, 2)[0]  # the same passes, by hand
+    ref = shifted_scores(lambda v: shifted.patch_logits(v, text), x, 8, 2, shifted.logit_scale)[0]  # by hand
     torch.testing.assert_close(torch.from_numpy(seg.low_logits), ref)
     assert not np.allclose(seg.scores, plain.scores)
     slide = Segmenter(tiny, image_size=48, mode="slide", window=32, shifts=2)(img, "dog, grass, sky")
