@@ -4,9 +4,10 @@ Random-init ViT-B-16-quickgelu, 448 px, 20 words with text embeddings cached. Se
 preprocessing (resizing the photo inside counts), every method's last block, upsampling to image resolution
 and the argmax. The bare reference is open_clip's encode_image on a model created at 448 px.
 
-    python bench/segment_overhead.py [--repeats 5] [--methods vanilla pacl sclip] [--shifts 2]
+    python bench/segment_overhead.py [--repeats 5] [--methods vanilla pacl sclip] [--shifts 2] [--refine affinity]
 
---shifts M times the Segmenter with M x M shifted passes (Segmenter(shifts=M)), still against one bare forward.
+--shifts M times the Segmenter with M x M shifted passes (Segmenter(shifts=M)), still against one bare forward;
+--refine times it with a refinement (Segmenter(refine=...)).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bench._util import median_time  # noqa: E402
 from pacl_core.backbone import load_backbone  # noqa: E402
 from pacl_core.methods import METHODS  # noqa: E402
 from pacl_core.pacl import VisionEmbedder  # noqa: E402
-from pacl_core.segment import Segmenter  # noqa: E402
+from pacl_core.segment import REFINERS, Segmenter  # noqa: E402
 
 WORDS = ["person", "dog", "cat", "car", "tree", "sky", "grass", "road", "building", "water", "boat", "bird",
          "horse", "chair", "table", "bottle", "plant", "sofa", "train", "bicycle"]
@@ -47,6 +48,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--shifts", type=int, default=1, help="shifted passes per axis (default: 1)")
+    ap.add_argument("--refine", default=None, choices=REFINERS, help="a refinement (default: none)")
     args = ap.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone("ViT-B-16-quickgelu:none", image_size=args.size)
@@ -64,11 +66,12 @@ def main():
     t_bare = median_time(bare, args.repeats)
     print(f"bare encode_image at {args.size}px: {t_bare * 1000:.0f} ms (median of {args.repeats}, "
           f"{torch.get_num_threads()} threads); ratio = median over {args.repeats} back-to-back pairs of "
-          f"Segmenter time ({args.shifts}x{args.shifts} shifted passes) / encode_image time")
+          f"Segmenter time ({args.shifts}x{args.shifts} shifted passes, refine {args.refine or 'none'}) / "
+          "encode_image time")
     print(f"{'method':10s} | " + " | ".join(f"{name:>17s}" for name in photos))
     for method in args.methods:
         seg = Segmenter(backbone, method, head=head if method == "pacl" else None, image_size=args.size,
-                        mode="whole", shifts=args.shifts)
+                        mode="whole", shifts=args.shifts, refine=args.refine)
         cells = []
         for img in photos.values():
             seg(img, WORDS)  # caches the text embeddings

@@ -5,6 +5,7 @@ import socket
 
 import numpy as np
 import pytest
+import torch
 
 from pacl_core import toymodel
 from pacl_core.backbone import load_backbone
@@ -83,19 +84,39 @@ def test_pacl_segments_small_split_above_a_floor(report):
 
 
 def test_shifted_passes_sharpen_the_masks_not_the_patches(toy, test_split, report):
-    """2 x 2 half-patch-shifted passes: on the same 24 scenes measured 0.652 against 0.549 for one pass. The patch
+    """2 x 2 half-patch-shifted passes: on the same 24 scenes measured 0.692 against 0.549 for one pass. The patch
     metrics come from the unshifted grid, so they must not move at all."""
     shifted = evaluate_toy(test_split, toy, roc_png=False, shifts=2)
     assert shifted["shifts"] == 2 and report["shifts"] == 1
-    assert shifted["pacl"]["miou"] >= report["pacl"]["miou"] + 0.05, (shifted["pacl"]["miou"], report["pacl"]["miou"])
+    assert shifted["pacl"]["miou"] >= report["pacl"]["miou"] + 0.08, (shifted["pacl"]["miou"], report["pacl"]["miou"])
     for method in ("vanilla", "pacl"):
         assert shifted[method]["patch_acc"] == report[method]["patch_acc"]
         assert shifted[method]["coherence_auc"] == report[method]["coherence_auc"]
 
 
+def test_passes_averaged_as_probabilities_beat_averaged_cosines(toy, test_split):
+    """The ensemble of shifted passes averages word probabilities; averaging the cosines themselves (the first
+    version) measured 0.652 against 0.692 on the same 24 scenes with 2 x 2 passes."""
+    from pacl_core.metrics import confusion_matrix, mean_iou
+    from pacl_core.segment import shifted_scores
+    from pacl_core.toyeval import subset_labels
+    from pacl_core.toyworld import ToyDataset
+
+    items = list(ToyDataset(test_split))
+    x = torch.cat([toy.preprocess(it["image"], (96, 96)) for it in items])  # (24, 3, 96, 96)
+    labels = np.stack([subset_labels(it)["all"] for it in items])  # (24, 96, 96)
+    text = toy.text_embeddings(list(CLASSES))
+    seg = Segmenter(toy, "pacl", shifts=2)
+    def miou(scores):
+        return mean_iou(confusion_matrix(scores.argmax(1).numpy(), labels, len(CLASSES)))
+    ensemble = miou(seg.pixel_scores(x, text))
+    cosines = miou(shifted_scores(lambda v: seg.patch_logits(v, text), x, toy.patch_size, 2))
+    assert ensemble >= cosines + 0.02, (ensemble, cosines)
+
+
 def test_affinity_refinement_cleans_the_masks_not_the_patches(toy, test_split, report):
     """refine="affinity" (a random walk over each scene's patches, weighted by PACL's own embeddings): on the same
-    24 scenes measured 0.586 against 0.549 (2x2 shifted passes: 0.684 against 0.652). The patch metrics are
+    24 scenes measured 0.586 against 0.549 (2x2 shifted passes: 0.716 against 0.692). The patch metrics are
     measured before it, so they must not move."""
     refined = evaluate_toy(test_split, toy, roc_png=False, refine="affinity")
     assert refined["refine"] == "affinity" and report["refine"] is None
