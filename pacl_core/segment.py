@@ -169,7 +169,7 @@ class Segmentation:
     words: list[str]
     image: np.ndarray  # (H, W, 3) uint8, the image as segmented
     mask: np.ndarray  # (H, W) int16 word index, -1 = background
-    patch_logits: np.ndarray  # (K, h, w) float32 patch-level cosines
+    patch_logits: np.ndarray  # (K, h, w) float32 patch-level cosines (after affinity refinement, if any)
     low_logits: np.ndarray  # (K, h', w') the scores before upsampling (the patch grid, or the slide / shifts canvas)
     method: str
     logit_scale: float
