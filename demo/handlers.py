@@ -29,6 +29,7 @@ from pacl_core.errors import PACLError
 from pacl_core.explain import draw_grid, explain
 from pacl_core.inputs import load_image, parse_words, to_rgb_array
 from pacl_core.methods import METHODS
+from pacl_core.segment import REFINERS
 from pacl_core.viz import draw_heatmaps, palette
 
 METHOD_TITLES = {"vanilla": "Vanilla CLIP", "pacl": "PACL", "maskclip": "MaskCLIP", "sclip": "SCLIP",
@@ -36,7 +37,7 @@ METHOD_TITLES = {"vanilla": "Vanilla CLIP", "pacl": "PACL", "maskclip": "MaskCLI
 DEFAULT_METHODS = ("vanilla", "pacl")
 RESOLUTIONS = ("model default", "96", "160", "224", "320", "448", "672")
 SHIFTS = ("1", "2", "4")  # shifted passes per axis (pacl_core.segment.shifted_scores): 1, 4 or 16 passes
-REFINES = ("none", "affinity", "pamr")  # post-processing (pacl_core.segment.REFINERS, or none)
+REFINES = ("none", *REFINERS)  # post-processing of the scores: none, affinity or pamr
 DISPLAY_MAX_SIDE = 1024  # larger uploads are downscaled on load: the model sees a few hundred pixels anyway
 TABLE_HEADERS = ["method", "word", "pixel share (%)", "mean cosine", "max cosine"]
 LESSON_HEADERS = ["word", "patch-level score φ̂", "CLIP's CLS cosine", "best patch s", "patches attended (≈)"]

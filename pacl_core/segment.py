@@ -26,7 +26,7 @@ from .pacl import VisionEmbedder, patch_similarity
 
 MODES = ("whole", "slide")
 BACKGROUND_RULES = ("score", "entropy", "prob")
-REFINERS = ("pamr", "affinity")  # PAMR: image colours; affinity: the patches' own embeddings
+REFINERS = ("affinity", "pamr")  # affinity: the patches' own embeddings; PAMR: the image's colours
 
 
 def parse_background(spec) -> tuple[str, float] | None:
