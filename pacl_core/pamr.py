@@ -7,6 +7,7 @@ dilation), weighted by how similar the neighbours' colours are: softmax over nei
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,6 +55,12 @@ def local_std(image: torch.Tensor, offsets, centres: int) -> torch.Tensor:
     mean = (centres * image + sum(shifted(image, dy, dx, d) for dy, dx, d in offsets)) / n  # (B, C, H, W)
     sq = centres * (image - mean) ** 2 + sum((shifted(image, dy, dx, d) - mean) ** 2 for dy, dx, d in offsets)
     return (sq / (n - 1)).sqrt()  # (B, C, H, W)
+
+
+def pamr_rgb(images, scores: torch.Tensor) -> torch.Tensor:
+    """PAMR with NACLIP's defaults on uint8 pictures: images (B, H, W, 3) array, scores (B, K, h, w) -> (B, K, H, W)."""
+    rgb = torch.from_numpy(np.ascontiguousarray(images)).to(scores.device).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+    return pamr(rgb / 255.0, scores)
 
 
 def pamr(image: torch.Tensor, scores: torch.Tensor, steps: int = PAMR_STEPS, dilations=PAMR_DILATIONS) -> torch.Tensor:

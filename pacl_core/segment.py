@@ -148,8 +148,9 @@ def shifted_scores(patch_logits, images: torch.Tensor, patch: int, shifts: int,
             if logit_scale is None:
                 total = total + put_back(low, dy, dx)  # (B, K, H, W)
             else:
-                total = total + put_back(torch.softmax(logit_scale * low, dim=1), dy, dx)  # (B, K, H, W)
-                norm = norm + put_back(torch.logsumexp(logit_scale * low, dim=1, keepdim=True), dy, dx)  # (B, 1, H, W)
+                z = logit_scale * low  # (B, K, h, w)
+                total = total + put_back(torch.softmax(z, dim=1), dy, dx)  # (B, K, H, W)
+                norm = norm + put_back(torch.logsumexp(z, dim=1, keepdim=True), dy, dx)  # (B, 1, H, W)
     n = shifts ** 2
     if logit_scale is None:
         return total / n
@@ -328,10 +329,9 @@ class Segmenter:
 
     def _pamr(self, image: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
         """PAMR-refined scores (K, H, W), guided by the image's colours (as SCLIP / NACLIP do)."""
-        from .pamr import pamr
+        from .pamr import pamr_rgb
 
-        rgb = torch.from_numpy(np.ascontiguousarray(image)).to(scores.device).permute(2, 0, 1)[None].float()
-        return pamr(rgb / 255.0, scores[None])[0]  # (K, H, W)
+        return pamr_rgb(image[None], scores[None])[0]  # (K, H, W)
 
     def __call__(self, image, words, background="default") -> Segmentation:
         """Segment one image (PIL, numpy or path; any size) with words ('dog, sky' or a list)."""

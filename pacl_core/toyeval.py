@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .cli import add_shifts_arg
 from .errors import PACLError
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from .pamr import pamr
+from .pamr import pamr_rgb
 from .probes import (
     attention_on_target,
     coherence_roc,
@@ -84,8 +85,7 @@ def predict(segmenter, images: list[np.ndarray], text: torch.Tensor) -> tuple[to
         s = segmenter.scores_from_embeddings(emb, grid, text)  # (B, K, h, w), affinity-refined if asked
     scores = F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
     if segmenter.refine == "pamr":
-        rgb = torch.from_numpy(np.stack(images)).to(scores.device).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
-        scores = pamr(rgb / 255.0, scores)  # (B, K, H, W)
+        scores = pamr_rgb(np.stack(images), scores)  # (B, K, H, W)
     return emb.float().cpu(), grid, scores.argmax(1).cpu().numpy()
 
 
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--head", default=None, help="PACL head (default: the model's shipped head)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N scenes")
     p.add_argument("--roc-png", default=None, help="where to save the ROC figure (default: ROOT/coherence_roc.png)")
-    p.add_argument("--shifts", type=int, default=1, help="m x m shifted passes per scene (default: 1, one pass)")
+    add_shifts_arg(p)
     p.add_argument("--refine", default=None, choices=REFINERS, help="refine the score maps (default: none)")
     p.add_argument("--probe", action="store_true",
                    help="also run object_patch_probe (a diagnostic trained with masks on generated scenes; ~1 min)")
