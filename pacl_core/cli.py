@@ -11,6 +11,15 @@ from .errors import PACLError
 COMMANDS = ("segment", "evaluate", "train", "toy")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse without matching option prefixes, so a misspelt `--image x.png` is not read as `--image-size`.
+    Subcommand parsers inherit it (argparse builds them with the parent's class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def add_model_args(p: argparse.ArgumentParser, default_model: str = "vit-b-16") -> None:
     """The options every command that loads a backbone shares."""
     g = p.add_argument_group("model")
@@ -46,18 +55,12 @@ def backbone_from_args(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m pacl_core",
         description="Open-vocabulary segmentation with CLIP and PACL patch alignment.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"pacl_core.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"pacl_core.commands.{name}":
-                continue  # a command not written yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"pacl_core.commands.{name}").add_parser(sub)
     return parser
 
 

@@ -28,7 +28,6 @@ well the frozen patch tokens tell an object patch's shape: a probe is trained wi
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .cli import add_shifts_arg
+from .cli import Parser, add_shifts_arg
 from .errors import PACLError
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .pamr import pamr_rgb
@@ -241,7 +240,7 @@ def main(argv=None) -> int:
     """`python -m pacl_core.toyeval --root DIR`: print evaluate_toy's JSON."""
     from .backbone import load_backbone
 
-    p = argparse.ArgumentParser(prog="python -m pacl_core.toyeval", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m pacl_core.toyeval", description=__doc__.splitlines()[0])
     p.add_argument("--root", required=True, help="a folder written by `toy generate`")
     p.add_argument("--model", default="toy", help="backbone spec (default: toy)")
     p.add_argument("--head", default=None, help="PACL head (default: the model's shipped head)")

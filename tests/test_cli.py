@@ -34,6 +34,29 @@ def test_help_lists_subcommands():
     assert out.returncode == 0 and "segment" in out.stdout
 
 
+@pytest.mark.parametrize("argv, unknown", [
+    (["segment", "--image", "x.png", "--words", "dog", "--out", "o"], "--image"),  # not --image-size
+    (["segment", "x.png", "--words", "dog", "--out", "o", "--shift", "2"], "--shift"),  # not --shifts
+    (["toy", "generate", "--split", "test", "--see", "3", "--n", "2", "--out", "o"], "--see"),  # not --seed
+])
+def test_option_prefixes_are_not_read_as_other_options(argv, unknown, tmp_path, capsys):
+    argv = [str(tmp_path / a) if a == "o" else a for a in argv]  # where anything wrongly run would write
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"unrecognized arguments: {unknown}" in err and "invalid int value" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_toyeval_refuses_option_prefixes(capsys):
+    from pacl_core import toyeval
+
+    with pytest.raises(SystemExit):
+        toyeval.main(["--root", "r", "--lim", "3"])
+    assert "unrecognized arguments: --lim" in capsys.readouterr().err
+
+
 def test_toy_train_help_states_the_real_defaults(capsys):
     from pacl_core.toytrain import PACL_CAPTIONS, ToyTrainConfig
 
