@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import PACLError
+from .inputs import check_pixels
 from .prompts import get_templates
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -284,13 +285,35 @@ class Backbone:
             self._text_cache.popitem(last=False)
 
 
+def check_device(device) -> torch.device:
+    """A device name a user gave -> torch.device, or a one-line PACLError if it does not exist here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise PACLError(f"unknown device '{device}'; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PACLError(f"device '{device}': no CUDA GPU is available here; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise PACLError(f"device '{device}': this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PACLError(f"device '{device}': Apple's MPS is not available here; use cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise PACLError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
+    return dev
+
+
 def load_backbone(spec: str = DEFAULT_MODEL, pretrained: str | None = None, image_size: int | None = None,
                   device: str = "cpu", templates=None) -> Backbone:
-    """'toy' | 'vit-b-16' | 'NAME[:TAG]' -> a ready Backbone. Errors are one-line PACLErrors."""
+    """'toy' | 'vit-b-16' | 'NAME[:TAG]' -> a ready Backbone. Errors are one-line PACLErrors, raised before any
+    weights load when a setting is wrong."""
+    check_pixels("image_size", image_size)
+    check_device(device)
+    if templates is not None:
+        get_templates(templates)  # an unknown set fails here, not after the download
     if spec == "toy":
         from .toymodel import load_toy_backbone
 
-        return load_toy_backbone(image_size=image_size, device=device)
+        return load_toy_backbone(image_size=image_size, device=device, templates=templates)
     name, tag = parse_model_spec(spec, pretrained)
     model = create_clip(name, tag, device=device)
     tokenizer = open_clip.get_tokenizer(name)

@@ -70,6 +70,15 @@ def to_rgb_array(image, max_side: int = MAX_SIDE) -> np.ndarray:
     return pil_to_rgb(Image.fromarray(np.ascontiguousarray(arr)), max_side)
 
 
+def check_pixels(name: str, value, max_side: int = MAX_SIDE) -> None:
+    """A size in pixels set by a user (None: the default) must be a whole number from 1 to max_side: images are
+    downscaled to MAX_SIDE on load, so nothing larger is ever needed, and a typo must not allocate gigabytes."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= max_side:
+        raise PACLError(f"{name} must be a whole number of pixels from 1 to {max_side}, got {value}")
+
+
 def check_image_file(path) -> tuple[int, int]:
     """Cheap check that a file is a readable image (header and checksums, no full decode) -> (width, height)."""
     path = Path(path)

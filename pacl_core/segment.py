@@ -20,13 +20,14 @@ import torch.nn.functional as F
 
 from .affinity import affinity_refine
 from .errors import PACLError
-from .inputs import MAX_WORDS, parse_words, to_rgb_array
+from .inputs import MAX_WORDS, check_pixels, parse_words, to_rgb_array
 from .methods import check_method, method_defaults
 from .pacl import VisionEmbedder, patch_similarity
 
 MODES = ("whole", "slide")
 BACKGROUND_RULES = ("score", "entropy", "prob")
 REFINERS = ("affinity", "pamr")  # affinity: the patches' own embeddings; PAMR: the image's colours
+MAX_GRID = 128  # patches per side in one forward pass (whole mode, or a window): 16384 tokens at most
 
 
 def parse_background(spec) -> tuple[str, float] | None:
@@ -242,11 +243,18 @@ class Segmenter:
         p = backbone.patch_size
         if not isinstance(shifts, int) or not 1 <= shifts <= p:
             raise PACLError(f"shifts must be a whole number from 1 to the patch size ({p}), got {shifts}")
+        for name, value in (("image_size", image_size), ("window", window), ("stride", stride)):
+            check_pixels(name, value)
         self.shifts = shifts
         self.image_size = _round_to(image_size or defaults.get("image_size") or backbone.image_size, p)
         self.mode, self.refine = mode, refine
         self.window = _round_to(window or defaults.get("window") or backbone.native_size, p)
         self.stride = _round_to(stride or (defaults.get("stride") if window is None else None) or self.window // 2, p)
+        one_pass = ("window", self.window) if mode == "slide" else ("image_size", self.image_size)
+        if one_pass[1] // p > MAX_GRID:
+            raise PACLError(f"{one_pass[0]} {one_pass[1]} px is {one_pass[1] // p}x{one_pass[1] // p} patches in one "
+                            f"pass; at most {MAX_GRID}x{MAX_GRID} ({MAX_GRID * p} px with {p} px patches)"
+                            + ("; use slide mode for larger images" if mode == "whole" else ""))
         self.background = parse_background(background)
         self.tau, self.max_words = tau, max_words
         head_scale = (getattr(self.head, "meta", None) or {}).get("logit_scale") if self.head is not None else None

@@ -66,8 +66,10 @@ def toy_backbone(model: torch.nn.Module, pretrained: str | None = None, image_si
                     templates=templates, device=device)
 
 
-def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=None, with_head: bool = True):
-    """The toy CLIP as a Backbone (native 96 px input unless image_size), with its PACL head as default_head."""
+def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=None, with_head: bool = True,
+                      templates=None):
+    """The toy CLIP as a Backbone (native 96 px input unless image_size), with its PACL head as default_head.
+    templates: a prompt template set to use instead of the ones it was trained with (`toy_clip.json`)."""
     from .checkpoint import load_tensors
 
     path = clip_path(root)
@@ -81,7 +83,8 @@ def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=N
         model = create_toy_clip(state)
     except AssertionError as e:
         raise PACLError(f"{path}: {e}") from None
-    backbone = toy_backbone(model, str(path), image_size, device, tuple(meta.get("templates") or TOY_TEMPLATES))
+    templates = templates or tuple(meta.get("templates") or TOY_TEMPLATES)
+    backbone = toy_backbone(model, str(path), image_size, device, templates)
     if with_head and head_path(root).is_file():
         backbone.default_head = head_path(root)
     backbone.toy_meta = meta

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pacl_core.backbone import load_backbone, parse_model_spec, weights_status
+from pacl_core.backbone import check_device, load_backbone, parse_model_spec, weights_status
 from pacl_core.errors import PACLError
 
 
@@ -119,3 +119,43 @@ def test_backbone_is_frozen_and_unmodified_by_use(tiny):
     for k, v in tiny.model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert "PACL-Tiny-Test" in open_clip.list_models()
+
+
+def test_bad_device_is_one_clear_error():
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(PACLError, match="unknown device 'gpu'; use cpu, cuda or cuda:N"):
+        check_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PACLError, match="device 'cuda': no CUDA GPU is available here; use cpu"):
+            check_device("cuda")
+    with pytest.raises(PACLError, match="device 'cuda:99'"):
+        check_device("cuda:99")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(device="gpu"), "unknown device 'gpu'"),
+    (dict(image_size=0), "image_size must be a whole number of pixels from 1 to 2048, got 0"),
+    (dict(templates="nope"), "unknown template set 'nope'"),
+])
+@pytest.mark.parametrize("spec", ["toy", "PACL-Tiny-Test:none"])
+def test_bad_settings_fail_before_any_weights_load(spec, kwargs, message, monkeypatch):
+    import pacl_core.backbone as backbone_module
+    import pacl_core.toymodel as toymodel
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded before the settings were checked")
+
+    monkeypatch.setattr(backbone_module, "create_clip", no_loading)
+    monkeypatch.setattr(toymodel, "load_toy_backbone", no_loading)
+    with pytest.raises(PACLError, match=message):
+        load_backbone(spec, **kwargs)
+
+
+def test_toy_model_takes_a_template_set():
+    from pacl_core.prompts import IMAGENET_7
+    from pacl_core.toymodel import TOY_TEMPLATES
+
+    assert load_backbone("toy").templates == tuple(TOY_TEMPLATES)  # what it was trained with, by default
+    custom = load_backbone("toy", templates="imagenet7")
+    assert custom.templates == IMAGENET_7
+    assert not torch.allclose(custom.text_embeddings(["star"]), load_backbone("toy").text_embeddings(["star"]))

@@ -93,7 +93,8 @@ def test_segment_writes_every_output(tmp_path, images, capsys):
 
 
 @pytest.mark.parametrize("case", ["non_image", "corrupt", "empty_words", "too_many_words", "missing", "bad_method",
-                                  "zero_shifts", "too_many_shifts"])
+                                  "zero_shifts", "too_many_shifts", "zero_image_size", "huge_image_size",
+                                  "too_many_patches", "zero_window", "bad_device", "bad_templates"])
 def test_bad_input_exits_nonzero_with_one_line_and_no_files(tmp_path, images, case):
     out = tmp_path / "out"
     words = "dog, sky"
@@ -119,6 +120,18 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_files(tmp_path, images, ca
         extra = ["--shifts", "0"]
     elif case == "too_many_shifts":
         extra = ["--shifts", "9"]  # more than the 8 px patch has positions
+    elif case == "zero_image_size":
+        extra = ["--image-size", "0"]
+    elif case == "huge_image_size":
+        extra = ["--image-size", "100000"]  # resizing to it alone would need 30 GB
+    elif case == "too_many_patches":
+        extra = ["--image-size", "2000"]  # 250 x 250 patches of 8 px in one whole-image pass
+    elif case == "zero_window":
+        extra = ["--mode", "slide", "--window", "0"]
+    elif case == "bad_device":
+        extra = ["--device", "gpu"]
+    elif case == "bad_templates":
+        extra = ["--templates", "nope"]
     res = run_cli("segment", *imgs, "--words", words, "--out", out, *TINY, *extra)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()

@@ -1,5 +1,7 @@
 """Segmenter: shapes at any image size, patch logits against a direct computation, background rules, shifts."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,15 @@ import torch.nn.functional as F
 from pacl_core.checkpoint import save_head
 from pacl_core.errors import PACLError
 from pacl_core.pacl import VisionEmbedder
-from pacl_core.segment import Segmenter, label_mask, parse_background, shift_offsets, shifted_scores, upsample_scores
+from pacl_core.segment import (
+    MAX_GRID,
+    Segmenter,
+    label_mask,
+    parse_background,
+    shift_offsets,
+    shifted_scores,
+    upsample_scores,
+)
 from tests.conftest import random_image
 
 
@@ -238,3 +248,27 @@ def test_segmenter_shifts(tiny, rng):
 def test_bad_shifts_are_one_clear_error(tiny, shifts):
     with pytest.raises(PACLError, match="shifts must be a whole number from 1 to the patch size"):
         Segmenter(tiny, shifts=shifts)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(image_size=0), "image_size must be a whole number of pixels from 1 to 2048, got 0"),
+    (dict(image_size=-5), "image_size must be a whole number of pixels from 1 to 2048, got -5"),
+    (dict(image_size=100_000), "image_size must be a whole number of pixels from 1 to 2048, got 100000"),
+    (dict(image_size=40.5), "image_size must be a whole number"),
+    (dict(mode="slide", window=0), "window must be a whole number of pixels from 1 to 2048, got 0"),
+    (dict(mode="slide", stride=-3), "stride must be a whole number of pixels from 1 to 2048, got -3"),
+])
+def test_bad_sizes_are_one_clear_error(tiny, kwargs, message):
+    with pytest.raises(PACLError, match=re.escape(message)):
+        Segmenter(tiny, **kwargs)
+
+
+def test_one_pass_is_capped_at_max_grid_patches(tiny):
+    p = tiny.patch_size
+    assert Segmenter(tiny, image_size=MAX_GRID * p).image_size == MAX_GRID * p  # the cap itself is allowed
+    with pytest.raises(PACLError, match=f"is {MAX_GRID + 1}x{MAX_GRID + 1} patches in one pass; .*slide mode"):
+        Segmenter(tiny, image_size=(MAX_GRID + 1) * p)
+    # in slide mode the image may be larger, as long as each window stays within the cap
+    assert Segmenter(tiny, mode="slide", image_size=(MAX_GRID + 1) * p, window=4 * p).window == 4 * p
+    with pytest.raises(PACLError, match="window .* patches in one pass"):
+        Segmenter(tiny, mode="slide", window=(MAX_GRID + 1) * p)

@@ -93,6 +93,9 @@ def test_cli_generate_writes_the_layout(tmp_path, capsys):
         assert sorted(p.name for p in (out / sub).iterdir()) == ["000000.png", "000001.png", "000002.png"]
     assert main(["toy", "generate", "--n", "0", "--out", str(out)]) == 2
     assert "error: --n must be at least 1" in capsys.readouterr().err
+    assert main(["toy", "generate", "--n", "2", "--size", "0", "--out", str(tmp_path / "zero")]) == 2
+    assert "error: --size must be between 32 and 1024 pixels, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "zero").exists()
 
 
 def test_outline_darkens_edges_only_and_keeps_masks(monkeypatch):

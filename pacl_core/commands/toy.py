@@ -63,9 +63,9 @@ def add_parser(sub) -> None:
 def run_generate(args) -> int:
     from ..toyworld import DEFAULT_SIZE, write_split
 
-    size = args.size or DEFAULT_SIZE
+    size = DEFAULT_SIZE if args.size is None else args.size
     if not 32 <= size <= 1024:
-        raise PACLError("--size must be between 32 and 1024 pixels")
+        raise PACLError(f"--size must be between 32 and 1024 pixels, got {size}")
     out = write_split(args.out, split=args.split, seed=args.seed, n=args.n, size=size, progress=args.n >= 50)
     print(f"wrote {args.n} {args.split} scenes (seed {args.seed}, {size} px) to {out}")
     return 0
