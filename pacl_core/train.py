@@ -332,13 +332,26 @@ def plan_steps(num_samples: int, cfg: TrainConfig) -> tuple[int, int, int]:
 
 
 def check_config(cfg: TrainConfig, world: int) -> None:
+    """Every setting that cannot work is a one-line PACLError before anything loads (the CLI's option names)."""
+    from .backbone import check_device
+    from .inputs import check_pixels
+
     if cfg.batch_size <= 0 or cfg.batch_size % world:
         raise PACLError(f"--batch-size {cfg.batch_size} (global) must be a positive multiple of the {world} processes")
-    for name in ("epochs", "save_every", "log_every", "backbone_chunk"):
+    for name in ("epochs", "save_every", "log_every", "backbone_chunk", "keep", "tau", "eps"):
         if getattr(cfg, name) <= 0:
-            raise PACLError(f"--{name.replace('_', '-')} must be positive")
+            raise PACLError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    for name in ("max_steps", "max_samples", "train_num_samples", "hidden_dim", "logit_scale", "loss_chunk"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise PACLError(f"--{name.replace('_', '-')} must be positive when given, got {getattr(cfg, name)}")
     if cfg.lr <= 0 or cfg.wd < 0 or cfg.warmup < 0:
         raise PACLError("--lr must be positive and --wd, --warmup non-negative")
+    if cfg.workers < 0:
+        raise PACLError(f"--workers must be 0 (load in this process) or more, got {cfg.workers}")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        raise PACLError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
+    check_pixels("--image-size", cfg.image_size)
+    check_device(cfg.device)
 
 
 def train(cfg: TrainConfig) -> dict:

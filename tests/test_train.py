@@ -263,3 +263,24 @@ def test_bfloat16_autocast_gives_the_float32_loss_closely(run20, tmp_path):
     bf16, fp32 = read_log(tmp_path / "bf16"), read_log(out)
     assert bf16[0]["loss"] == pytest.approx(fp32[0]["loss"], abs=0.05)  # same batch, same initial head
     assert bf16[0]["loss"] != fp32[0]["loss"]  # but really computed in bfloat16
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--tau", "0", "--tau must be positive, got 0.0"),
+    ("--keep", "0", "--keep must be positive, got 0"),
+    ("--max-steps", "0", "--max-steps must be positive when given, got 0"),
+    ("--hidden-dim", "0", "--hidden-dim must be positive when given, got 0"),
+    ("--logit-scale", "-1", "--logit-scale must be positive when given, got -1.0"),
+    ("--workers", "-1", "--workers must be 0 (load in this process) or more, got -1"),
+    ("--beta2", "1", "--beta1 and --beta2 must be in [0, 1)"),
+    ("--image-size", "0", "--image-size must be a whole number of pixels from 1 to 2048, got 0"),
+])
+def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path, capsys, option, value, message):
+    write_csv(tmp_path / "data", make_pairs(8))
+    out = tmp_path / "run"
+    argv = ["train", "--train-data", str(tmp_path / "data" / "pairs.tsv"), "--model", "PACL-Tiny-Test:none",
+            "--out", str(out), "--batch-size", "4", "--workers", "0", "--no-progress", option, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
+    assert not out.exists() or not any(out.iterdir()), "nothing may be written"
