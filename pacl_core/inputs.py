@@ -5,7 +5,9 @@ Every problem is a PACLError with one sentence, so the CLI and the demo can show
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -77,6 +79,22 @@ def check_pixels(name: str, value, max_side: int = MAX_SIDE) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= max_side:
         raise PACLError(f"{name} must be a whole number of pixels from 1 to {max_side}, got {value}")
+
+
+def check_out_folder(path) -> Path:
+    """An output folder a user named: refused at once, before any work, if it is a file or cannot be written
+    (tried by making and removing an empty folder in it or in its nearest existing parent). Creates nothing."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise PACLError(f"{out}: exists and is not a folder")
+    ancestor = next(a for a in (out.absolute(), *out.absolute().parents) if a.exists())
+    if not ancestor.is_dir():
+        raise PACLError(f"{out}: cannot be made, {ancestor} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".pacl-write-check-", dir=ancestor))
+    except OSError as e:
+        raise PACLError(f"{out}: cannot write there ({e.strerror or e})") from None
+    return out
 
 
 def check_image_file(path) -> tuple[int, int]:

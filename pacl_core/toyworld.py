@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import PACLError
+from .inputs import check_out_folder
 
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "ring", "moon")
 CLASSES = ("background",) + SHAPES  # segmentation classes: index 0 is the background
@@ -335,9 +336,7 @@ def write_split(out, split: str = "test", seed: int = 0, n: int = 200, size: int
         raise PACLError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
     if n < 1:
         raise PACLError("--n must be at least 1")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PACLError(f"{out}: exists and is not a folder")
+    out = check_out_folder(out)
     for sub in ("images", "masks", "instances"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
@@ -407,7 +406,7 @@ def write_examples(folder, seed: int = 2024, n: int = 4, size: int = DEFAULT_SIZ
     Entries whose file does not start with 'toy_' (e.g. real photos) are kept; each toy entry's words are the
     whole toy vocabulary, so the example shows the model choosing among every class.
     """
-    folder = Path(folder)
+    folder = check_out_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     index_file = folder / "examples.json"
     entries = json.loads(index_file.read_text()) if index_file.is_file() else []

@@ -334,7 +334,7 @@ def plan_steps(num_samples: int, cfg: TrainConfig) -> tuple[int, int, int]:
 def check_config(cfg: TrainConfig, world: int) -> None:
     """Every setting that cannot work is a one-line PACLError before anything loads (the CLI's option names)."""
     from .backbone import check_device
-    from .inputs import check_pixels
+    from .inputs import check_out_folder, check_pixels
 
     if cfg.batch_size <= 0 or cfg.batch_size % world:
         raise PACLError(f"--batch-size {cfg.batch_size} (global) must be a positive multiple of the {world} processes")
@@ -352,6 +352,7 @@ def check_config(cfg: TrainConfig, world: int) -> None:
         raise PACLError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
     check_pixels("--image-size", cfg.image_size)
     check_device(cfg.device)
+    check_out_folder(cfg.out)
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -173,3 +173,31 @@ def test_affinity_refinement_is_recorded_and_changes_the_maps(tmp_path, images):
         outs[refine] = json.loads((out / "img0" / "result.json").read_text())
         assert outs[refine]["refine"] == refine
     assert outs["none"]["mean_score"] != outs["affinity"]["mean_score"]
+
+
+@pytest.mark.parametrize("command", [
+    ["segment", "IMG", "--words", "dog", "--model", "toy"],
+    ["evaluate", "--dataset", "toy", "--root", "ROOT", "--model", "toy"],
+    ["toy", "generate", "--n", "2"],
+    ["toy", "train", "--clip-steps", "1,1", "--pool", "8,8", "--pacl-steps", "1", "--eval-n", "0"],
+    ["train", "--train-data", "DATA", "--model", "PACL-Tiny-Test:none", "--max-steps", "1"],
+])
+def test_an_out_folder_that_cannot_be_made_fails_first(tmp_path, images, capsys, command):
+    (tmp_path / "ROOT").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    subs = {"IMG": str(images[0]), "ROOT": str(tmp_path / "ROOT"), "DATA": str(tmp_path / "pairs.tsv")}
+    argv = [subs.get(a, a) for a in command] + ["--out", str(tmp_path / "a_file" / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a_file is not a folder" in err[0], err
+
+
+def test_a_file_system_failure_mid_run_is_one_line(monkeypatch, capsys):
+    import pacl_core.commands.toy as toy_command
+
+    def disk_full(args):
+        raise OSError(28, "No space left on device", "/data/out/000001.png")
+
+    monkeypatch.setattr(toy_command, "run_generate", disk_full)
+    assert main(["toy", "generate", "--n", "2", "--out", "x"]) == 1
+    assert capsys.readouterr().err.strip() == "error: No space left on device: /data/out/000001.png"

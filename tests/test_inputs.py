@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pacl_core.errors import PACLError
-from pacl_core.inputs import MAX_SIDE, MAX_WORDS, load_image, parse_words, to_rgb_array
+from pacl_core.inputs import MAX_SIDE, MAX_WORDS, check_out_folder, check_pixels, load_image, parse_words, to_rgb_array
 
 
 def test_rgba_grayscale_16bit_and_palette_files(tmp_path, rng):
@@ -89,3 +89,30 @@ def test_word_parsing():
         parse_words([f"w{i}" for i in range(200)])
     long = "x" * 500
     assert parse_words([long, "🐶", "Straße"])[0] == [long, "🐶", "Straße"]
+
+
+def test_out_folder_checks_create_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "new" / "deeper"
+    assert check_out_folder(target) == target and not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "the write check leaves nothing behind"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PACLError, match="exists and is not a folder"):
+        check_out_folder(tmp_path / "file")
+    with pytest.raises(PACLError, match="cannot be made, .*file is not a folder"):
+        check_out_folder(tmp_path / "file" / "sub")
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("pacl_core.inputs.tempfile.mkdtemp", read_only)
+    with pytest.raises(PACLError, match=r"cannot write there \(Permission denied\)"):
+        check_out_folder(tmp_path / "ro")
+
+
+@pytest.mark.parametrize("value", [0, -1, MAX_SIDE + 1, 2.5, True, "64"])
+def test_pixel_sizes_must_be_whole_and_bounded(value):
+    check_pixels("size", None)
+    check_pixels("size", 1)
+    check_pixels("size", MAX_SIDE)
+    with pytest.raises(PACLError, match=f"size must be a whole number of pixels from 1 to {MAX_SIDE}"):
+        check_pixels("size", value)

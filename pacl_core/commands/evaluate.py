@@ -12,6 +12,7 @@ import json
 from ..cli import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
 from ..datasets import DATASET_NAMES, DATASETS
 from ..errors import PACLError
+from ..inputs import check_out_folder
 from ..segment import REFINERS
 
 
@@ -73,6 +74,8 @@ def run(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise PACLError("--limit must be positive")
     check_shifts_arg(args.shifts)
+    if args.out:
+        check_out_folder(args.out)  # before hours of evaluation, not after
     if args.dataset == "toy":
         return _run_toy(args, methods)
     from ..datasets import SegDataset

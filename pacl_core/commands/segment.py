@@ -17,8 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..cli import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
-from ..errors import PACLError
-from ..inputs import MAX_SIDE, check_image_file, load_image, parse_words
+from ..inputs import MAX_SIDE, check_image_file, check_out_folder, load_image, parse_words
 from ..methods import check_method
 from ..segment import REFINERS
 
@@ -89,9 +88,7 @@ def run(args) -> int:
     words, notes = parse_words(args.words)
     check_method(args.method)  # an unknown method fails before any model loads
     check_shifts_arg(args.shifts)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise PACLError(f"{out}: exists and is not a folder")
+    out = check_out_folder(args.out)
     paths = [Path(p) for p in args.images]
     sizes = [check_image_file(p) for p in paths]  # fail on bad files before loading any model
     backbone = backbone_from_args(args)

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ..errors import PACLError
+from ..inputs import check_out_folder
 
 
 def add_parser(sub) -> None:
@@ -106,9 +106,7 @@ def run_train(args) -> int:
             raise PACLError(f"--{name.replace('_', '-')} must be at least 1")
     if args.eval_n < 0:
         raise PACLError("--eval-n must be 0 or more")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise PACLError(f"{out}: exists and is not a folder")
+    out = check_out_folder(args.out)
     phases = tuple((p[0], s, q) for p, s, q in zip(cfg.clip_phases, steps, pools))
     overrides = {"seed": args.seed, "pacl_steps": args.pacl_steps, "threads": args.threads,
                  "pacl_captions": args.pacl_captions}
