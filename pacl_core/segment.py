@@ -229,7 +229,7 @@ class Segmenter:
 
     def __init__(self, backbone, method: str = "vanilla", head: VisionEmbedder | str | None = None,
                  image_size: int | None = None, mode: str | None = None, window: int | None = None,
-                 stride: int | None = None, background=None, logit_scale: float | None = None, tau: float = 1.0,
+                 stride: int | None = None, background=None, logit_scale: float | None = None,
                  max_words: int = MAX_WORDS, refine: str | None = None, shifts: int = 1):
         self.backbone, self.method = backbone, check_method(method)
         # settings left unset (None) take the method's official defaults (pacl_core.methods.METHOD_DEFAULTS)
@@ -245,6 +245,8 @@ class Segmenter:
             raise PACLError(f"shifts must be a whole number from 1 to the patch size ({p}), got {shifts}")
         for name, value in (("image_size", image_size), ("window", window), ("stride", stride)):
             check_pixels(name, value)
+        if logit_scale is not None and not 0 < logit_scale < float("inf"):
+            raise PACLError(f"logit_scale must be a positive number, got {logit_scale}")
         self.shifts = shifts
         self.image_size = _round_to(image_size or defaults.get("image_size") or backbone.image_size, p)
         self.mode, self.refine = mode, refine
@@ -256,7 +258,7 @@ class Segmenter:
                             f"pass; at most {MAX_GRID}x{MAX_GRID} ({MAX_GRID * p} px with {p} px patches)"
                             + ("; use slide mode for larger images" if mode == "whole" else ""))
         self.background = parse_background(background)
-        self.tau, self.max_words = tau, max_words
+        self.max_words = max_words
         head_scale = (getattr(self.head, "meta", None) or {}).get("logit_scale") if self.head is not None else None
         self.logit_scale = float(logit_scale or defaults.get("logit_scale") or head_scale or backbone.logit_scale)
 

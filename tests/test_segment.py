@@ -257,6 +257,8 @@ def test_bad_shifts_are_one_clear_error(tiny, shifts):
     (dict(image_size=40.5), "image_size must be a whole number"),
     (dict(mode="slide", window=0), "window must be a whole number of pixels from 1 to 2048, got 0"),
     (dict(mode="slide", stride=-3), "stride must be a whole number of pixels from 1 to 2048, got -3"),
+    (dict(logit_scale=-1.0), "logit_scale must be a positive number, got -1.0"),
+    (dict(logit_scale=0), "logit_scale must be a positive number, got 0"),
 ])
 def test_bad_sizes_are_one_clear_error(tiny, kwargs, message):
     with pytest.raises(PACLError, match=re.escape(message)):
