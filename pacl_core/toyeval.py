@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from .cli import Parser, add_shifts_arg
 from .errors import PACLError
+from .inputs import check_out_folder
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .pamr import pamr_rgb
 from .probes import (
@@ -184,6 +185,11 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
     dataset = ToyDataset(root)
     if len(dataset) == 0:
         raise PACLError(f"{root}: the toy-world folder holds no scenes")
+    if limit is not None and int(limit) < 1:
+        raise PACLError(f"limit must be at least 1 scene, got {limit}")
+    if roc_png is not False:  # a figure that cannot be saved fails now, not after the evaluation
+        roc_png = Path(roc_png) if roc_png else Path(root) / "coherence_roc.png"
+        check_out_folder(roc_png.parent)
     indices = list(range(len(dataset) if limit is None else min(int(limit), len(dataset))))
     words = list(dataset.classes)
     text = backbone.text_embeddings(words)  # (K, D)
@@ -195,7 +201,6 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
     for method, segmenter in segmenters.items():  # every method's attention at the same tau: the head's
         out[method], rocs[method] = evaluate_method(dataset, segmenter, text, indices, progress=progress, tau=tau)
     if roc_png is not False:
-        roc_png = Path(roc_png) if roc_png else Path(root) / "coherence_roc.png"
         save_roc_png(rocs, roc_png, title=f"semantic coherence, {backbone.name}")
     out.update(roc_png=str(roc_png) if roc_png is not False else None, classes=words, words=words,
                templates=list(backbone.templates), n_images=len(indices), shifts=shifts, refine=refine,
@@ -260,6 +265,9 @@ def main(argv=None) -> int:
     except PACLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system failed during the run: one line, as in the main CLI
+        print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2))
     return 0
 

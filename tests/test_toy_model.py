@@ -199,3 +199,22 @@ def test_object_patch_probe_labels_and_cli(toy, capsys, tmp_path, monkeypatch):
     assert all(0 <= probe[k][a] <= 1 for k in ("mlp", "linear") for a in ("train_acc", "test_acc"))
     assert toyeval_main(["--root", str(split), "--shifts", "2", "--roc-png", str(tmp_path / "roc2.png")]) == 0
     assert json.loads(capsys.readouterr().out)["shifts"] == 2
+
+
+def test_toyeval_bad_limit_and_unwritable_figure_fail_before_evaluating(toy, tmp_path, capsys, monkeypatch):
+    import pacl_core.toyeval as te
+
+    split = write_split(tmp_path / "t", "test", seed=3, n=2)
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the evaluation ran before the settings were checked")
+
+    monkeypatch.setattr(te, "evaluate_method", no_evaluation)
+    (tmp_path / "a_file").write_text("x")
+    for argv, message in ((["--limit", "0"], "limit must be at least 1 scene, got 0"),
+                          (["--roc-png", str(tmp_path / "a_file" / "roc.png")], "a_file: exists and is not a folder")):
+        assert te.main(["--root", str(split), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    with pytest.raises(te.PACLError, match="limit must be at least 1"):
+        te.evaluate_toy(split, toy, limit=-3, roc_png=False)
