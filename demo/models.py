@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from pacl_core.backbone import load_backbone, weights_status
+from pacl_core.backbone import load_backbone, parse_model_spec, weights_status
 from pacl_core.errors import PACLError
 from pacl_core.toymodel import CONFIG_NAME as TOY_CONFIG
 
@@ -89,6 +89,7 @@ def choice_for_request(requested: str) -> ModelChoice:
         if not path.is_file():
             raise PACLError(f"{key}: no such head file")
         return head_choice(path)
+    parse_model_spec(key)  # an unknown architecture is one line now, not a broken page later
     return ModelChoice(f"{key} (custom)", key)
 
 

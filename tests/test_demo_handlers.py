@@ -274,3 +274,23 @@ def test_a_model_without_weights_is_a_message(monkeypatch, tmp_path, checkpoints
     with pytest.raises(PACLError, match="could not load ViT-B/16 .*not cached") as err:
         h.compare(reg, str(photo), "sky", ["vanilla"], VIT_LABEL)
     assert "\n" not in str(err.value) and not reg.is_loaded(VIT_LABEL)
+
+
+def test_app_refuses_a_bad_model_or_port_in_one_line(capsys, monkeypatch):
+    import gradio as gr
+
+    import app
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("the demo started instead of refusing")
+
+    monkeypatch.setattr(gr.Blocks, "launch", no_launch)
+
+    for argv, message in ((["--model", "nope"], "error: unknown model 'nope'"),
+                          (["--port", "99999"], "error: --port must be from 1 to 65535, got 99999"),
+                          (["--mod", "toy"], "unrecognized arguments: --mod")):
+        with pytest.raises(SystemExit) as exit_:
+            app.main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1], err
