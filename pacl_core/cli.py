@@ -64,16 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run_reporting_errors(work) -> int:
+    """Run work() -> exit code (None = 0); a user's mistake (PACLError) or a file-system failure under a running
+    command (disk full, a folder removed) becomes one line on stderr and its exit code, never a traceback."""
     try:
-        return int(args.run(args) or 0)
+        return int(work() or 0)
     except PACLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # the file system failed under a running command (disk full, a folder removed): one line
+    except OSError as e:
         print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(lambda: args.run(args))

@@ -20,7 +20,6 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import PACLError
 from .loss import DEFAULT_CHUNK_ELEMENTS, PACLLoss, pairwise_compatibility
 
 
@@ -52,10 +51,11 @@ def init_distributed(device: str = "cpu", backend: str | None = None, timeout_mi
 
     `device` 'cuda' becomes cuda:LOCAL_RANK. The backend defaults to nccl on GPUs and gloo on CPUs.
     """
+    from .backbone import check_device
+
+    check_device(device)  # a device this machine lacks is one line, before any process group
     rank, world, local_rank = env_world()
     if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PACLError("--device cuda was given but no CUDA GPU is available")
         device = f"cuda:{local_rank}" if world > 1 or device == "cuda" else device
         torch.cuda.set_device(torch.device(device))
     if world == 1:

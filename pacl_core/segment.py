@@ -252,10 +252,10 @@ class Segmenter:
         self.mode, self.refine = mode, refine
         self.window = _round_to(window or defaults.get("window") or backbone.native_size, p)
         self.stride = _round_to(stride or (defaults.get("stride") if window is None else None) or self.window // 2, p)
-        one_pass = ("window", self.window) if mode == "slide" else ("image_size", self.image_size)
-        if one_pass[1] // p > MAX_GRID:
-            raise PACLError(f"{one_pass[0]} {one_pass[1]} px is {one_pass[1] // p}x{one_pass[1] // p} patches in one "
-                            f"pass; at most {MAX_GRID}x{MAX_GRID} ({MAX_GRID * p} px with {p} px patches)"
+        name, side = ("window", self.window) if mode == "slide" else ("image_size", self.image_size)  # one pass
+        if side // p > MAX_GRID:
+            raise PACLError(f"{name} {side} px is {side // p}x{side // p} patches in one pass; at most "
+                            f"{MAX_GRID}x{MAX_GRID} ({MAX_GRID * p} px with {p} px patches)"
                             + ("; use slide mode for larger images" if mode == "whole" else ""))
         self.background = parse_background(background)
         self.max_words = max_words

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .cli import Parser, add_shifts_arg
+from .cli import Parser, add_shifts_arg, run_reporting_errors
 from .errors import PACLError
 from .inputs import check_out_folder
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
@@ -256,20 +256,16 @@ def main(argv=None) -> int:
     p.add_argument("--probe", action="store_true",
                    help="also run object_patch_probe (a diagnostic trained with masks on generated scenes; ~1 min)")
     args = p.parse_args(argv)
-    try:
+
+    def work() -> None:
         backbone = load_backbone(args.model)
         result = evaluate_toy(args.root, backbone, head=args.head, limit=args.limit, roc_png=args.roc_png,
                               progress=True, shifts=args.shifts, refine=args.refine)
         if args.probe:
             result["object_patch_probe"] = object_patch_probe(backbone)
-    except PACLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the file system failed during the run: one line, as in the main CLI
-        print(f"error: {e.strerror or e}: {e.filename}" if e.filename else f"error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2))
-    return 0
+        print(json.dumps(result, indent=2))
+
+    return run_reporting_errors(work)
 
 
 if __name__ == "__main__":

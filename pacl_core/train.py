@@ -333,7 +333,6 @@ def plan_steps(num_samples: int, cfg: TrainConfig) -> tuple[int, int, int]:
 
 def check_config(cfg: TrainConfig, world: int) -> None:
     """Every setting that cannot work is a one-line PACLError before anything loads (the CLI's option names)."""
-    from .backbone import check_device
     from .inputs import check_out_folder, check_pixels
 
     if cfg.batch_size <= 0 or cfg.batch_size % world:
@@ -351,8 +350,7 @@ def check_config(cfg: TrainConfig, world: int) -> None:
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
         raise PACLError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
     check_pixels("--image-size", cfg.image_size)
-    check_device(cfg.device)
-    check_out_folder(cfg.out)
+    check_out_folder(cfg.out)  # the device was checked by init_distributed, which runs first
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -274,6 +274,7 @@ def test_bfloat16_autocast_gives_the_float32_loss_closely(run20, tmp_path):
     ("--workers", "-1", "--workers must be 0 (load in this process) or more, got -1"),
     ("--beta2", "1", "--beta1 and --beta2 must be in [0, 1)"),
     ("--image-size", "0", "--image-size must be a whole number of pixels from 1 to 2048, got 0"),
+    ("--device", "gpu", "unknown device 'gpu'; use cpu, cuda or cuda:N"),
 ])
 def test_settings_that_cannot_work_are_one_line_errors_before_training(tmp_path, capsys, option, value, message):
     write_csv(tmp_path / "data", make_pairs(8))
