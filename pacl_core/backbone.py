@@ -179,6 +179,8 @@ class Backbone:
         cfg = getattr(visual, "preprocess_cfg", None) or {}
         self.mean = torch.tensor(cfg.get("mean", OPENAI_MEAN), device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.get("std", OPENAI_STD), device=device).view(1, 3, 1, 1)
+        registers = getattr(visual, "registers", None)  # (R, W): a toy model's register tokens, if any
+        self.n_registers = 0 if registers is None else int(registers.shape[0])
         self.default_head: Path | None = None  # a PACL head shipped with this model, if any
         self._pos_cache: dict = {}
         self._text_cache: OrderedDict = OrderedDict()
@@ -215,7 +217,10 @@ class Backbone:
         return self._pos_cache[key]
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Normalised images (B, 3, H, W) -> input tokens of the transformer (B, 1 + T, W) and the grid."""
+        """Normalised images (B, 3, H, W) -> input tokens of the transformer (B, 1 + T + R, W) and the grid.
+
+        R register tokens (none for open_clip's own models) follow the patches, as in
+        pacl_core.toymodel.RegisterVisionTransformer."""
         visual = self.model.visual
         H, W = images.shape[-2:]
         assert H % self.patch_size == 0 and W % self.patch_size == 0, (
@@ -224,8 +229,11 @@ class Backbone:
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, T, W)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)  # (B, 1 + T, W)
-        return visual.ln_pre(x), grid
+        x = visual.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype))  # (B, 1 + T, W)
+        if self.n_registers:
+            reg = visual.ln_pre(visual.registers.to(x.dtype)).expand(x.shape[0], -1, -1)  # (B, R, W)
+            x = torch.cat([x, reg], dim=1)  # (B, 1 + T + R, W)
+        return x, grid
 
     def tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised images (B, 3, H, W) -> all output tokens after ln_post, CLS first: (B, 1 + T, D_v).
@@ -234,11 +242,12 @@ class Backbone:
         """
         from .methods import run_last_block
 
-        x, grid = self.embed(images)  # (B, 1 + T, W)
+        x, grid = self.embed(images)  # (B, 1 + T + R, W)
         blocks = self.model.visual.transformer.resblocks
         for block in blocks[:-1]:
             x = block(x)
-        x = run_last_block(blocks[-1], x, grid, method)  # (B, 1 + T, W)
+        x = run_last_block(blocks[-1], x, grid, method)  # (B, 1 + T + R, W)
+        x = x[:, :x.shape[1] - self.n_registers]  # (B, 1 + T, W): registers dropped
         return self.model.visual.ln_post(x), grid  # (B, 1 + T, D_v)
 
     def patch_tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:

@@ -9,6 +9,7 @@
 - naclip    (Hajimiri et al., WACV 2025): softmax(k·kᵀ + Gaussian neighbourhood bias); residual and FFN removed.
 
 Every variant is a function (block, x (B, 1+T, W), grid (h, w)) -> (B, 1+T, W) that reads the block's parameters
+(a toy model's R register tokens, if any, follow the patches: N = 1+T+R)
 and never modifies them, so one loaded backbone serves every method. The key idea of each method is one short
 function: `maskclip_attention`, `sclip_weights`, `clearclip_weights`, `naclip_weights`.
 """
@@ -83,19 +84,21 @@ def clearclip_weights(q, k, grid) -> torch.Tensor:
 
 
 def naclip_weights(q, k, grid) -> torch.Tensor:
-    """NACLIP: softmax(k·kᵀ + ω), ω a Gaussian of the patch-grid distance (none for the CLS token) -> (B, H, N, N)."""
-    bias = neighbourhood_bias(tuple(grid), NACLIP_GAUSSIAN_STD).to(k.device, k.dtype)  # (N, N)
+    """NACLIP: softmax(k·kᵀ + ω), ω a Gaussian of the patch-grid distance (none for CLS, registers) -> (B, H, N, N)."""
+    registers = k.shape[2] - 1 - grid[0] * grid[1]  # tokens after the patches
+    bias = neighbourhood_bias(tuple(grid), NACLIP_GAUSSIAN_STD, registers).to(k.device, k.dtype)  # (N, N)
     return torch.softmax(self_similarity(k, k) + bias, dim=-1)
 
 
 @lru_cache(maxsize=16)
-def neighbourhood_bias(grid: tuple[int, int], std: float) -> torch.Tensor:
-    """(1+h*w, 1+h*w): exp(-|p_i - p_j|² / 2σ²) between patches i, j on the (h, w) grid; zero row/column for CLS."""
+def neighbourhood_bias(grid: tuple[int, int], std: float, registers: int = 0) -> torch.Tensor:
+    """(1+h*w+R, 1+h*w+R): exp(-|p_i - p_j|² / 2σ²) between patches i, j on the (h, w) grid; zero rows/columns for
+    the CLS token and the R register tokens after the patches."""
     h, w = grid
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     pos = torch.stack([rows, cols], dim=-1).reshape(h * w, 2).float()  # (T, 2), row-major like the tokens
     dist2 = (pos[:, None] - pos[None]).pow(2).sum(-1)  # (T, T)
-    return F.pad(torch.exp(-dist2 / (2 * std**2)), (1, 0, 1, 0))  # (1+T, 1+T)
+    return F.pad(torch.exp(-dist2 / (2 * std**2)), (1, registers, 1, registers))  # (1+T+R, 1+T+R)
 
 
 # ---- the last block per method ------------------------------------------------------------------
@@ -126,7 +129,7 @@ def clearclip_block(block, x: torch.Tensor, grid) -> torch.Tensor:
 
 def naclip_block(block, x: torch.Tensor, grid) -> torch.Tensor:
     q, k, v = qkv(block, x)  # (B, H, N, d) each
-    assert k.shape[2] == 1 + grid[0] * grid[1], f"{k.shape[2]} tokens do not fit a {grid} grid plus CLS"
+    assert k.shape[2] >= 1 + grid[0] * grid[1], f"{k.shape[2]} tokens do not fit a {grid} grid plus CLS"
     return block.ls_1(project(block, naclip_weights(q, k, grid) @ v))  # (B, N, W): no residual, no FFN
 
 

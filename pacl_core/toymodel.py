@@ -3,6 +3,7 @@
 `load_toy_backbone()` reads assets/toy/toy_clip.safetensors (float16 weights of the open_clip config
 PACL-Toy, see pacl_core/model_configs/PACL-Toy.json) with no network, and sets `backbone.default_head` to
 the shipped PACL head assets/toy/toy_pacl_head.safetensors. Retrain both with `python -m pacl_core toy train`.
+A tower may carry register tokens (`RegisterVisionTransformer`, `toy train --registers N`); the JSON says how many.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.transformer import VisionTransformer
 
 from .errors import PACLError
 
@@ -32,23 +34,55 @@ def head_path(root=None) -> Path:
     return Path(root or ASSET_DIR) / HEAD_FILE
 
 
+class RegisterVisionTransformer(VisionTransformer):
+    """open_clip's ViT with R learned register tokens after the patch tokens (Darcet et al., "Vision Transformers
+    Need Registers", ICLR 2024). They have no position, take part in every block, and are dropped at the end: they
+    give the model a place for image-wide information that would otherwise be written into background patches."""
+
+    registers: torch.nn.Parameter  # (R, W)
+
+    def _embeds(self, x: torch.Tensor) -> torch.Tensor:
+        x = super()._embeds(x)  # (B, 1 + T, W), after ln_pre
+        reg = self.ln_pre(self.registers.to(x.dtype)).expand(x.shape[0], -1, -1)  # (B, R, W)
+        return torch.cat([x, reg], dim=1)  # (B, 1 + T + R, W); the CLS pooling reads x[:, 0]
+
+
+def add_registers(model: torch.nn.Module, n: int) -> torch.nn.Module:
+    """Give a PACL-Toy model n register tokens (initialised like open_clip's class embedding); n = 0: unchanged."""
+    assert n >= 0, f"register count must be >= 0, got {n}"
+    if n:
+        visual = model.visual
+        width = visual.class_embedding.shape[0]
+        visual.__class__ = RegisterVisionTransformer
+        visual.registers = torch.nn.Parameter(width ** -0.5 * torch.randn(n, width))  # (R, W)
+    return model
+
+
+def count_registers(model: torch.nn.Module) -> int:
+    registers = getattr(model.visual, "registers", None)
+    return 0 if registers is None else int(registers.shape[0])
+
+
 def save_clip(root, model: torch.nn.Module, training: dict) -> Path:
     """Save the toy CLIP as float16 safetensors + JSON metadata (config, training settings, measured numbers)."""
     from .checkpoint import save_tensors
 
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     meta = {"format": CLIP_FORMAT, "version": 1, "config": CONFIG_NAME, "dtype": "float16",
-            "model_cfg": open_clip.get_model_config(CONFIG_NAME), "templates": list(TOY_TEMPLATES),
+            "model_cfg": open_clip.get_model_config(CONFIG_NAME), "registers": count_registers(model),
+            "templates": list(TOY_TEMPLATES),
             "training": training}
     return save_tensors(clip_path(root), state, meta)
 
 
-def create_toy_clip(state: dict | None = None) -> torch.nn.Module:
-    """A PACL-Toy open_clip model, random or with `state` (any float dtype) loaded strictly."""
+def create_toy_clip(state: dict | None = None, registers: int = 0) -> torch.nn.Module:
+    """A PACL-Toy open_clip model with `registers` register tokens, random or with `state` (any float dtype)
+    loaded strictly."""
     from .backbone import _quiet_hub_logs
 
     with _quiet_hub_logs():  # open_clip warns that no pretrained weights were loaded
         model = open_clip.create_model(CONFIG_NAME, pretrained=None)
+    add_registers(model, registers)
     if state is not None:
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -79,8 +113,14 @@ def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=N
     state, meta = load_tensors(path, CLIP_FORMAT)
     if meta.get("config") != CONFIG_NAME:
         raise PACLError(f"{path}: made for config '{meta.get('config')}', expected '{CONFIG_NAME}'")
+    registers = meta.get("registers", 0)  # absent in models saved before registers existed
+    if not isinstance(registers, int) or not 0 <= registers <= 64:
+        raise PACLError(f"{path}: 'registers' in its JSON must be an integer from 0 to 64, got {registers!r}")
+    held = int(state["visual.registers"].shape[0]) if "visual.registers" in state else 0
+    if held != registers:
+        raise PACLError(f"{path}: its JSON says {registers} register tokens, its weights hold {held}")
     try:
-        model = create_toy_clip(state)
+        model = create_toy_clip(state, registers=registers)
     except AssertionError as e:
         raise PACLError(f"{path}: {e}") from None
     templates = templates or tuple(meta.get("templates") or TOY_TEMPLATES)

@@ -45,6 +45,7 @@ class ToyTrainConfig:
     clip_batch: int = 128
     clip_lr: float = 2e-3
     clip_warmup: int = 40
+    registers: int = 0  # register tokens in the vision tower (toymodel.RegisterVisionTransformer); 0: plain ViT
     weight_decay: float = 0.05
     pacl_steps: int = 1000
     pacl_batch: int = 128
@@ -58,6 +59,7 @@ class ToyTrainConfig:
     def __post_init__(self):
         assert self.pacl_captions in PACL_CAPTIONS, f"pacl_captions must be one of {PACL_CAPTIONS}"
         assert self.mention_draws >= 1, "mention_draws must be at least 1"
+        assert self.registers >= 0, "registers must be at least 0"
 
     @property
     def image_size(self) -> int:
@@ -290,7 +292,7 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
-    model = toymodel.create_toy_clip()
+    model = toymodel.create_toy_clip(registers=cfg.registers)
     assert cfg.image_size == model.visual.image_size[0], "the last phase must run at the model's native size"
     tokenizer = open_clip.get_tokenizer(toymodel.CONFIG_NAME)
     clip_losses, seconds = [], {}

@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
     t.add_argument("--pacl-captions", default=None, choices=("mentions", "scene"),
                    help="stage 2's captions: 'mentions' name one thing per scene (the shipped recipe), 'scene' "
                         "the whole scene")
+    t.add_argument("--registers", type=int, default=None,
+                   help="register tokens in the vision tower (default: the shipped recipe's, 0); they keep "
+                        "image-wide information out of the background patches")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: 2)")
     t.add_argument("--eval-n", type=int, default=200, help="held-out scenes to evaluate on afterwards (0: skip)")
     t.set_defaults(run=run_train)
@@ -106,10 +109,12 @@ def run_train(args) -> int:
             raise PACLError(f"--{name.replace('_', '-')} must be at least 1")
     if args.eval_n < 0:
         raise PACLError("--eval-n must be 0 or more")
+    if args.registers is not None and not 0 <= args.registers <= 64:
+        raise PACLError(f"--registers must be between 0 and 64, got {args.registers}")
     out = check_out_folder(args.out)
     phases = tuple((p[0], s, q) for p, s, q in zip(cfg.clip_phases, steps, pools))
     overrides = {"seed": args.seed, "pacl_steps": args.pacl_steps, "threads": args.threads,
-                 "pacl_captions": args.pacl_captions}
+                 "pacl_captions": args.pacl_captions, "registers": args.registers}
     cfg = ToyTrainConfig(clip_phases=phases, **{k: v for k, v in overrides.items() if v is not None})
     info = train_toy(out, cfg, progress=True, evaluate_n=args.eval_n)
     print(f"trained in {info['seconds']['total']:.0f} s; wrote {out}/toy_clip.* and {out}/toy_pacl_head.*")
