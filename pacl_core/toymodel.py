@@ -22,7 +22,7 @@ ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
 CLIP_FILE = "toy_clip.safetensors"
 HEAD_FILE = "toy_pacl_head.safetensors"
 CLIP_FORMAT = "pacl-toy-clip"
-# Words are embedded the way toy captions name objects ("a star"); see docs/parts/issue-3.md.
+# Words are embedded the way toy captions name objects ("a star"); the README (toy world) measures other template sets.
 TOY_TEMPLATES = ("a {}",)
 
 
