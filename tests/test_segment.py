@@ -132,9 +132,11 @@ def test_vocabulary_bad_input(tiny, rng):
 @pytest.mark.parametrize("low_shape,size", [((3, 4, 4), (37, 53)), ((2, 28, 28), (1500, 2000)), ((1, 5, 9), (5, 9)),
                                             ((4, 30, 40), (7, 3)), ((2, 100, 120), (150, 90))])
 def test_blockwise_upsampling_equals_interpolate(low_shape, size):
-    low = torch.randn(*low_shape)
+    low = torch.randn(*low_shape, generator=torch.Generator().manual_seed(0))
     ref = F.interpolate(low[None], size=size, mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(upsample_scores(low, size), ref, atol=1e-5, rtol=0)
+    # float32 rounding of the source coordinates at 2000 px reaches 1.01e-5 for about 1 draw in 40; a pixel
+    # misplaced by one would differ by ~1e-2
+    torch.testing.assert_close(upsample_scores(low, size), ref, atol=3e-5, rtol=0)
 
 
 def test_blockwise_mask_equals_full_argmax(monkeypatch):
