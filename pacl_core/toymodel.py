@@ -42,9 +42,12 @@ class RegisterVisionTransformer(VisionTransformer):
     registers: torch.nn.Parameter  # (R, W)
 
     def _embeds(self, x: torch.Tensor) -> torch.Tensor:
-        x = super()._embeds(x)  # (B, 1 + T, W), after ln_pre
-        reg = self.ln_pre(self.registers.to(x.dtype)).expand(x.shape[0], -1, -1)  # (B, R, W)
-        return torch.cat([x, reg], dim=1)  # (B, 1 + T + R, W); the CLS pooling reads x[:, 0]
+        """open_clip's _embeds with the registers appended before ln_pre (patch dropout is not supported)."""
+        x = self.conv1(x).flatten(2).transpose(1, 2)  # (B, T, W)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, 1 + T, W)
+        reg = self.registers.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, R, W)
+        return self.ln_pre(torch.cat([x, reg], dim=1))  # (B, 1 + T + R, W); the CLS pooling reads x[:, 0]
 
 
 def add_registers(model: torch.nn.Module, n: int) -> torch.nn.Module:
@@ -52,6 +55,7 @@ def add_registers(model: torch.nn.Module, n: int) -> torch.nn.Module:
     assert n >= 0, f"register count must be >= 0, got {n}"
     if n:
         visual = model.visual
+        assert isinstance(visual.patch_dropout, torch.nn.Identity), "registers do not support patch dropout"
         width = visual.class_embedding.shape[0]
         visual.__class__ = RegisterVisionTransformer
         visual.registers = torch.nn.Parameter(width ** -0.5 * torch.randn(n, width))  # (R, W)
