@@ -1,7 +1,8 @@
 """The frozen CLIP backbone: any open_clip ViT, its patch tokens at any input size, and cached word embeddings.
 
 `load_backbone("vit-b-16")` gives OpenAI's ViT-B/16 (QuickGELU), `load_backbone("ViT-B-16-quickgelu:none")`
-the same architecture with random weights, `load_backbone("toy")` the project's embedded toy-world model.
+the same architecture with random weights. Other named models plug in through `register_model_loader(name, fn)`:
+the toy world registers "toy" (pacl_core.toy.model), so the core never names it.
 """
 
 from __future__ import annotations
@@ -10,17 +11,22 @@ import logging
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 import open_clip
+import safetensors.torch
 import torch
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .errors import PACLError
 from .inputs import check_pixels
+from .methods import run_last_block
 from .prompts import get_templates
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -33,9 +39,30 @@ ALIASES = {
     "vit-l-14": ("ViT-L-14-quickgelu", "openai"),
 }
 DEFAULT_MODEL = "vit-b-16"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 TEXT_CACHE_SIZE = 20_000
+MODEL_LOADERS: dict[str, Callable[..., Backbone]] = {}  # name -> fn(image_size, device, templates) -> Backbone
+
+
+def register_model_loader(name: str, loader: Callable[..., Backbone]) -> None:
+    """Make `load_backbone(name)` call loader(image_size=..., device=..., templates=...) instead of open_clip."""
+    MODEL_LOADERS[name] = loader
+
+
+def check_architecture(name: str) -> None:
+    """A one-line PACLError unless open_clip's config `name` is a CLS-token ViT that pacl_core can read."""
+    cfg = open_clip.get_model_config(name) or {}
+    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    supported = "pacl_core supports open_clip's own CLS-token ViTs such as ViT-B-16-quickgelu or ViT-L-14-quickgelu"
+    timm_name = vision.get("timm_model_name")
+    if timm_name:
+        kind = "a ConvNeXt" if "convnext" in timm_name else f"timm's {timm_name}"
+        raise PACLError(f"{name}'s image tower is {kind}; {supported}")
+    if isinstance(vision.get("layers"), (list, tuple)):
+        raise PACLError(f"{name}'s image tower is a ResNet; {supported}")
+    if vision.get("attentional_pool") or vision.get("pool_type", "tok") != "tok" or vision.get("no_ln_pre"):
+        raise PACLError(f"{name}'s image tower does not pool its CLS token as CLIP does; {supported}")
+    if text.get("hf_model_name"):
+        raise PACLError(f"{name}'s text tower is a Hugging Face transformer; {supported}")
 
 
 def parse_model_spec(spec: str, pretrained: str | None = None) -> tuple[str, str | None]:
@@ -84,8 +111,6 @@ def weights_status(spec: str, pretrained: str | None = None, timeout: float = 3.
     if loc is None:
         return False, f"no known download for {name} '{tag}'"
     repo, files = loc
-    from huggingface_hub import try_to_load_from_cache
-
     for f in files:
         hit = try_to_load_from_cache(repo, f)
         if isinstance(hit, str):
@@ -100,7 +125,8 @@ def weights_status(spec: str, pretrained: str | None = None, timeout: float = 3.
 
 
 @contextmanager
-def _quiet_hub_logs():
+def quiet_hub_logs():
+    """Silence the hub's and open_clip's log lines while a model is created (one sentence reaches the user)."""
     loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -127,8 +153,10 @@ def create_clip(name: str, tag: str | None, device: str = "cpu") -> torch.nn.Mod
                 f"pass --pretrained /path/to/open_clip_model.safetensors, or use --model toy"
             )
     try:
-        with _quiet_hub_logs():
+        with quiet_hub_logs():
             return open_clip.create_model(name, pretrained=tag, device=device)
+    except ModuleNotFoundError as e:
+        raise PACLError(f"{name} needs the optional package '{e.name}' (pip install {e.name})") from None
     except Exception as e:  # the hub's many error types, one sentence for the user
         raise PACLError(
             f"cannot load {name} '{tag}' weights ({type(e).__name__}); connect to the internet once to "
@@ -137,14 +165,12 @@ def create_clip(name: str, tag: str | None, device: str = "cpu") -> torch.nn.Mod
 
 
 def _create_from_file(name: str, path: Path, device: str) -> torch.nn.Module:
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise PACLError(f"{path}: no such weights file")
     if path.suffix != ".safetensors":
         raise PACLError(f"{path}: only .safetensors weight files are loaded (pickled checkpoints are refused)")
     try:
-        state = load_file(str(path), device="cpu")
+        state = safetensors.torch.load_file(str(path), device="cpu")
     except Exception as e:
         raise PACLError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
     model = open_clip.create_model(name, pretrained=None, device="cpu")
@@ -157,15 +183,27 @@ def _create_from_file(name: str, path: Path, device: str) -> torch.nn.Module:
     return model.to(device)
 
 
+def normalize_uint8(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float, scaled to [0, 1] then normalised per channel."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
 class Backbone:
-    """A frozen open_clip ViT. `.model` is the open_clip model itself; nothing here modifies it."""
+    """A frozen open_clip ViT. `.model` is the open_clip model itself; nothing here modifies it.
+
+    `n_registers` tokens (none for open_clip's models) may follow the patch tokens: a subclass that adds them
+    overrides `embed` (the toy world's register towers do); every method drops them at the end."""
+
+    n_registers = 0
 
     def __init__(self, model, tokenizer, name: str, pretrained: str | None, image_size: int | None = None,
                  templates="imagenet7", device: str = "cpu"):
         visual = model.visual
-        assert isinstance(visual, open_clip.transformer.VisionTransformer), f"{name}: only ViT backbones are supported"
-        assert visual.attn_pool is None and visual.pool_type == "tok", f"{name}: needs a CLS-token ViT"
-        assert getattr(visual.transformer, "batch_first", True), f"{name}: needs a batch-first transformer"
+        if not (isinstance(visual, open_clip.transformer.VisionTransformer) and visual.attn_pool is None
+                and visual.pool_type == "tok" and getattr(visual.transformer, "batch_first", True)):
+            raise PACLError(f"{name}'s image tower is a {type(visual).__name__} that does not pool a CLS token as "
+                            "CLIP does; pacl_core supports open_clip's own CLS-token ViTs")
         self.model = model.to(device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.name, self.pretrained, self.device = name, pretrained, torch.device(device)
@@ -177,10 +215,8 @@ class Backbone:
         self.embed_dim = int(visual.proj.shape[1])  # D, the joint image-text space
         self.templates = get_templates(templates)
         cfg = getattr(visual, "preprocess_cfg", None) or {}
-        self.mean = torch.tensor(cfg.get("mean", OPENAI_MEAN), device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg.get("std", OPENAI_STD), device=device).view(1, 3, 1, 1)
-        registers = getattr(visual, "registers", None)  # (R, W): a toy model's register tokens, if any
-        self.n_registers = 0 if registers is None else int(registers.shape[0])
+        self.mean = torch.tensor(cfg.get("mean", OPENAI_DATASET_MEAN), device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.get("std", OPENAI_DATASET_STD), device=device).view(1, 3, 1, 1)
         self.default_head: Path | None = None  # a PACL head shipped with this model, if any
         self._pos_cache: dict = {}
         self._text_cache: OrderedDict = OrderedDict()
@@ -197,9 +233,11 @@ class Backbone:
         if image.shape[:2] != (h, w):
             shrink = h <= image.shape[0] and w <= image.shape[1]
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
-        x = x.permute(2, 0, 1)[None].float().div_(255.0)  # (1, 3, h, w)
-        return (x - self.mean) / self.std
+        return self.normalize(torch.from_numpy(np.ascontiguousarray(image))[None])  # (1, 3, h, w)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on any device -> (B, 3, H, W) normalised float on this backbone's device."""
+        return normalize_uint8(images.to(self.device, non_blocking=True), self.mean, self.std)
 
     def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1 + h*w, W) positional embedding for a patch grid, bicubic-interpolated from the native one."""
@@ -217,31 +255,22 @@ class Backbone:
         return self._pos_cache[key]
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Normalised images (B, 3, H, W) -> input tokens of the transformer (B, 1 + T + R, W) and the grid.
-
-        R register tokens (none for open_clip's own models) follow the patches, as in
-        pacl_core.toymodel.RegisterVisionTransformer."""
+        """Normalised images (B, 3, H, W) -> input tokens of the transformer (B, 1 + T, W) and the patch grid."""
         visual = self.model.visual
         H, W = images.shape[-2:]
-        assert H % self.patch_size == 0 and W % self.patch_size == 0, (
-            f"image size {H}x{W} must be a multiple of the patch size {self.patch_size}")
+        if H % self.patch_size or W % self.patch_size:
+            raise PACLError(f"image size {H}x{W} must be a multiple of the patch size {self.patch_size}")
         x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, W, h, w)
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, T, W)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
-        x = visual.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype))  # (B, 1 + T, W)
-        if self.n_registers:
-            reg = visual.ln_pre(visual.registers.to(x.dtype)).expand(x.shape[0], -1, -1)  # (B, R, W)
-            x = torch.cat([x, reg], dim=1)  # (B, 1 + T + R, W)
-        return x, grid
+        return visual.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)), grid
 
     def tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised images (B, 3, H, W) -> all output tokens after ln_post, CLS first: (B, 1 + T, D_v).
 
         `method` picks how the last transformer block runs (see pacl_core.methods); the model is never modified.
         """
-        from .methods import run_last_block
-
         x, grid = self.embed(images)  # (B, 1 + T + R, W)
         blocks = self.model.visual.transformer.resblocks
         for block in blocks[:-1]:
@@ -319,11 +348,10 @@ def load_backbone(spec: str = DEFAULT_MODEL, pretrained: str | None = None, imag
     check_device(device)
     if templates is not None:
         get_templates(templates)  # an unknown set fails here, not after the download
-    if spec == "toy":
-        from .toymodel import load_toy_backbone
-
-        return load_toy_backbone(image_size=image_size, device=device, templates=templates)
+    if spec in MODEL_LOADERS:
+        return MODEL_LOADERS[spec](image_size=image_size, device=device, templates=templates)
     name, tag = parse_model_spec(spec, pretrained)
+    check_architecture(name)
     model = create_clip(name, tag, device=device)
     tokenizer = open_clip.get_tokenizer(name)
     default_size = 448 if image_size is None and model.visual.grid_size[0] * model.visual.patch_size[0] == 224 else None

@@ -1,9 +1,10 @@
 """The embedded toy-world model: a tiny CLIP trained from scratch in the toy world, and its PACL head.
 
-`load_toy_backbone()` reads assets/toy/toy_clip.safetensors (float16 weights of the open_clip config
-PACL-Toy, see pacl_core/model_configs/PACL-Toy.json) with no network, and sets `backbone.default_head` to
-the shipped PACL head assets/toy/toy_pacl_head.safetensors. Retrain both with `python -m pacl_core toy train`.
-A tower may carry register tokens (`RegisterVisionTransformer`, `toy train --registers N`); the JSON says how many.
+`load_toy_backbone()`, registered as `load_backbone("toy")`, reads the shipped toy_clip.safetensors (float16
+weights of the open_clip config PACL-Toy, pacl_core/model_configs/PACL-Toy.json) with no network, and sets
+`backbone.default_head` to the shipped PACL head toy_pacl_head.safetensors. Retrain both with
+`python -m pacl_core toy train`. A tower may carry register tokens (`RegisterVisionTransformer`,
+`toy train --registers N`; `ToyBackbone` reads them); the JSON says how many.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import open_clip
 import torch
 from open_clip.transformer import VisionTransformer
 
+from .backbone import Backbone, quiet_hub_logs, register_model_loader
+from .checkpoint import load_tensors, save_tensors
 from .errors import PACLError
 
 CONFIG_NAME = "PACL-Toy"
@@ -67,10 +70,33 @@ def count_registers(model: torch.nn.Module) -> int:
     return 0 if registers is None else int(registers.shape[0])
 
 
+class ToyBackbone(Backbone):
+    """A Backbone whose tower may carry register tokens: they join the tokens after the patches, before ln_pre, as
+    RegisterVisionTransformer does, and every method drops them at the end (Backbone.n_registers)."""
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        self.n_registers = count_registers(model)
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised images (B, 3, H, W) -> input tokens (B, 1 + T + R, W), registers last, and the patch grid."""
+        if not self.n_registers:
+            return super().embed(images)
+        visual = self.model.visual
+        if images.shape[-2] % self.patch_size or images.shape[-1] % self.patch_size:
+            raise PACLError(f"image size {images.shape[-2]}x{images.shape[-1]} must be a multiple of the patch "
+                            f"size {self.patch_size}")
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, W, h, w)
+        grid = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # (B, T, W)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)  # (B, 1 + T, W)
+        reg = visual.registers.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, R, W)
+        return visual.ln_pre(torch.cat([x, reg], dim=1)), grid  # (B, 1 + T + R, W)
+
+
 def save_clip(root, model: torch.nn.Module, training: dict) -> Path:
     """Save the toy CLIP as float16 safetensors + JSON metadata (config, training settings, measured numbers)."""
-    from .checkpoint import save_tensors
-
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     meta = {"format": CLIP_FORMAT, "version": 1, "config": CONFIG_NAME, "dtype": "float16",
             "model_cfg": open_clip.get_model_config(CONFIG_NAME), "registers": count_registers(model),
@@ -82,25 +108,23 @@ def save_clip(root, model: torch.nn.Module, training: dict) -> Path:
 def create_toy_clip(state: dict | None = None, registers: int = 0) -> torch.nn.Module:
     """A PACL-Toy open_clip model with `registers` register tokens, random or with `state` (any float dtype)
     loaded strictly."""
-    from .backbone import _quiet_hub_logs
-
-    with _quiet_hub_logs():  # open_clip warns that no pretrained weights were loaded
+    with quiet_hub_logs():  # open_clip warns that no pretrained weights were loaded
         model = open_clip.create_model(CONFIG_NAME, pretrained=None)
     add_registers(model, registers)
     if state is not None:
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("attn_mask")]
-        assert not missing and not unexpected, f"toy weights do not fit {CONFIG_NAME}: {missing} {unexpected}"
+        if missing or unexpected:
+            raise PACLError(f"toy weights do not fit {CONFIG_NAME} ({len(missing)} missing, "
+                            f"{len(unexpected)} unexpected tensors)")
     return model
 
 
 def toy_backbone(model: torch.nn.Module, pretrained: str | None = None, image_size: int | None = None,
                  device: str = "cpu", templates=TOY_TEMPLATES):
     """Wrap a PACL-Toy open_clip model (trained or not) as a frozen Backbone with the toy prompt templates."""
-    from .backbone import Backbone
-
-    return Backbone(model, open_clip.get_tokenizer(CONFIG_NAME), CONFIG_NAME, pretrained, image_size=image_size,
+    return ToyBackbone(model, open_clip.get_tokenizer(CONFIG_NAME), CONFIG_NAME, pretrained, image_size=image_size,
                     templates=templates, device=device)
 
 
@@ -108,8 +132,6 @@ def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=N
                       templates=None):
     """The toy CLIP as a Backbone (native 96 px input unless image_size), with its PACL head as default_head.
     templates: a prompt template set to use instead of the ones it was trained with (`toy_clip.json`)."""
-    from .checkpoint import load_tensors
-
     path = clip_path(root)
     if not path.is_file():
         raise PACLError(f"toy model weights are missing ({path}); train them with "
@@ -125,14 +147,16 @@ def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=N
         raise PACLError(f"{path}: its JSON says {registers} register tokens, its weights hold {held}")
     try:
         model = create_toy_clip(state, registers=registers)
-    except AssertionError as e:
+    except PACLError as e:
         raise PACLError(f"{path}: {e}") from None
     templates = templates or tuple(meta.get("templates") or TOY_TEMPLATES)
     backbone = toy_backbone(model, str(path), image_size, device, templates)
     if with_head and head_path(root).is_file():
         backbone.default_head = head_path(root)
-    backbone.toy_meta = meta
     return backbone
+
+
+register_model_loader("toy", load_toy_backbone)
 
 
 def shipped_numbers(root=None) -> dict:

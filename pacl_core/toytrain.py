@@ -15,20 +15,28 @@ test split.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import torch
+from open_clip.pos_embed import get_2d_sincos_pos_embed
 from tqdm import tqdm
 
 from . import toymodel, toyworld
+from .backbone import normalize_uint8
 from .checkpoint import save_head
 from .loss import PACLLoss
+from .optim import cosine_lr, param_groups
 from .pacl import VisionEmbedder
+from .toyeval import evaluate_toy
 
 PACL_CAPTIONS = ("mentions", "scene")  # stage 2's captions: one thing per scene, or the whole scene
 
@@ -64,12 +72,6 @@ class ToyTrainConfig:
     @property
     def image_size(self) -> int:
         return int(self.clip_phases[-1][0])
-
-
-def images_to_tensor(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) normalised float tensor."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
-    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
 def _pool_groups(seed: int, lo: int, hi: int, size: int, variants: int, mention_draws: int):
@@ -113,9 +115,6 @@ def make_pool(seed: int, n: int, size: int, variants: int, progress: bool = True
             parts.append(_pool_groups(seed, lo, hi, size, variants, mention_draws))
             bar.update((hi - lo) * variants)
     else:
-        from concurrent.futures import ProcessPoolExecutor
-        from functools import partial
-
         chunk = partial(_pool_groups, seed, size=size, variants=variants, mention_draws=mention_draws)
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             results = pool.map(chunk, *zip(*bounds))  # (lo, hi) of each chunk, results in order of the chunks
@@ -131,26 +130,7 @@ def make_pool(seed: int, n: int, size: int, variants: int, progress: bool = True
 
 def _fork_context():
     """multiprocessing's fork context where the platform has one (Linux, macOS), else None (generate serially)."""
-    import multiprocessing
-
     return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-
-
-def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only; never on norms, biases, embeddings, or the logit scale."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        plain = p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("class_embedding")
-        (no_decay if plain else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _grouping(n: int, batch: int, variants: int) -> tuple[int, int]:
@@ -183,8 +163,6 @@ def _batches(n: int, batch: int, steps: int, seed: int, variants: int = 1):
 @contextmanager
 def sincos_grid(visual, grid: int):
     """Temporarily give a sin-cos ViT the exact positional embedding of a grid x grid input."""
-    from open_clip.pos_embed import get_2d_sincos_pos_embed
-
     pe = visual.positional_embedding
     assert not pe.requires_grad, "phases at other sizes need the fixed sin-cos positional embedding"
     native = pe.data
@@ -201,7 +179,7 @@ def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: T
     model.train().requires_grad_(True)
     model.visual.positional_embedding.requires_grad_(False)  # fixed sin-cos positions
     mean, std = (torch.tensor(v) for v in (model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]))
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.clip_lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.clip_lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = open_clip.loss.ClipLoss()
     losses = []
     tokens = tokenizer(captions)  # (N, L): tokenized once, not at every step
@@ -210,8 +188,8 @@ def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: T
     with sincos_grid(model.visual, images.shape[1] // model.visual.patch_size[0]):
         for step, idx in bar:
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, steps, cfg.clip_warmup, cfg.clip_lr)
-            x = images_to_tensor(images[idx], mean, std)  # (B, 3, H, W)
+                group["lr"] = cosine_lr(step, cfg.clip_lr, cfg.clip_warmup, steps)
+            x = normalize_uint8(torch.from_numpy(images[idx]), mean, std)  # (B, 3, H, W)
             text = tokens[torch.from_numpy(idx)]  # (B, L)
             img_f, txt_f, scale = model(x, text)  # (B, D), (B, D), ()
             loss = loss_fn(img_f, txt_f, scale)
@@ -233,8 +211,8 @@ def _patch_tokens(backbone, images: np.ndarray, batch: int = 256, progress: bool
     out = []
     for start in tqdm(range(0, len(images), batch), desc="stage 2: patch tokens", unit="batch",
                       disable=not progress, leave=False):
-        x = images_to_tensor(images[start:start + batch], backbone.mean.flatten().cpu(), backbone.std.flatten().cpu())
-        tokens, _ = backbone.patch_tokens(x.to(backbone.device))  # (b, T, D_v)
+        x = backbone.normalize(torch.from_numpy(images[start:start + batch]))  # (b, 3, S, S)
+        tokens, _ = backbone.patch_tokens(x)  # (b, T, D_v)
         out.append(tokens.half().cpu())
     return torch.cat(out)  # (N, T, D_v)
 
@@ -273,7 +251,7 @@ def train_pacl(backbone, images: np.ndarray, captions: list, cfg: ToyTrainConfig
     head.train()
     for step, idx in bar:
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, cfg.pacl_steps, cfg.clip_warmup, cfg.pacl_lr)
+            group["lr"] = cosine_lr(step, cfg.pacl_lr, cfg.clip_warmup, cfg.pacl_steps)
         idx_t = torch.from_numpy(idx)
         emb = head(tokens[idx_t].float())  # (B, T, D)
         loss = loss_fn(emb, text[(step // per_epoch) % len(draws)][idx_t], scale)
@@ -332,10 +310,6 @@ EVAL_SEED = 1000  # the held-out scenes measured after training: `toy generate -
 
 def evaluate_fresh(root, n: int, seed: int, progress: bool = True) -> dict:
     """Generate a held-out test split and evaluate the model saved in `root` on it."""
-    import tempfile
-
-    from .toyeval import evaluate_toy
-
     backbone = toymodel.load_toy_backbone(root=root)
     with tempfile.TemporaryDirectory() as tmp:
         toyworld.write_split(tmp, "test", seed=seed, n=n, size=backbone.native_size)

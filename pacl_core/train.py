@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from .backbone import load_backbone
 from .checkpoint import load_tensors, save_head, save_tensors
 from .data import CaptionLoader, open_source
 from .distributed import (
@@ -32,7 +34,9 @@ from .distributed import (
     shutdown,
 )
 from .errors import PACLError
+from .inputs import check_out_folder, check_pixels
 from .loss import DEFAULT_CHUNK_ELEMENTS
+from .optim import cosine_lr, param_groups
 from .pacl import VisionEmbedder
 
 STATE_FORMAT = "pacl-train-state"
@@ -95,20 +99,9 @@ RUN_KEYS = ("train_data", "data_format", "images", "csv_img_key", "csv_caption_k
 # ---- schedule and optimizer ---------------------------------------------------------------------------
 
 
-def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total`. `step` counts from 0."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
 def make_optimizer(head: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on the weight matrices only (not on biases), as open_clip does."""
-    decay = [p for p in head.parameters() if p.ndim >= 2]
-    no_decay = [p for p in head.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.wd}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    """AdamW; weight decay on the weight matrices only (pacl_core.optim.param_groups)."""
+    return torch.optim.AdamW(param_groups(head, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -290,8 +283,7 @@ class Trainer:
     def frozen_features(self, images_u8: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, S, S, 3) uint8 images and (L, C) tokens -> patch tokens (L, T, D_v) and unit text embeddings (L, D)."""
         bb, dev = self.backbone, self.info.device
-        x = images_u8.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)  # (L, 3, S, S)
-        x = (x - bb.mean) / bb.std
+        x = bb.normalize(images_u8)  # (L, 3, S, S)
         with autocast(self.precision, dev):
             parts = [bb.patch_tokens(x[i:i + self.cfg.backbone_chunk])[0]
                      for i in range(0, x.shape[0], self.cfg.backbone_chunk)]
@@ -333,8 +325,6 @@ def plan_steps(num_samples: int, cfg: TrainConfig) -> tuple[int, int, int]:
 
 def check_config(cfg: TrainConfig, world: int) -> None:
     """Every setting that cannot work is a one-line PACLError before anything loads (the CLI's option names)."""
-    from .inputs import check_out_folder, check_pixels
-
     if cfg.batch_size <= 0 or cfg.batch_size % world:
         raise PACLError(f"--batch-size {cfg.batch_size} (global) must be a positive multiple of the {world} processes")
     for name in ("epochs", "save_every", "log_every", "backbone_chunk", "keep", "tau", "eps"):
@@ -363,8 +353,6 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> dict:
-    from .backbone import load_backbone
-
     check_config(cfg, info.world)
     precision = resolve_precision(cfg.precision, info.device)
     resume_path = find_resume(cfg)
@@ -416,8 +404,6 @@ def _save(trainer, loader_state, step, total, cfg, info, backbone) -> None:
 
 
 def _loop(trainer, loader, log, cfg, info, backbone, step, total, warmup, num_samples) -> dict:
-    from tqdm import tqdm
-
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (info.is_main and cfg.progress),
                dynamic_ncols=True)
     start, last_loss, state, t_prev = time.time(), float("nan"), loader.state, time.time()
