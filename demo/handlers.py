@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pacl_core.commands.segment import slug, write_outputs
 from pacl_core.errors import PACLError
 from pacl_core.explain import draw_grid, explain
+from pacl_core.export import slug, write_outputs
 from pacl_core.inputs import load_image, parse_words, to_rgb_array
 from pacl_core.methods import METHODS
 from pacl_core.segment import REFINERS

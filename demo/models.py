@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pacl_core.backbone import load_backbone, parse_model_spec, weights_status
 from pacl_core.errors import PACLError
+from pacl_core.segment import Segmenter
 from pacl_core.toymodel import CONFIG_NAME as TOY_CONFIG
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,6 @@ class ModelRegistry:
     def segmenter(self, label: str, method: str, image_size: int | None = None, shifts: int = 1,
                   refine: str | None = None):
         """A Segmenter for this model and method (PACLError, e.g. 'pacl' without a head); cached."""
-        from pacl_core.segment import Segmenter
-
         choice = self.choice(label)
         key = (label, method, image_size, shifts, refine)
         if key not in self._segmenters:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbone import check_device
 from .loss import DEFAULT_CHUNK_ELEMENTS, PACLLoss, pairwise_compatibility
 
 
@@ -51,8 +52,6 @@ def init_distributed(device: str = "cpu", backend: str | None = None, timeout_mi
 
     `device` 'cuda' becomes cuda:LOCAL_RANK. The backend defaults to nccl on GPUs and gloo on CPUs.
     """
-    from .backbone import check_device
-
     check_device(device)  # a device this machine lacks is one line, before any process group
     rank, world, local_rank = env_world()
     if device.startswith("cuda"):

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from .datasets import METHOD_DATASET_KEYS, DatasetSpec, SegDataset, read_class_names
 from .errors import PACLError
+from .methods import TRAINING_FREE, method_defaults
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from .prompts import get_templates
+from .segment import Segmenter
 
-PIXEL_KEYS = ("image_size", "window", "stride")
 TRAINING_FREE_TEMPLATES = "imagenet80"  # MaskCLIP, SCLIP, ClearCLIP and NACLIP all use CLIP's 80 ImageNet prompts
 
 
@@ -30,24 +33,16 @@ TRAINING_FREE_TEMPLATES = "imagenet80"  # MaskCLIP, SCLIP, ClearCLIP and NACLIP 
 
 def method_settings(method: str, dataset: str, native_size: int) -> dict:
     """The method's official inference settings for this benchmark (empty for vanilla / pacl)."""
-    from .methods import method_defaults
-
-    try:
-        return method_defaults(method, dataset=METHOD_DATASET_KEYS.get(dataset), native_size=native_size)
-    except TypeError:  # an older methods.py without per-dataset settings
-        return method_defaults(method)
+    return method_defaults(method, dataset=METHOD_DATASET_KEYS.get(dataset), native_size=native_size)
 
 
 def resolve_protocol(spec: DatasetSpec, method: str, backbone, user: dict) -> dict:
     """Settings for one (benchmark, method): user options > the method's official ones > the benchmark's defaults."""
-    from . import methods
-
-    training_free = getattr(methods, "TRAINING_FREE", ())
     scale = backbone.native_size / 224
     md = method_settings(method, spec.name, backbone.native_size)
     base = {"image_size": round(spec.short_side * scale), "mode": "slide", "window": round(spec.window * scale),
             "stride": round(spec.stride * scale), "background": spec.default_background, "logit_scale": None,
-            "templates": TRAINING_FREE_TEMPLATES if method in training_free else "imagenet7", "refine": None,
+            "templates": TRAINING_FREE_TEMPLATES if method in TRAINING_FREE else "imagenet7", "refine": None,
             "shifts": 1}
     proto = {k: md.get(k, v) for k, v in base.items()}
     if user.get("window") is not None and user.get("stride") is None:
@@ -98,8 +93,6 @@ def mask_to_classes(mask: np.ndarray, word_class: np.ndarray, shape: tuple[int, 
 @contextmanager
 def using_templates(backbone, templates):
     """Embed words with this prompt ensemble inside the block; the backbone's own set is restored after."""
-    from .prompts import get_templates
-
     saved = backbone.templates
     backbone.templates = get_templates(templates)
     try:
@@ -109,8 +102,6 @@ def using_templates(backbone, templates):
 
 
 def make_segmenter(backbone, method: str, proto: dict, head=None, num_words: int = 1):
-    from .segment import Segmenter
-
     kwargs = dict(method=method, head=head, image_size=proto["image_size"], mode=proto["mode"],
                   window=proto["window"], stride=proto["stride"], background=proto["background"],
                   logit_scale=proto["logit_scale"], max_words=max(num_words, 1), shifts=proto.get("shifts") or 1)
@@ -122,8 +113,6 @@ def make_segmenter(backbone, method: str, proto: dict, head=None, num_words: int
 def evaluate_dataset(dataset: SegDataset, segmenter, words: list[str], word_class: np.ndarray,
                      progress: bool = True, desc: str = "evaluate") -> dict:
     """Segment every image of the dataset; return the confusion matrix and the metrics computed from it."""
-    from tqdm import tqdm
-
     K = dataset.spec.num_classes
     conf = np.zeros((K, K), dtype=np.int64)
     for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
@@ -185,7 +174,7 @@ def iou_table(results: dict) -> str:
 
 def plot_iou(result: dict, path) -> Path:
     """Horizontal bar plot of per-class IoU (%), best first, with the mIoU as a line; absent classes are left out."""
-    import matplotlib
+    import matplotlib  # local: pyplot needs its headless backend chosen before it is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -235,22 +224,3 @@ def write_reports(results: dict, out) -> list[Path]:
 def summary_json(results: dict, with_confusion: bool = False) -> dict:
     """The results without the (large) confusion matrices, for printing."""
     return {m: {k: v for k, v in r.items() if with_confusion or k != "confusion"} for m, r in results.items()}
-
-
-# ---- the toy world ------------------------------------------------------------------------------------
-
-
-def evaluate_toy_world(root, backbone, methods=None, head=None, limit=None, roc_png=None, progress=False,
-                       shifts: int = 1, refine: str | None = None) -> dict:
-    """Dispatch to the toy world's own evaluation (pacl_core.toyeval), imported only when asked for."""
-    try:
-        from .toyeval import evaluate_toy
-    except ModuleNotFoundError as e:
-        if e.name == "pacl_core.toyeval":
-            raise PACLError("the toy-world evaluation (pacl_core/toyeval.py) is not in this checkout yet") from None
-        raise
-    kwargs = {"head": head, "limit": limit, "roc_png": roc_png, "shifts": shifts, "refine": refine,
-              "progress": progress}
-    if methods:
-        kwargs["methods"] = tuple(methods)
-    return evaluate_toy(root, backbone, **kwargs)

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from .pacl import patch_attention
 
 IGNORE_INDEX = 255
 
@@ -84,8 +87,6 @@ def attention_on_target(patch_emb: torch.Tensor, labels, text_emb: torch.Tensor,
     "attention" (mass on the target's patches) and "area" (the target's share of the patches, which is what
     uniform attention would give), and "pairs". Classes in `exclude` (e.g. the background) are skipped.
     """
-    from .pacl import patch_attention
-
     labels = torch.as_tensor(np.asarray(labels)).long()
     assert patch_emb.shape[:2] == labels.shape, f"{tuple(patch_emb.shape)} embeddings vs {tuple(labels.shape)} labels"
     K = text_emb.shape[0]
@@ -143,8 +144,6 @@ def coherence_roc(patch_emb: torch.Tensor, labels, n_pairs: int = 100_000, seed:
     patch_emb (B, T, D), labels (B, T); pairs are drawn among all non-ignored patches of all images.
     Returns {"auc", "fpr", "tpr", "n_pairs", "positive_share"}; auc is NaN when only one label occurs.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     labels = torch.as_tensor(np.asarray(labels)).long()
     assert patch_emb.shape[:2] == labels.shape, f"{tuple(patch_emb.shape)} embeddings vs {tuple(labels.shape)} labels"
     keep = _valid(labels, ignore_index)  # (B, T)
@@ -165,7 +164,7 @@ def coherence_roc(patch_emb: torch.Tensor, labels, n_pairs: int = 100_000, seed:
 
 def save_roc_png(curves: dict[str, dict], path, title: str = "semantic coherence of patch embeddings") -> Path:
     """Plot {name: coherence_roc(...)} as ROC curves in one PNG."""
-    import matplotlib
+    import matplotlib  # local: pyplot needs its headless backend chosen before it is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

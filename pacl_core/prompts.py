@@ -4,6 +4,8 @@ A word's embedding is the mean of the L2-normalised text embeddings of every tem
 (CLIP's "prompt ensembling"), renormalised.
 """
 
+from .errors import PACLError
+
 # The 7 templates CLIP's authors found best on ImageNet; PACL's inference uses this ensemble.
 IMAGENET_7 = (
     "itap of a {}.",
@@ -51,8 +53,6 @@ TEMPLATE_SETS = {"imagenet7": IMAGENET_7, "imagenet80": IMAGENET_80, "single": S
 
 def get_templates(name_or_templates) -> tuple:
     """A named template set, or a sequence of templates each holding one '{}'."""
-    from .errors import PACLError
-
     if isinstance(name_or_templates, str):
         if name_or_templates not in TEMPLATE_SETS:
             raise PACLError(

@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from .affinity import affinity_refine
+from .checkpoint import load_head
 from .errors import PACLError
 from .inputs import MAX_WORDS, check_pixels, parse_words, to_rgb_array
 from .methods import check_method, method_defaults
 from .pacl import VisionEmbedder, patch_similarity
+from .pamr import pamr_rgb
 
 MODES = ("whole", "slide")
 BACKGROUND_RULES = ("score", "entropy", "prob")
@@ -263,8 +265,6 @@ class Segmenter:
         self.logit_scale = float(logit_scale or defaults.get("logit_scale") or head_scale or backbone.logit_scale)
 
     def _resolve_head(self, head):
-        from .checkpoint import load_head
-
         if head is None:
             head = self.backbone.default_head
         if head is None:
@@ -339,8 +339,6 @@ class Segmenter:
 
     def _pamr(self, image: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
         """PAMR-refined scores (K, H, W), guided by the image's colours (as SCLIP / NACLIP do)."""
-        from .pamr import pamr_rgb
-
         return pamr_rgb(image[None], scores[None])[0]  # (K, H, W)
 
     def __call__(self, image, words, background="default") -> Segmentation:

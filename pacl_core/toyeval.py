@@ -19,18 +19,17 @@ The vocabulary is the class names: the 8 shape words and the word "background", 
 backbone's prompt templates; every pixel takes the word with the highest cosine (bilinearly upsampled patch
 scores, exactly as `Segmenter` does in "whole" mode, with its `shifts` and `refine`). "seen" ignores the pixels
 of objects whose colour-shape pair was held out of training, "unseen" ignores those of the other objects; both
-keep the background. Run it alone with `python -m pacl_core.toyeval --root DIR [--model toy]`.
+keep the background. From the command line: `python -m pacl_core evaluate
+--dataset toy --root DIR [--probe]`.
 
 `object_patch_probe(backbone, ...)` is a diagnostic that uses masks and is never part of training. It measures how
 well the frozen patch tokens tell an object patch's shape: a probe is trained with labels on the patches (at least
-60% one object) of generated training scenes and tested on held-out scenes (`--probe`).
+60% one object) of generated training scenes and tested on held-out scenes (`evaluate --dataset toy --probe`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .cli import Parser, add_shifts_arg, run_reporting_errors
 from .errors import PACLError
 from .inputs import check_out_folder
 from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
@@ -52,7 +50,7 @@ from .probes import (
     patch_majority_labels,
     save_roc_png,
 )
-from .segment import REFINERS, shifted_scores
+from .segment import Segmenter, shifted_scores
 from .toyworld import CLASSES, ToyDataset, make_scene
 
 SUBSETS = ("all", "seen", "unseen")
@@ -180,8 +178,6 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
     (Segmenter's test-time augmentation); only the mask metrics change, the patch metrics use the plain grid.
     refine: None, "affinity" or "pamr" (Segmenter's refinement); again only the masks change.
     """
-    from .segment import Segmenter
-
     dataset = ToyDataset(root)
     if len(dataset) == 0:
         raise PACLError(f"{root}: the toy-world folder holds no scenes")
@@ -239,34 +235,3 @@ def object_patch_probe(backbone, n_train: int = 3000, n_test: int = 400, train_s
     return {"mlp": fit_probe(train_x, train_y, test_x, test_y, hidden=hidden, steps=steps),
             "linear": fit_probe(train_x, train_y, test_x, test_y, hidden=0, steps=steps),
             "train_patches": len(train_y), "test_patches": len(test_y)}
-
-
-def main(argv=None) -> int:
-    """`python -m pacl_core.toyeval --root DIR`: print evaluate_toy's JSON."""
-    from .backbone import load_backbone
-
-    p = Parser(prog="python -m pacl_core.toyeval", description=__doc__.splitlines()[0])
-    p.add_argument("--root", required=True, help="a folder written by `toy generate`")
-    p.add_argument("--model", default="toy", help="backbone spec (default: toy)")
-    p.add_argument("--head", default=None, help="PACL head (default: the model's shipped head)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N scenes")
-    p.add_argument("--roc-png", default=None, help="where to save the ROC figure (default: ROOT/coherence_roc.png)")
-    add_shifts_arg(p)
-    p.add_argument("--refine", default=None, choices=REFINERS, help="refine the score maps (default: none)")
-    p.add_argument("--probe", action="store_true",
-                   help="also run object_patch_probe (a diagnostic trained with masks on generated scenes; ~1 min)")
-    args = p.parse_args(argv)
-
-    def work() -> None:
-        backbone = load_backbone(args.model)
-        result = evaluate_toy(args.root, backbone, head=args.head, limit=args.limit, roc_png=args.roc_png,
-                              progress=True, shifts=args.shifts, refine=args.refine)
-        if args.probe:
-            result["object_patch_probe"] = object_patch_probe(backbone)
-        print(json.dumps(result, indent=2))
-
-    return run_reporting_errors(work)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -140,13 +140,12 @@ def test_bad_device_is_one_clear_error():
 @pytest.mark.parametrize("spec", ["toy", "PACL-Tiny-Test:none"])
 def test_bad_settings_fail_before_any_weights_load(spec, kwargs, message, monkeypatch):
     import pacl_core.backbone as backbone_module
-    import pacl_core.toymodel as toymodel
 
     def no_loading(*args, **kwargs):
         raise AssertionError("weights were loaded before the settings were checked")
 
     monkeypatch.setattr(backbone_module, "create_clip", no_loading)
-    monkeypatch.setattr(toymodel, "load_toy_backbone", no_loading)
+    monkeypatch.setitem(backbone_module.MODEL_LOADERS, "toy", no_loading)
     with pytest.raises(PACLError, match=message):
         load_backbone(spec, **kwargs)
 
@@ -159,3 +158,30 @@ def test_toy_model_takes_a_template_set():
     custom = load_backbone("toy", templates="imagenet7")
     assert custom.templates == IMAGENET_7
     assert not torch.allclose(custom.text_embeddings(["star"]), load_backbone("toy").text_embeddings(["star"]))
+
+
+@pytest.mark.parametrize("spec, kind", [
+    ("RN50:none", "a ResNet"), ("convnext_base:none", "a ConvNeXt"),
+    ("ViT-B-16-SigLIP:none", "timm's vit_base_patch16_siglip_224"),
+    ("coca_ViT-B-32:none", "does not pool its CLS token"), ("nllb-clip-base:none", "Hugging Face transformer"),
+])
+def test_unsupported_architectures_are_one_line_errors_before_loading(spec, kind, monkeypatch):
+    import pacl_core.backbone as backbone_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was created before its architecture was checked")
+
+    monkeypatch.setattr(backbone_module, "create_clip", no_loading)
+    with pytest.raises(PACLError, match="supports open_clip's own CLS-token ViTs") as err:
+        load_backbone(spec)
+    assert kind in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_created_model_without_a_cls_vit_is_refused_by_backbone():
+    import open_clip
+
+    from pacl_core.backbone import Backbone
+
+    model = open_clip.create_model("RN50", pretrained=None)
+    with pytest.raises(PACLError, match="ModifiedResNet"):
+        Backbone(model, open_clip.get_tokenizer("RN50"), "RN50", None)

@@ -49,14 +49,6 @@ def test_option_prefixes_are_not_read_as_other_options(argv, unknown, tmp_path, 
     assert not (tmp_path / "o").exists()
 
 
-def test_toyeval_refuses_option_prefixes(capsys):
-    from pacl_core import toyeval
-
-    with pytest.raises(SystemExit):
-        toyeval.main(["--root", "r", "--lim", "3"])
-    assert "unrecognized arguments: --lim" in capsys.readouterr().err
-
-
 def test_toy_train_help_states_the_real_defaults(capsys):
     from pacl_core.toytrain import PACL_CAPTIONS, ToyTrainConfig
 

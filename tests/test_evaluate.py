@@ -1,11 +1,9 @@
 """The benchmark evaluation: metrics against hand-computed confusion matrices, the label mapping of the
-segmenter's output (background -> class 0 on voc21), the CLI's outputs, and the toy-world dispatch."""
+segmenter's output (background -> class 0 on voc21), the CLI's outputs, and `--dataset toy`."""
 
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ import pytest
 from pacl_core.checkpoint import save_head
 from pacl_core.cli import main
 from pacl_core.datasets import SegDataset
-from pacl_core.errors import PACLError
 from pacl_core.evaluate import (
     class_words,
     evaluate_methods,
@@ -26,6 +23,7 @@ from pacl_core.evaluate import (
 from pacl_core.methods import METHODS
 from pacl_core.metrics import confusion_matrix
 from pacl_core.pacl import VisionEmbedder
+from pacl_core.toyworld import write_split
 
 from .test_datasets import write_layout
 
@@ -140,24 +138,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and "no image folder" in capsys.readouterr().err
 
 
-def test_toy_dataset_dispatches_to_toyeval(tmp_path, capsys, monkeypatch):
-    calls = {}
-
-    def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=None, roc_png=None, shifts=1,
-                     refine=None, progress=False):
-        calls.update(root=root, methods=methods, limit=limit, roc_png=roc_png, width=backbone.width, shifts=shifts,
-                     refine=refine)
-        return {m: {"miou": 0.5, "patch_acc": 0.25} for m in methods}
-
-    monkeypatch.setitem(sys.modules, "pacl_core.toyeval", types.SimpleNamespace(evaluate_toy=evaluate_toy))
-    rc = main(["evaluate", "--dataset", "toy", "--root", str(tmp_path), "--model", TINY, "--json", "--limit", "3",
-               "--out", str(tmp_path / "o"), "--shifts", "2", "--refine", "affinity"])
+def test_toy_dataset_runs_the_toy_evaluation_with_the_given_options(tmp_path, capsys):
+    write_split(tmp_path / "toy", split="test", seed=1, n=4)
+    rc = main(["evaluate", "--dataset", "toy", "--root", str(tmp_path / "toy"), "--model", TINY, "--json",
+               "--limit", "3", "--out", str(tmp_path / "o"), "--shifts", "2", "--refine", "affinity",
+               "--method", "vanilla"])
     assert rc == 0
-    assert json.loads(capsys.readouterr().out) == {"vanilla": {"miou": 0.5, "patch_acc": 0.25},
-                                                   "pacl": {"miou": 0.5, "patch_acc": 0.25}}
-    assert calls["methods"] == ("vanilla", "pacl") and calls["limit"] == 3 and calls["width"] == 64
-    assert calls["shifts"] == 2 and calls["refine"] == "affinity"
-    assert calls["roc_png"].endswith("coherence_roc.png")
+    res = json.loads(capsys.readouterr().out)
+    assert "vanilla" in res and res["n_images"] == 3 and res["shifts"] == 2
+    assert res["refine"] == "affinity" and res["roc_png"].endswith("coherence_roc.png")
+    assert (tmp_path / "o" / "coherence_roc.png").is_file()
 
 
 @pytest.mark.parametrize("extra", [["--logit-scale", "50"], ["--mode", "slide", "--window", "48"], ["--split", "train"],
@@ -170,18 +160,8 @@ def test_toy_rejects_benchmark_only_options(tmp_path, capsys, extra):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_toy_without_toyeval_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pacl_core.toyeval", None)  # import fails as if the module were absent
-    from pacl_core.evaluate import evaluate_toy_world
-
-    with pytest.raises(PACLError, match="toyeval.py"):
-        evaluate_toy_world(tmp_path, None)
-
-
 def test_toy_world_end_to_end(tmp_path, capsys):
-    toyworld = pytest.importorskip("pacl_core.toyworld")
-    pytest.importorskip("pacl_core.toyeval")
-    toyworld.write_split(tmp_path / "toy", split="test", seed=1, n=2)
+    write_split(tmp_path / "toy", split="test", seed=1, n=2)
     rc = main(["evaluate", "--dataset", "toy", "--root", str(tmp_path / "toy"), "--model", TINY, "--method", "vanilla",
                "--json", "--out", str(tmp_path / "o")])
     assert rc == 0
@@ -191,8 +171,7 @@ def test_toy_world_end_to_end(tmp_path, capsys):
 
 
 def test_toy_world_with_shifted_passes_says_so(tmp_path, capsys):
-    toyworld = pytest.importorskip("pacl_core.toyworld")
-    toyworld.write_split(tmp_path / "toy", split="test", seed=1, n=2)
+    write_split(tmp_path / "toy", split="test", seed=1, n=2)
     rc = main(["evaluate", "--dataset", "toy", "--root", str(tmp_path / "toy"), "--model", TINY, "--method", "vanilla",
                "--shifts", "2", "--no-progress"])
     out = capsys.readouterr().out

@@ -179,9 +179,9 @@ def test_oracle_is_a_ceiling_and_exact_at_pixel_level(toy, test_split):
 
 
 def test_object_patch_probe_labels_and_cli(toy, capsys, tmp_path, monkeypatch):
+    from pacl_core.commands import evaluate as evaluate_command
     from pacl_core.probes import patch_majority_labels
     from pacl_core.toyeval import _object_patches
-    from pacl_core.toyeval import main as toyeval_main
     from pacl_core.toyworld import make_scene
 
     x, y = _object_patches(toy, seed=7, n=6, split="test", purity=0.0)  # purity 0: every object-majority patch
@@ -189,19 +189,20 @@ def test_object_patch_probe_labels_and_cli(toy, capsys, tmp_path, monkeypatch):
     assert sorted(y.tolist()) == sorted((ref[ref > 0] - 1).tolist()) and x.shape == (len(y), toy.width)
     assert len(_object_patches(toy, seed=7, n=6, split="test", purity=0.9)[1]) < len(y)
     split = write_split(tmp_path / "t", "test", seed=3, n=4)
-    import pacl_core.toyeval as te
-
-    real = te.object_patch_probe
-    monkeypatch.setattr(te, "object_patch_probe", lambda bb: real(bb, n_train=30, n_test=10, steps=50))  # fast
-    assert toyeval_main(["--root", str(split), "--probe", "--roc-png", str(tmp_path / "roc.png")]) == 0
+    real = evaluate_command.object_patch_probe
+    monkeypatch.setattr(evaluate_command, "object_patch_probe",
+                        lambda bb: real(bb, n_train=30, n_test=10, steps=50))  # the real probe, smaller
+    argv = ["evaluate", "--dataset", "toy", "--root", str(split), "--model", "toy", "--json"]
+    assert main([*argv, "--probe", "--out", str(tmp_path / "o")]) == 0
     probe = json.loads(capsys.readouterr().out)["object_patch_probe"]
     assert probe["train_patches"] > 0 and probe["test_patches"] > 0
     assert all(0 <= probe[k][a] <= 1 for k in ("mlp", "linear") for a in ("train_acc", "test_acc"))
-    assert toyeval_main(["--root", str(split), "--shifts", "2", "--roc-png", str(tmp_path / "roc2.png")]) == 0
+    assert (tmp_path / "o" / "coherence_roc.png").is_file()
+    assert main([*argv, "--shifts", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["shifts"] == 2
 
 
-def test_toyeval_bad_limit_and_unwritable_figure_fail_before_evaluating(toy, tmp_path, capsys, monkeypatch):
+def test_toy_evaluation_bad_limit_and_unwritable_figure_fail_before_evaluating(toy, tmp_path, capsys, monkeypatch):
     import pacl_core.toyeval as te
 
     split = write_split(tmp_path / "t", "test", seed=3, n=2)
@@ -211,10 +212,13 @@ def test_toyeval_bad_limit_and_unwritable_figure_fail_before_evaluating(toy, tmp
 
     monkeypatch.setattr(te, "evaluate_method", no_evaluation)
     (tmp_path / "a_file").write_text("x")
-    for argv, message in ((["--limit", "0"], "limit must be at least 1 scene, got 0"),
-                          (["--roc-png", str(tmp_path / "a_file" / "roc.png")], "a_file: exists and is not a folder")):
-        assert te.main(["--root", str(split), *argv]) == 2
+    for argv, message in ((["--limit", "0"], "--limit must be positive"),
+                          (["--out", str(tmp_path / "a_file" / "o")], "a_file is not a folder"),
+                          (["--probe", "--dataset", "voc21"], "--probe applies to --dataset toy only")):
+        assert main(["evaluate", "--dataset", "toy", "--root", str(split), "--model", "toy", *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     with pytest.raises(te.PACLError, match="limit must be at least 1"):
         te.evaluate_toy(split, toy, limit=-3, roc_png=False)
+    with pytest.raises(te.PACLError, match="a_file: exists and is not a folder"):
+        te.evaluate_toy(split, toy, roc_png=tmp_path / "a_file" / "roc.png")

@@ -8,12 +8,15 @@ methods with one loaded backbone. `--dataset toy` runs the toy world's evaluatio
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from ..cli import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
-from ..datasets import DATASET_NAMES, DATASETS
+from ..datasets import DATASET_NAMES, DATASETS, SegDataset
 from ..errors import PACLError
+from ..evaluate import evaluate_methods, iou_table, summary_json, write_reports
 from ..inputs import check_out_folder
 from ..segment import REFINERS
+from ..toyeval import evaluate_toy, object_patch_probe
+from .args import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
 
 
 def _defaults_help() -> str:
@@ -52,6 +55,9 @@ def add_parser(sub) -> None:
     add_shifts_arg(g, default=None)  # None: not given, so a method's own protocol applies (one pass); toy too
     g.add_argument("--class-names", default=None,
                    help="file with one line per class (background excluded), optionally comma-separated synonyms")
+    g.add_argument("--probe", action="store_true",
+                   help="toy only: also fit object_patch_probe, a diagnostic trained WITH masks on generated scenes "
+                        "that measures how well the frozen patch tokens tell an object's shape (~1 min)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, help="folder for metrics.json, per_class_iou.csv/.md and iou_METHOD.png")
     o.add_argument("--json", action="store_true", help="print the results as JSON on stdout (nothing else)")
@@ -78,9 +84,8 @@ def run(args) -> int:
         check_out_folder(args.out)  # before hours of evaluation, not after
     if args.dataset == "toy":
         return _run_toy(args, methods)
-    from ..datasets import SegDataset
-    from ..evaluate import evaluate_methods, iou_table, summary_json, write_reports
-
+    if args.probe:
+        raise PACLError("--probe applies to --dataset toy only")
     dataset = SegDataset(args.dataset, args.root, args.split or "val", args.limit)  # fails fast, before the model loads
     methods = methods or ["vanilla"]
     backbone = backbone_from_args(args)
@@ -121,10 +126,6 @@ _NOT_FOR_TOY = {"split": "--split", "image_size_eval": "--short-side", "mode": "
 
 
 def _run_toy(args, methods) -> int:
-    from pathlib import Path
-
-    from ..evaluate import evaluate_toy_world
-
     given = [flag for attr, flag in _NOT_FOR_TOY.items() if getattr(args, attr, None) is not None]
     if given:
         raise PACLError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --dataset toy "
@@ -135,9 +136,11 @@ def _run_toy(args, methods) -> int:
     roc = str(Path(args.out) / "coherence_roc.png") if args.out else None
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-    results = evaluate_toy_world(args.root, backbone, methods=methods, head=args.head, limit=args.limit, roc_png=roc,
-                                 progress=args.progress and not args.json, shifts=args.shifts or 1,
-                                 refine=args.refine)
+    results = evaluate_toy(args.root, backbone, methods=tuple(methods or ("vanilla", "pacl")), head=args.head,
+                           limit=args.limit, roc_png=roc if roc else None, progress=args.progress and not args.json,
+                           shifts=args.shifts or 1, refine=args.refine)
+    if args.probe:
+        results["object_patch_probe"] = object_patch_probe(backbone)
     if args.out:
         (Path(args.out) / "metrics.json").write_text(json.dumps(results, indent=2, default=float))
     if args.json:

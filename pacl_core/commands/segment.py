@@ -6,20 +6,17 @@ input never leaves partial files behind.
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from ..cli import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
+from ..export import write_outputs
 from ..inputs import MAX_SIDE, check_image_file, check_out_folder, load_image, parse_words
 from ..methods import check_method
-from ..segment import REFINERS
+from ..segment import REFINERS, Segmenter
+from .args import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
 
 
 def add_parser(sub) -> None:
@@ -48,11 +45,6 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def slug(text: str, index: int) -> str:
-    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:40]
-    return f"{index:02d}-{s}" if s else f"{index:02d}-word"
-
-
 def _unique_stems(paths: list[Path]) -> list[str]:
     seen: dict[str, int] = {}
     stems = []
@@ -63,28 +55,7 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def write_outputs(folder: Path, seg, info: dict) -> None:
-    """overlay.png, mask.png (0 = background, k = k-th word), heatmap_NN-word.png, result.json."""
-    from ..viz import draw_heatmaps, draw_overlay
-
-    folder.mkdir(parents=True)
-    Image.fromarray(draw_overlay(seg)).save(folder / "overlay.png")
-    Image.fromarray((seg.mask.astype(np.int32) + 1).astype(np.uint8)).save(folder / "mask.png")
-    for i, (word, img) in enumerate(draw_heatmaps(seg)):
-        Image.fromarray(img).save(folder / f"heatmap_{slug(word, i + 1)}.png")
-    rows = seg.summary()
-    result = dict(info, words=seg.words, mask_labels=["background"] + seg.words,
-                  pixel_share={r["word"]: r["pixel_share"] for r in rows},
-                  mean_score={r["word"]: r["mean_score"] for r in rows if r["word"] in seg.words},
-                  image_size=[int(seg.image.shape[1]), int(seg.image.shape[0])], method=seg.method,
-                  logit_scale=seg.logit_scale, background=list(seg.background) if seg.background else None,
-                  notes=seg.notes + info.get("notes", []))
-    (folder / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-
-
 def run(args) -> int:
-    from ..segment import Segmenter
-
     words, notes = parse_words(args.words)
     check_method(args.method)  # an unknown method fails before any model loads
     check_shifts_arg(args.shifts)

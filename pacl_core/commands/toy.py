@@ -11,6 +11,8 @@ import json
 
 from ..errors import PACLError
 from ..inputs import check_out_folder
+from ..toytrain import ToyTrainConfig, train_toy
+from ..toyworld import DEFAULT_SIZE, write_examples, write_split
 
 
 def add_parser(sub) -> None:
@@ -64,8 +66,6 @@ def add_parser(sub) -> None:
 
 
 def run_generate(args) -> int:
-    from ..toyworld import DEFAULT_SIZE, write_split
-
     size = DEFAULT_SIZE if args.size is None else args.size
     if not 32 <= size <= 1024:
         raise PACLError(f"--size must be between 32 and 1024 pixels, got {size}")
@@ -75,8 +75,6 @@ def run_generate(args) -> int:
 
 
 def run_examples(args) -> int:
-    from ..toyworld import write_examples
-
     if not 1 <= args.n <= 50:
         raise PACLError("--n must be between 1 and 50")
     written = write_examples(args.out, seed=args.seed, n=args.n)
@@ -98,8 +96,6 @@ def _per_phase(text: str | None, name: str, n_phases: int) -> list[int] | None:
 
 
 def run_train(args) -> int:
-    from ..toytrain import ToyTrainConfig, train_toy
-
     cfg = ToyTrainConfig()
     n = len(cfg.clip_phases)
     steps = _per_phase(args.clip_steps, "clip-steps", n) or [p[1] for p in cfg.clip_phases]

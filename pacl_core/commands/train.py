@@ -6,7 +6,9 @@ train ... --device cuda` (the batch size is global). Defaults are the paper's: l
 
 from __future__ import annotations
 
-from ..train import PRECISIONS, TrainConfig
+from ..distributed import env_world
+from ..train import PRECISIONS, TrainConfig, config_from_args, train
+from .args import add_model_args
 
 D = TrainConfig("", "")  # the defaults, shown in --help
 
@@ -31,12 +33,8 @@ def add_parser(sub) -> None:
     g.add_argument("--max-samples", type=int, default=None, help="use only the first N pairs (quick runs)")
     g.add_argument("--workers", type=int, default=D.workers,
                    help="image decoding threads per process (default: %(default)s)")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", default=D.model,
-                   help="frozen CLIP: vit-b-16 (OpenAI ViT-B/16) or an open_clip NAME[:TAG]; NAME:none = random "
-                        "weights (default: %(default)s)")
-    m.add_argument("--pretrained", default=None, help="pretrained tag or local .safetensors, overriding --model's")
-    m.add_argument("--image-size", type=int, default=None, help="training crop size (default: the model's native size)")
+    m = add_model_args(p, D.model, templates=False,
+                       image_size_help="training crop size (default: the model's native size)")
     m.add_argument("--init", default=D.init, choices=("projection", "random"),
                    help="start e_v as CLIP's own patch projection, or random (default: %(default)s)")
     m.add_argument("--hidden-dim", type=int, default=None, help="e_v MLP width (default: the output dim)")
@@ -77,15 +75,10 @@ def add_parser(sub) -> None:
     r.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue from the newest checkpoint in --out (or from PATH); starts fresh if there is none")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    r.add_argument("--device", default=D.device,
-                   help="cpu or cuda (cuda:LOCAL_RANK under torchrun) (default: %(default)s)")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..distributed import env_world
-    from ..train import config_from_args, train
-
     summary = train(config_from_args(args))
     if env_world()[0] == 0:
         print(f"trained {summary['steps']}/{summary['total_steps']} steps, final loss {summary['final_loss']:.4f}; "
