@@ -31,6 +31,8 @@ from .prompts import get_templates
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # the project's own small architectures, by name
+for _extra in filter(None, os.environ.get("PACL_MODEL_CONFIGS", "").split(os.pathsep)):
+    open_clip.add_model_config(_extra)  # a user's own open_clip JSON configs (folders), e.g. the tests' tiny ViT
 
 # Short names a user may type; each maps to (open_clip architecture, pretrained tag).
 ALIASES = {

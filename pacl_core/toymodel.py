@@ -134,8 +134,8 @@ def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=N
     templates: a prompt template set to use instead of the ones it was trained with (`toy_clip.json`)."""
     path = clip_path(root)
     if not path.is_file():
-        raise PACLError(f"toy model weights are missing ({path}); train them with "
-                        "`python -m pacl_core toy train --out assets/toy`")
+        raise PACLError(f"toy model weights are missing ({path}); reinstall pacl-explorer, or train them with "
+                        "`python -m pacl_core toy train --out DIR`")
     state, meta = load_tensors(path, CLIP_FORMAT)
     if meta.get("config") != CONFIG_NAME:
         raise PACLError(f"{path}: made for config '{meta.get('config')}', expected '{CONFIG_NAME}'")
