@@ -47,6 +47,18 @@ def check_shifts_arg(shifts: int | None) -> None:
         raise PACLError(f"--shifts must be at least 1, got {shifts}")
 
 
+HEAD_HELP = ("PACL head: FILE.safetensors (with FILE.json beside it) or hf-hub:ORG/REPO[@REVISION][:FILE] "
+             "(downloaded once into the Hugging Face cache; FILE defaults to head.safetensors)")
+
+
+def check_head_arg(head: str | None) -> None:
+    """Refuse a malformed hf-hub: spec before any model loads (the download itself happens with the head's load)."""
+    from .hub import is_hub_spec, parse_hub_spec
+
+    if is_hub_spec(head):
+        parse_hub_spec(head)
+
+
 def backbone_from_args(args):
     from .backbone import load_backbone
 

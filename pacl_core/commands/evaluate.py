@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ..cli import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
+from ..cli import HEAD_HELP, add_model_args, add_shifts_arg, backbone_from_args, check_head_arg, check_shifts_arg
 from ..datasets import DATASET_NAMES, DATASETS
 from ..errors import PACLError
 from ..inputs import check_out_folder
@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default=None,
                    help="vanilla, pacl, maskclip, sclip, clearclip, naclip; comma-separated for several "
                         "(default: vanilla; toy: vanilla,pacl)")
-    p.add_argument("--head", default=None, help="PACL head .safetensors for --method pacl")
+    p.add_argument("--head", default=None, help=HEAD_HELP + "; for --method pacl")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (quick looks)")
     g = p.add_argument_group("protocol (defaults per dataset and method)")
     g.add_argument("--short-side", dest="image_size_eval", type=int, default=None, metavar="PX",
@@ -74,6 +74,7 @@ def run(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise PACLError("--limit must be positive")
     check_shifts_arg(args.shifts)
+    check_head_arg(args.head)
     if args.out:
         check_out_folder(args.out)  # before hours of evaluation, not after
     if args.dataset == "toy":
