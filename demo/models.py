@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pacl_core.backbone import load_backbone, parse_model_spec, weights_status
+from pacl_core.checkpoint import backbone_spec
 from pacl_core.errors import PACLError
 from pacl_core.hub import HUB_PREFIX, fetch_head, is_hub_spec, parse_hub_spec
-from pacl_core.toymodel import CONFIG_NAME as TOY_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,6 @@ class ModelChoice:
     head: str | None = None  # None: the backbone's own head (the toy model ships one), if any
 
 
-def spec_for_head(meta: dict) -> str:
-    """The load_backbone spec of the backbone a head's metadata names."""
-    name, tag = meta.get("backbone"), meta.get("pretrained")
-    if not name:
-        raise PACLError("its metadata does not name a backbone")
-    if name == TOY_CONFIG:
-        return "toy"
-    if name == "ViT-B-16-quickgelu" and tag == "openai":
-        return VIT_SPEC
-    return f"{name}:{tag or 'none'}"
-
-
 def head_choice(path: Path, name: str | None = None) -> ModelChoice:
     """A head file -> a dropdown entry (labelled `name`, default the file's stem); PACLError if it has no readable
     PACL-head metadata beside it."""
@@ -64,7 +52,7 @@ def head_choice(path: Path, name: str | None = None) -> ModelChoice:
         raise PACLError(f"{meta_file.name}: not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != "pacl-head":
         raise PACLError(f"{path.name}: not a PACL head checkpoint")
-    spec = spec_for_head(meta)
+    spec = backbone_spec(meta)
     shown = {"toy": "toy world", VIT_SPEC: "ViT-B/16"}.get(spec, spec)
     return ModelChoice(label=f"PACL head: {name or path.stem} ({shown})", spec=spec, head=str(path))
 

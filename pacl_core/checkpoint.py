@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from .errors import PACLError
 from .hub import is_hub_spec, resolve_head_path
 from .pacl import VisionEmbedder
+from .toymodel import CONFIG_NAME as TOY_CONFIG
 
 HEAD_FORMAT = "pacl-head"
 FORMAT_VERSION = 1
@@ -83,6 +84,18 @@ def save_head(path, head: VisionEmbedder, backbone=None, tau: float = 1.0, logit
         "tau": tau, "logit_scale": logit_scale, "training": training or {},
     }
     return save_tensors(path, head.state_dict(), meta)
+
+
+def backbone_spec(meta: dict) -> str:
+    """The load_backbone spec ('toy', 'vit-b-16' or NAME:TAG) of the backbone a head's metadata names."""
+    name, tag = meta.get("backbone"), meta.get("pretrained")
+    if not name:
+        raise PACLError("its metadata does not name a backbone")
+    if name == TOY_CONFIG:
+        return "toy"
+    if name == "ViT-B-16-quickgelu" and tag == "openai":
+        return "vit-b-16"
+    return f"{name}:{tag or 'none'}"
 
 
 def load_head(path, backbone=None) -> VisionEmbedder:

@@ -8,7 +8,7 @@ import sys
 
 from .errors import PACLError
 
-COMMANDS = ("segment", "evaluate", "train", "toy")
+COMMANDS = ("segment", "evaluate", "train", "toy", "push")
 
 
 class Parser(argparse.ArgumentParser):
