@@ -3,6 +3,8 @@
 Prints mIoU, pixel accuracy and a per-class IoU table (or, with --json, only JSON on stdout); with --out also
 writes metrics.json, per_class_iou.csv/.md and one bar plot PNG per method. `--method a,b` evaluates several
 methods with one loaded backbone. `--dataset toy` runs the toy world's evaluation.
+`torchrun --nproc-per-node N -m pacl_core evaluate ...` splits the images over N processes (one per GPU with
+--device cuda) and sums their confusion matrices: the same numbers, N times sooner; only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -80,16 +82,29 @@ def run(args) -> int:
     if args.dataset == "toy":
         return _run_toy(args, methods)
     from ..datasets import SegDataset
-    from ..evaluate import evaluate_methods, iou_table, summary_json, write_reports
+    from ..distributed import init_distributed, shutdown
 
     dataset = SegDataset(args.dataset, args.root, args.split or "val", args.limit)  # fails fast, before the model loads
     methods = methods or ["vanilla"]
+    info = init_distributed(args.device)
+    try:
+        return _run_benchmark(args, dataset, methods, info)
+    finally:
+        shutdown(info)
+
+
+def _run_benchmark(args, dataset, methods, info) -> int:
+    from ..evaluate import evaluate_methods, iou_table, summary_json, write_reports
+
+    args.device = info.device  # cuda:LOCAL_RANK under torchrun
     backbone = backbone_from_args(args)
     user = {"image_size": args.image_size_eval, "mode": args.mode, "window": args.window, "stride": args.stride,
             "background": args.background, "logit_scale": args.logit_scale, "templates": args.templates,
             "refine": args.refine, "shifts": args.shifts}
     results = evaluate_methods(dataset, backbone, methods, user, head=args.head, names_file=args.class_names,
-                               progress=args.progress)
+                               progress=args.progress and info.is_main)
+    if not info.is_main:
+        return 0  # every rank holds the summed results; rank 0 reports them
     written = write_reports(results, args.out) if args.out else []
     if args.json:
         print(json.dumps(summary_json(results), indent=2))
@@ -124,7 +139,11 @@ _NOT_FOR_TOY = {"split": "--split", "image_size_eval": "--short-side", "mode": "
 def _run_toy(args, methods) -> int:
     from pathlib import Path
 
+    from ..distributed import env_world
     from ..evaluate import evaluate_toy_world
+
+    if env_world()[1] > 1:
+        raise PACLError("--dataset toy runs in one process; start it without torchrun")
 
     given = [flag for attr, flag in _NOT_FOR_TOY.items() if getattr(args, attr, None) is not None]
     if given:
