@@ -19,13 +19,12 @@ pacl_core.data.TRANSFORM): random augmentations would need new tokens every epoc
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checkpoint import _atomic_write
 from .errors import PACLError
 
 CACHE_FORMAT = "pacl-token-cache"
@@ -35,27 +34,16 @@ MANIFEST_KEYS = ("model", "pretrained", "image_size", "transform", "precision", 
                  "embed_dim")
 
 
-def _atomic_save(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, array, allow_pickle=False)
 
-    _atomic_save(path, write)
+    _atomic_write(path, write)
 
 
 def _save_json(path: Path, obj) -> None:
-    _atomic_save(path, lambda tmp: Path(tmp).write_text(json.dumps(obj)))
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj)))
 
 
 def check_manifest(root: Path, manifest: dict) -> None:
