@@ -13,8 +13,9 @@ def main(argv=None) -> None:
     p.add_argument("--host", default=None, help="address to listen on (default: 127.0.0.1; Spaces sets its own)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or $GRADIO_SERVER_PORT)")
     p.add_argument("--model", default=None,
-                   help="initial model: 'toy', 'vit-b-16', a PACL head .safetensors, or an open_clip NAME:TAG "
-                        "(default: ViT-B/16 when its weights can be had, else the toy model)")
+                   help="initial model: 'toy', 'vit-b-16', a PACL head .safetensors, a Hub head "
+                        "hf-hub:ORG/REPO[@REVISION][:FILE], or an open_clip NAME:TAG (default: ViT-B/16 when its "
+                        "weights can be had, else the toy model); PACL_HEADS=org/repo,org/other adds Hub heads")
     p.add_argument("--share", action="store_true", help="also serve a temporary public gradio.live link")
     args = p.parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:

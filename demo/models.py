@@ -1,7 +1,9 @@
 """The demo's model registry: which models a user can pick, each loaded once, lazily, and cached.
 
-Choices are the embedded toy model, OpenAI's ViT-B/16, and every PACL head found in checkpoints/ (a
-`NAME.safetensors` with its `NAME.json` beside it). Backbones are shared between choices that use the same one;
+Choices are the embedded toy model, OpenAI's ViT-B/16, every PACL head found in checkpoints/ (a
+`NAME.safetensors` with its `NAME.json` beside it) and every head on the Hugging Face Hub named in the environment
+variable PACL_HEADS (`org/repo,org/other[@REVISION][:FILE]`, downloaded once into the Hugging Face cache; a Space
+preloads them at build time with `preload_from_hub`). Backbones are shared between choices that use the same one;
 inference on one backbone is serialised by its lock, since its caches are not thread-safe.
 """
 
@@ -9,14 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from pacl_core.backbone import load_backbone, parse_model_spec, weights_status
+from pacl_core.backbone import backbone_spec, load_backbone, parse_model_spec, weights_status
 from pacl_core.errors import PACLError
+from pacl_core.hub import HUB_PREFIX, fetch_head, is_hub_spec, parse_hub_spec
 from pacl_core.segment import Segmenter
-from pacl_core.toymodel import CONFIG_NAME as TOY_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ VIT_LABEL = "ViT-B/16 (OpenAI CLIP)"
 VIT_SPEC = "vit-b-16"
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 SEGMENTER_CACHE_SIZE = 64
+HEADS_ENV = "PACL_HEADS"
 
 
 @dataclass(frozen=True)
@@ -36,20 +40,9 @@ class ModelChoice:
     head: str | None = None  # None: the backbone's own head (the toy model ships one), if any
 
 
-def spec_for_head(meta: dict) -> str:
-    """The load_backbone spec of the backbone a head's metadata names."""
-    name, tag = meta.get("backbone"), meta.get("pretrained")
-    if not name:
-        raise PACLError("its metadata does not name a backbone")
-    if name == TOY_CONFIG:
-        return "toy"
-    if name == "ViT-B-16-quickgelu" and tag == "openai":
-        return VIT_SPEC
-    return f"{name}:{tag or 'none'}"
-
-
-def head_choice(path: Path) -> ModelChoice:
-    """A head file -> a dropdown entry; PACLError if it has no readable PACL-head metadata beside it."""
+def head_choice(path: Path, name: str | None = None) -> ModelChoice:
+    """A head file -> a dropdown entry (labelled `name`, default the file's stem); PACLError if it has no readable
+    PACL-head metadata beside it."""
     meta_file = path.with_suffix(".json")
     if not meta_file.is_file():
         raise PACLError(f"{path.name}: its metadata file {meta_file.name} is missing")
@@ -59,9 +52,31 @@ def head_choice(path: Path) -> ModelChoice:
         raise PACLError(f"{meta_file.name}: not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != "pacl-head":
         raise PACLError(f"{path.name}: not a PACL head checkpoint")
-    spec = spec_for_head(meta)
+    spec = backbone_spec(meta)
     shown = {"toy": "toy world", VIT_SPEC: "ViT-B/16"}.get(spec, spec)
-    return ModelChoice(label=f"PACL head: {path.stem} ({shown})", spec=spec, head=str(path))
+    return ModelChoice(label=f"PACL head: {name or path.stem} ({shown})", spec=spec, head=str(path))
+
+
+def hub_choice(spec: str) -> ModelChoice:
+    """'hf-hub:ORG/REPO[@REV][:FILE]' (or just ORG/REPO...) -> a dropdown entry; the head is fetched (cached) now,
+    since its JSON names the backbone to load."""
+    spec = spec if is_hub_spec(spec) else HUB_PREFIX + spec
+    where = str(parse_hub_spec(spec))[len(HUB_PREFIX):]
+    return head_choice(fetch_head(spec), name=where)
+
+
+def hub_choices(value: str | None = None) -> list[ModelChoice]:
+    """The heads named in PACL_HEADS (comma-separated); one that cannot be had is skipped with a log line."""
+    value = os.environ.get(HEADS_ENV, "") if value is None else value
+    choices = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        try:
+            choices.append(hub_choice(item))
+        except PACLError as e:
+            log.warning("%s: skipping %s", HEADS_ENV, e)
+    return choices
 
 
 def checkpoint_choices(folder: Path = CHECKPOINT_DIR) -> list[ModelChoice]:
@@ -79,12 +94,14 @@ def checkpoint_choices(folder: Path = CHECKPOINT_DIR) -> list[ModelChoice]:
 
 
 def choice_for_request(requested: str) -> ModelChoice:
-    """What `--model` asked for: 'toy', 'vit-b-16', a head .safetensors file, or any backbone spec."""
+    """What `--model` asked for: 'toy', 'vit-b-16', a head .safetensors file, an hf-hub: head, or any backbone spec."""
     key = requested.strip()
     if key.lower() == "toy" or key == TOY_LABEL:
         return ModelChoice(TOY_LABEL, "toy")
     if key.lower() in ("vit-b-16", "vit-b/16") or key == VIT_LABEL:
         return ModelChoice(VIT_LABEL, VIT_SPEC)
+    if is_hub_spec(key):
+        return hub_choice(key)
     if key.endswith(".safetensors"):
         path = Path(key)
         if not path.is_file():
@@ -154,9 +171,10 @@ class ModelRegistry:
         return self._segmenters[key]
 
 
-def default_registry(folder: Path = CHECKPOINT_DIR) -> ModelRegistry:
-    """Toy, ViT-B/16, then the heads in checkpoints/."""
-    return ModelRegistry([ModelChoice(TOY_LABEL, "toy"), ModelChoice(VIT_LABEL, VIT_SPEC), *checkpoint_choices(folder)])
+def default_registry(folder: Path = CHECKPOINT_DIR, hub_heads: str | None = None) -> ModelRegistry:
+    """Toy, ViT-B/16, the heads in checkpoints/, then the Hub heads of PACL_HEADS (or `hub_heads`)."""
+    return ModelRegistry([ModelChoice(TOY_LABEL, "toy"), ModelChoice(VIT_LABEL, VIT_SPEC), *checkpoint_choices(folder),
+                          *hub_choices(hub_heads)])
 
 
 def pick_default(registry: ModelRegistry, requested: str | None = None) -> tuple[str, str]:

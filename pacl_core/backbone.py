@@ -43,11 +43,26 @@ ALIASES = {
 DEFAULT_MODEL = "vit-b-16"
 TEXT_CACHE_SIZE = 20_000
 MODEL_LOADERS: dict[str, Callable[..., Backbone]] = {}  # name -> fn(image_size, device, templates) -> Backbone
+LOADER_CONFIGS: dict[str, str] = {}  # open_clip config of a registered model -> its name
 
 
-def register_model_loader(name: str, loader: Callable[..., Backbone]) -> None:
-    """Make `load_backbone(name)` call loader(image_size=..., device=..., templates=...) instead of open_clip."""
+def register_model_loader(name: str, loader: Callable[..., Backbone], config: str | None = None) -> None:
+    """Make `load_backbone(name)` call loader(image_size=..., device=..., templates=...) instead of open_clip;
+    `config` is the open_clip architecture it builds, so a head made for it names `name` (backbone_spec)."""
     MODEL_LOADERS[name] = loader
+    if config:
+        LOADER_CONFIGS[config] = name
+
+
+def backbone_spec(meta: dict) -> str:
+    """The load_backbone spec ('toy', 'vit-b-16' or NAME:TAG) of the backbone a head's metadata names."""
+    name, tag = meta.get("backbone"), meta.get("pretrained")
+    if not name:
+        raise PACLError("its metadata does not name a backbone")
+    if name in LOADER_CONFIGS:
+        return LOADER_CONFIGS[name]
+    alias = next((a for a, target in ALIASES.items() if target == (name, tag)), None)
+    return alias or f"{name}:{tag or 'none'}"
 
 
 def check_architecture(name: str) -> None:
@@ -89,7 +104,7 @@ def parse_model_spec(spec: str, pretrained: str | None = None) -> tuple[str, str
     return name, tag
 
 
-def _hub_location(name: str, tag: str) -> tuple[str, list[str]] | None:
+def hub_location(name: str, tag: str) -> tuple[str, list[str]] | None:
     cfg = open_clip.get_pretrained_cfg(name, tag)
     hub = cfg.get("hf_hub", "") if cfg else ""
     if not hub:
@@ -109,7 +124,7 @@ def weights_status(spec: str, pretrained: str | None = None, timeout: float = 3.
         return True, "random weights need no download"
     if Path(tag).is_file():
         return True, f"local file {tag}"
-    loc = _hub_location(name, tag)
+    loc = hub_location(name, tag)
     if loc is None:
         return False, f"no known download for {name} '{tag}'"
     repo, files = loc

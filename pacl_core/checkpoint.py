@@ -1,6 +1,7 @@
 """Checkpoints: tensors in safetensors, metadata in a small JSON beside them. No pickle is ever loaded.
 
 A PACL head `X.safetensors` has `X.json` with its backbone, dims, tau, logit scale and training info.
+`load_head` also takes `hf-hub:ORG/REPO[@REVISION][:FILE]`: the pair is downloaded (cached) by pacl_core.hub.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import PACLError
+from .hub import is_hub_spec, resolve_head_path
 from .pacl import VisionEmbedder
 
 HEAD_FORMAT = "pacl-head"
@@ -84,8 +86,16 @@ def save_head(path, head: VisionEmbedder, backbone=None, tau: float = 1.0, logit
 
 
 def load_head(path, backbone=None) -> VisionEmbedder:
-    """Load a PACL head; `head.meta` holds its metadata. Refuses heads made for another backbone."""
-    tensors, meta = load_tensors(path, HEAD_FORMAT)
+    """Load a PACL head from a file or an hf-hub: spec; `head.meta` holds its metadata. Refuses heads made for
+    another backbone."""
+    local = resolve_head_path(path)
+    try:
+        tensors, meta = load_tensors(local, HEAD_FORMAT)
+    except PACLError as e:
+        if not is_hub_spec(path):
+            raise
+        shown = str(e).replace(str(meta_path(local)), f"{path} (its .json)").replace(str(local), path)
+        raise PACLError(shown) from None  # the spec the user typed, not the cache's path
     try:
         in_dim, out_dim, hidden = int(meta["in_dim"]), int(meta["out_dim"]), int(meta["hidden_dim"])
     except (KeyError, TypeError, ValueError):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import sys
 
-from .commands import evaluate, segment, toy, train
+from .commands import evaluate, push, segment, toy, train
 from .commands.args import Parser
 from .errors import PACLError
 
-COMMANDS = (segment, evaluate, train, toy)
+COMMANDS = (segment, evaluate, train, toy, push)
 
 
 def build_parser() -> Parser:

@@ -8,6 +8,7 @@ Sources (each yields records in an order fixed by (seed, epoch, rank, world) and
 `CaptionLoader` turns a source into batches of exactly L decoded, centre-cropped uint8 images and tokenised
 captions. Broken images, missing files and empty captions are skipped and counted, never fatal. Each batch
 carries the loader state *after* it, so a checkpoint taken after a step resumes at exactly the next sample.
+With a token cache (pacl_core.tokencache), images whose tokens are cached are not decoded at all.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 CAPTION_EXTS = ("txt",)
 FORMATS = ("auto", "wds", "csv", "coco")
 SHUFFLE_BLOCK = 1000  # tar records are shuffled within blocks of this many (a resumable shuffle buffer)
+# The one image transform of training: deterministic, so a token cache made in one epoch is valid for the next.
+TRANSFORM = "decode-rgb, short side to S (bicubic), centre crop S x S"
+CACHED = np.zeros((0, 0, 3), np.uint8)  # stands in for a decoded image whose tokens are cached
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Record:
     image: bytes | str | None
     caption: str
     error: str | None = None  # set when the record could not even be read (e.g. a truncated shard)
+    alternatives: tuple[str, ...] = ()  # every caption of this image (COCO), for a token cache to embed at once
 
 
 def epoch_rng(seed: int, epoch: int, *more: int) -> np.random.Generator:
@@ -203,8 +208,10 @@ class CocoCaptions(IndexedSource):
 
     def record(self, index: int, epoch: int) -> Record:
         n = int(self.count[index])
-        caption = self.captions[int(self.first[index] + self.pick[index] % n)] if n else ""
-        return Record(key=self.files[index], image=str(self.root / self.files[index]), caption=caption)
+        first = int(self.first[index])
+        caption = self.captions[first + int(self.pick[index] % n)] if n else ""
+        return Record(key=self.files[index], image=str(self.root / self.files[index]), caption=caption,
+                      alternatives=tuple(self.captions[first + j] for j in range(n)))
 
 
 # ---- webdataset tar shards ----------------------------------------------------------------------------
@@ -421,12 +428,16 @@ def center_crop(arr: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass
 class Batch:
-    """L samples: images (L, S, S, 3) uint8, tokens (L, context) long, captions, and the loader state after it."""
+    """L samples: images (M, S, S, 3) uint8 of the M decoded ones (all L without a token cache), tokens
+    (L, context) long, captions, and the loader state after it; keys, which were decoded, every caption per image."""
 
     images: torch.Tensor
     tokens: torch.Tensor
     captions: list[str]
     state: dict = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
+    decoded: list[bool] = field(default_factory=list)
+    alternatives: list[tuple[str, ...]] = field(default_factory=list)
 
 
 def _skip_reason(record: Record, image: np.ndarray | None) -> str | None:
@@ -441,6 +452,15 @@ def _skip_reason(record: Record, image: np.ndarray | None) -> str | None:
     return None
 
 
+def _decode_unless_cached(record: Record, size: int, is_cached) -> np.ndarray | None:
+    """The decoded image, CACHED when its tokens are cached (no decode), None when it cannot be used."""
+    if not record.caption or record.error:
+        return None
+    if is_cached is not None and is_cached(record.key):
+        return CACHED
+    return decode_image(record.image, size)
+
+
 class CaptionLoader:
     """Batches of exactly `local_batch` usable samples for this rank, forever (epochs roll over).
 
@@ -449,9 +469,10 @@ class CaptionLoader:
     """
 
     def __init__(self, source, local_batch: int, image_size: int, tokenizer, rank: int = 0, world: int = 1,
-                 workers: int = 4, prefetch: int = 2, state: dict | None = None):
+                 workers: int = 4, prefetch: int = 2, state: dict | None = None, is_cached=None):
         assert local_batch > 0, "local batch size must be positive"
         self.source, self.L, self.size, self.tokenizer = source, local_batch, image_size, tokenizer
+        self.is_cached = is_cached  # key -> bool: a token cache holds this image (then it is not decoded)
         self.rank, self.world, self.workers, self.prefetch = rank, world, workers, prefetch
         state = dict(state or {})
         if state and state.get("world", world) != world:
@@ -489,12 +510,13 @@ class CaptionLoader:
         pool = ThreadPoolExecutor(self.workers) if self.workers > 0 else None
         try:
             while True:
-                images, captions = [], []
-                while len(images) < self.L:
-                    chunk = [next(records) for _ in range(self.L - len(images))]
-                    todo = [r.image if r.caption and not r.error else None for r, _ in chunk]
-                    arrays = list(pool.map(decode_image, todo, [self.size] * len(todo))) if pool else \
-                        [decode_image(d, self.size) for d in todo]
+                images, captions, keys, alternatives = [], [], [], []
+                while len(captions) < self.L:
+                    chunk = [next(records) for _ in range(self.L - len(captions))]
+                    recs = [r for r, _ in chunk]
+                    n = len(recs)
+                    arrays = list(pool.map(_decode_unless_cached, recs, [self.size] * n, [self.is_cached] * n)) \
+                        if pool else [_decode_unless_cached(r, self.size, self.is_cached) for r in recs]
                     for (r, p), a in zip(chunk, arrays):
                         self._check_epoch(p["epoch"])
                         reason = _skip_reason(r, a)
@@ -505,11 +527,16 @@ class CaptionLoader:
                             self._usable += 1
                             images.append(a)
                             captions.append(r.caption)
+                            keys.append(r.key)
+                            alternatives.append(r.alternatives or (r.caption,))
                     pos = chunk[-1][1]
                 samples += self.L
                 state = {**pos, "world": self.world, "skipped": dict(skipped), "samples": samples}
-                yield Batch(images=torch.from_numpy(np.stack(images)), tokens=self.tokenizer(captions),
-                            captions=captions, state=state)
+                decoded = [a is not CACHED for a in images]
+                pixels = [a for a in images if a is not CACHED]
+                pixels = np.stack(pixels) if pixels else np.zeros((0, self.size, self.size, 3), np.uint8)
+                yield Batch(images=torch.from_numpy(pixels), tokens=self.tokenizer(captions), captions=captions,
+                            state=state, keys=keys, decoded=decoded, alternatives=alternatives)
         finally:
             if pool:
                 pool.shutdown(wait=False, cancel_futures=True)

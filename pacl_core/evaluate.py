@@ -4,6 +4,8 @@ For each method: mIoU, pixel accuracy, mean class accuracy and per-class IoU (ov
 mmsegmentation computes them), a per-class table, a bar plot PNG and JSON. The protocol (short side, sliding
 window, background rule, logit scale, prompts) comes from, in order: the user's options, the method's official
 settings for that benchmark (pacl_core.methods), the benchmark's defaults (pacl_core.datasets).
+Under torchrun every process segments every W-th image and the confusion matrices are summed over the processes
+(`shard_indices`, `reduce_confusion`), so N processes give exactly the one-process numbers.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from .datasets import METHOD_DATASET_KEYS, DatasetSpec, SegDataset, read_class_names
+from .distributed import global_sum
 from .errors import PACLError
 from .methods import TRAINING_FREE, method_defaults
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
@@ -110,17 +115,34 @@ def make_segmenter(backbone, method: str, proto: dict, head=None, num_words: int
     return Segmenter(backbone, **kwargs)
 
 
+def shard_indices(n: int) -> range:
+    """This process's images: every W-th from its rank under torchrun, all of them otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        return range(dist.get_rank(), n, dist.get_world_size())
+    return range(n)
+
+
+def reduce_confusion(conf: np.ndarray) -> np.ndarray:
+    """The (K, K) confusion matrix summed over the processes (itself when not distributed)."""
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return conf
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    return global_sum(torch.from_numpy(conf).to(device)).cpu().numpy()
+
+
 def evaluate_dataset(dataset: SegDataset, segmenter, words: list[str], word_class: np.ndarray,
                      progress: bool = True, desc: str = "evaluate") -> dict:
-    """Segment every image of the dataset; return the confusion matrix and the metrics computed from it."""
+    """Segment every image of the dataset (this process's share under torchrun); return the confusion matrix,
+    summed over the processes, and the metrics computed from it."""
     K = dataset.spec.num_classes
     conf = np.zeros((K, K), dtype=np.int64)
-    for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
+    for i in tqdm(shard_indices(len(dataset)), desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
         _, image, label = dataset[i]
         seg = segmenter(image, words)
         assert len(seg.words) == len(words), "the segmenter dropped or merged class names"
         conf += confusion_matrix(mask_to_classes(seg.mask, word_class, label.shape), label, K)
-    return metrics_from_confusion(conf, dataset.spec.classes)
+    return metrics_from_confusion(reduce_confusion(conf), dataset.spec.classes)
 
 
 def metrics_from_confusion(conf: np.ndarray, classes) -> dict:

@@ -156,7 +156,7 @@ def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=N
     return backbone
 
 
-register_model_loader("toy", load_toy_backbone)
+register_model_loader("toy", load_toy_backbone, config=CONFIG_NAME)
 
 
 def shipped_numbers(root=None) -> dict:

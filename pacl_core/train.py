@@ -6,6 +6,9 @@ over the whole global batch (pacl_core.distributed). Every `save_every` steps a 
 JSON: head, optimizer, step, loss scaler, every rank's data position) is written atomically; `resume`
 continues from the newest complete one with the same schedule and the same next sample, so a killed run
 loses at most one interval. Progress goes to a tqdm bar, OUT/log.csv and optionally TensorBoard.
+With `cache_tokens` the frozen backbone's patch tokens and text embeddings are stored on disk as they are first
+computed (pacl_core.tokencache); every later use of a sample reads them instead of running the ViT and the text
+tower, so after the first epoch a step costs only e_v and the loss.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from tqdm import tqdm
 
 from .backbone import load_backbone
 from .checkpoint import load_tensors, save_head, save_tensors
-from .data import CaptionLoader, open_source
+from .data import TRANSFORM, CaptionLoader, open_source
 from .distributed import (
     DistInfo,
     DistributedPACLLoss,
@@ -38,6 +41,7 @@ from .inputs import check_out_folder, check_pixels
 from .loss import DEFAULT_CHUNK_ELEMENTS
 from .optim import cosine_lr, param_groups
 from .pacl import VisionEmbedder
+from .tokencache import CACHE_DTYPES, TokenCache
 
 STATE_FORMAT = "pacl-train-state"
 GPU_LOSS_CHUNK = 1 << 26  # elements per loss-chunk intermediate on a GPU (256 MB in float32); the CPU uses 16 MB
@@ -87,6 +91,8 @@ class TrainConfig:
     resume: str | None = None
     device: str = "cpu"
     progress: bool = True
+    cache_tokens: str | None = None
+    cache_dtype: str = "fp16"
 
 
 # Options that define the run: a resumed run must have the same values, or it would not be the same run.
@@ -271,8 +277,10 @@ def read_log(out) -> list[dict]:
 class Trainer:
     """Holds the frozen backbone, e_v, optimizer and loss; `step(batch, lr)` does one update on a global batch."""
 
-    def __init__(self, backbone, head, cfg: TrainConfig, info: DistInfo, precision: str):
+    def __init__(self, backbone, head, cfg: TrainConfig, info: DistInfo, precision: str, cache=None):
         self.backbone, self.head, self.cfg, self.info, self.precision = backbone, head, cfg, info, precision
+        self.cache = cache  # a TokenCache, or None: every step runs the frozen towers
+        self.vit_images = self.text_captions = 0  # how much went through the frozen towers (this process)
         self.opt = make_optimizer(head, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "amp")
         chunk = cfg.loss_chunk or (GPU_LOSS_CHUNK if info.device.startswith("cuda") else DEFAULT_CHUNK_ELEMENTS)
@@ -280,21 +288,64 @@ class Trainer:
         self.logit_scale = float(cfg.logit_scale or backbone.logit_scale)
 
     @torch.no_grad()
-    def frozen_features(self, images_u8: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L, S, S, 3) uint8 images and (L, C) tokens -> patch tokens (L, T, D_v) and unit text embeddings (L, D)."""
+    def vit_tokens(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """(n, S, S, 3) uint8 images -> patch tokens (n, T, D_v) of the frozen ViT."""
         bb, dev = self.backbone, self.info.device
-        x = bb.normalize(images_u8)  # (L, 3, S, S)
+        self.vit_images += images_u8.shape[0]
+        x = bb.normalize(images_u8)  # (n, 3, S, S)
         with autocast(self.precision, dev):
             parts = [bb.patch_tokens(x[i:i + self.cfg.backbone_chunk])[0]
                      for i in range(0, x.shape[0], self.cfg.backbone_chunk)]
-            text = bb.model.encode_text(tokens.to(dev, non_blocking=True), normalize=True)  # (L, D)
-        return torch.cat(parts), text.float()  # (L, T, D_v), (L, D)
+        return torch.cat(parts)  # (n, T, D_v)
 
-    def step(self, images_u8: torch.Tensor, tokens: torch.Tensor, lr: float) -> tuple[float, float]:
+    @torch.no_grad()
+    def text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(m, C) caption tokens -> unit text embeddings (m, D) of the frozen text tower."""
+        self.text_captions += tokens.shape[0]
+        with autocast(self.precision, self.info.device):
+            text = self.backbone.model.encode_text(tokens.to(self.info.device, non_blocking=True), normalize=True)
+        return text.float()  # (m, D)
+
+    def frozen_features(self, images_u8: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, S, S, 3) uint8 images and (L, C) tokens -> patch tokens (L, T, D_v) and unit text embeddings (L, D)."""
+        return self.vit_tokens(images_u8), self.text_embeddings(tokens)
+
+    def cached_features(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's (L, T, D_v) patch tokens and (L, D) text embeddings: read from the token cache, and computed
+        (then cached) only for what it lacks. Freshly computed values are used as computed (not re-read in the
+        cache's dtype), so a first epoch is the uncached one exactly."""
+        cache, dev = self.cache, self.info.device
+        if any(not cache.has_image(k) for k in batch.keys):
+            cache.refresh()  # other ranks may have committed shards since
+        need = [i for i, k in enumerate(batch.keys) if not cache.has_image(k)]
+        fresh = {}
+        if need:  # each was decoded: a cached entry never disappears, so the loader saw it missing too
+            row = {i: r for r, i in enumerate(i for i, d in enumerate(batch.decoded) if d)}
+            tokens = self.vit_tokens(batch.images[[row[i] for i in need]])  # (n, T, D_v)
+            fresh = {batch.keys[i]: t for i, t in zip(need, tokens)}
+        wanted = list(dict.fromkeys([*batch.captions, *(c for i in need for c in batch.alternatives[i])]))
+        missing = [c for c in wanted if not cache.has_text(c)]
+        fresh_text = {}
+        if missing:
+            emb = self.text_embeddings(self.backbone.tokenizer(missing))  # (m, D)
+            fresh_text = dict(zip(missing, emb))
+        if fresh or fresh_text:
+            cache.add(list(fresh), torch.stack(list(fresh.values())) if fresh else torch.empty(0),
+                      list(fresh_text), torch.stack(list(fresh_text.values())) if fresh_text else torch.empty(0))
+        patch = torch.stack([fresh[k] if k in fresh else cache.image_tokens([k])[0].to(dev)
+                             for k in batch.keys])  # (L, T, D_v)
+        text = torch.stack([fresh_text[c] if c in fresh_text else cache.text_embeddings([c])[0].to(dev)
+                            for c in batch.captions])  # (L, D)
+        return patch, text
+
+    def step(self, batch, lr: float) -> tuple[float, float]:
         """One AdamW update of e_v on this rank's slice of the global batch -> (global loss, gradient norm)."""
         for g in self.opt.param_groups:
             g["lr"] = lr
-        patch_tokens, text = self.frozen_features(images_u8, tokens)  # (L, T, D_v), (L, D)
+        if self.cache is None:
+            patch_tokens, text = self.frozen_features(batch.images, batch.tokens)  # (L, T, D_v), (L, D)
+        else:
+            patch_tokens, text = self.cached_features(batch)  # (L, T, D_v), (L, D)
         with autocast(self.precision, self.info.device):
             patch_emb = self.head(patch_tokens)  # (L, T, D)
         share = self.loss_fn(patch_emb.float(), text, self.logit_scale)  # this rank's share of the global loss
@@ -340,6 +391,10 @@ def check_config(cfg: TrainConfig, world: int) -> None:
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
         raise PACLError(f"--beta1 and --beta2 must be in [0, 1), got {cfg.beta1} and {cfg.beta2}")
     check_pixels("--image-size", cfg.image_size)
+    if cfg.cache_dtype not in CACHE_DTYPES:
+        raise PACLError(f"unknown --cache-dtype '{cfg.cache_dtype}'; use one of {', '.join(CACHE_DTYPES)}")
+    if cfg.cache_tokens:
+        check_out_folder(cfg.cache_tokens)
     check_out_folder(cfg.out)  # the device was checked by init_distributed, which runs first
 
 
@@ -366,8 +421,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     if num_samples == 0:
         raise PACLError(f"{cfg.train_data}: no samples found")
     per_epoch, total, warmup = plan_steps(num_samples, cfg)
+    cache = open_cache(cfg, backbone, size, precision, info.rank) if cfg.cache_tokens else None  # checks only
     head = build_head(backbone, cfg).to(info.device)
-    trainer = Trainer(backbone, head, cfg, info, precision)
+    trainer = Trainer(backbone, head, cfg, info, precision, cache)
     step, loader_state = 0, None
     if resume_path is not None:
         meta = load_state(resume_path, head, trainer.opt, trainer.scaler)
@@ -378,7 +434,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         step, loader_state = int(meta["step"]), meta["loaders"][info.rank]
     local = cfg.batch_size // info.world
     loader = CaptionLoader(source, local, size, backbone.tokenizer, info.rank, info.world, workers=cfg.workers,
-                           state=loader_state)
+                           state=loader_state, is_cached=cache.create().has_image if cache else None)
     log = RunLog(cfg.out, step, cfg.tensorboard, info.is_main)
     if info.is_main:
         print(f"training e_v on {num_samples} pairs: {total} steps of {cfg.batch_size} ({per_epoch} per epoch, "
@@ -386,11 +442,26 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
               + (f", resuming at step {step}" if step else ""))
     summary = _loop(trainer, loader, log, cfg, info, backbone, step, total, warmup, num_samples)
     log.close()
-    return dict(summary, total_steps=total, num_samples=num_samples, out=str(cfg.out))
+    return dict(summary, total_steps=total, num_samples=num_samples, out=str(cfg.out),
+                frozen={"vit_images": trainer.vit_images, "text_captions": trainer.text_captions})
+
+
+def open_cache(cfg: TrainConfig, backbone, size: int, precision: str, rank: int) -> TokenCache:
+    """The token cache for this run's model, size, transform, precision and dtype; a folder made for other
+    settings is refused here, before anything is written."""
+    patch = backbone.patch_size
+    if size % patch:
+        raise PACLError(f"--cache-tokens needs --image-size to be a multiple of the patch size {patch}, got {size}")
+    manifest = {"model": backbone.name, "pretrained": backbone.pretrained, "image_size": size,
+                "transform": TRANSFORM, "precision": precision, "dtype": cfg.cache_dtype,
+                "tokens": (size // patch) ** 2, "width": backbone.width, "embed_dim": backbone.embed_dim}
+    return TokenCache(cfg.cache_tokens, manifest, rank=rank)
 
 
 def _save(trainer, loader_state, step, total, cfg, info, backbone) -> None:
     """Every rank's data position gathered; rank 0 writes the train state and the current head."""
+    if trainer.cache is not None:
+        trainer.cache.flush()  # every sample before this checkpoint is in the cache: a resume need not redo it
     loaders = all_gather_json(loader_state, device=info.device if info.device.startswith("cuda") else "cpu")
     if info.is_main:
         save_state(checkpoint_path(cfg.out, step), trainer.head, trainer.opt, trainer.scaler, step, total, loaders,
@@ -412,7 +483,7 @@ def _loop(trainer, loader, log, cfg, info, backbone, step, total, warmup, num_sa
         while step < total:
             batch = next(batches)
             lr = cosine_lr(step, cfg.lr, warmup, total)
-            loss, norm = trainer.step(batch.images, batch.tokens, lr)
+            loss, norm = trainer.step(batch, lr)
             if not math.isfinite(loss):
                 raise PACLError(f"the loss became {loss} at step {step + 1}; lower --lr or use --precision fp32")
             step, state, last_loss = step + 1, batch.state, loss

@@ -4,6 +4,7 @@ from every rank (pacl_core.distributed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,3 +49,42 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         torch.testing.assert_close(hb[k], ha[k], atol=1e-5, rtol=1e-4)
     meta = (tmp_path / "ddp" / "checkpoints" / "step_00000003.json").read_text()
     assert '"world": 2' in meta  # both ranks' data positions are in the checkpoint
+
+
+def _evaluate(root, weights, head, out):
+    return ["-m", "pacl_core", "evaluate", "--dataset", "voc21", "--root", str(root), "--model", "PACL-Tiny-Test",
+            "--pretrained", str(weights), "--method", "vanilla,pacl", "--head", str(head), "--json", "--no-progress",
+            "--out", str(out)]
+
+
+def test_two_gloo_processes_evaluate_exactly_like_one(tmp_path):
+    """5 images over 2 ranks (3 + 2): the summed confusion matrices, hence every metric, are the one-process ones;
+    only rank 0 prints and writes."""
+    from safetensors.torch import save_file
+
+    from pacl_core.backbone import load_backbone
+    from pacl_core.checkpoint import save_head
+    from pacl_core.pacl import VisionEmbedder
+
+    from .test_datasets import write_layout
+
+    root, _ = write_layout(tmp_path, "voc", n=5)
+    torch.manual_seed(3)  # one set of random weights, saved, so every process has the same model
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in load_backbone(TINY).model.state_dict().items()}, str(weights))
+    head = save_head(tmp_path / "head", VisionEmbedder(64, 32), None)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    one = subprocess.run([sys.executable, *_evaluate(root, weights, head, tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *_evaluate(root, weights, head, tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for method in ("vanilla", "pacl"):
+        assert b[method]["confusion"] == a[method]["confusion"], method
+        assert b[method]["miou"] == a[method]["miou"] and b[method]["images"] == 5
+        assert sum(map(sum, a[method]["confusion"])) > 0
+    assert json.loads(two.stdout) == json.loads(one.stdout)  # one JSON document: rank 0 alone printed

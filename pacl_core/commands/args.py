@@ -6,6 +6,7 @@ import argparse
 
 from ..backbone import load_backbone
 from ..errors import PACLError
+from ..hub import is_hub_spec, parse_hub_spec
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,6 +47,16 @@ def check_shifts_arg(shifts: int | None) -> None:
     """Refuse --shifts below 1 before any model loads (the upper bound, the patch size, needs the model)."""
     if shifts is not None and shifts < 1:
         raise PACLError(f"--shifts must be at least 1, got {shifts}")
+
+
+HEAD_HELP = ("PACL head: FILE.safetensors (with FILE.json beside it) or hf-hub:ORG/REPO[@REVISION][:FILE] "
+             "(downloaded once into the Hugging Face cache; FILE defaults to head.safetensors)")
+
+
+def check_head_arg(head: str | None) -> None:
+    """Refuse a malformed hf-hub: spec before any model loads (the download itself happens with the head's load)."""
+    if is_hub_spec(head):
+        parse_hub_spec(head)
 
 
 def backbone_from_args(args):

@@ -3,6 +3,8 @@
 Prints mIoU, pixel accuracy and a per-class IoU table (or, with --json, only JSON on stdout); with --out also
 writes metrics.json, per_class_iou.csv/.md and one bar plot PNG per method. `--method a,b` evaluates several
 methods with one loaded backbone. `--dataset toy` runs the toy world's evaluation.
+`torchrun --nproc-per-node N -m pacl_core evaluate ...` splits the images over N processes (one per GPU with
+--device cuda) and sums their confusion matrices: the same numbers, N times sooner; only rank 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import json
 from pathlib import Path
 
 from ..datasets import DATASET_NAMES, DATASETS, SegDataset
+from ..distributed import env_world, init_distributed, shutdown
 from ..errors import PACLError
 from ..evaluate import evaluate_methods, iou_table, summary_json, write_reports
 from ..inputs import check_out_folder
 from ..segment import REFINERS
 from ..toyeval import evaluate_toy, object_patch_probe
-from .args import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
+from .args import HEAD_HELP, add_model_args, add_shifts_arg, backbone_from_args, check_head_arg, check_shifts_arg
 
 
 def _defaults_help() -> str:
@@ -38,7 +41,7 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default=None,
                    help="vanilla, pacl, maskclip, sclip, clearclip, naclip; comma-separated for several "
                         "(default: vanilla; toy: vanilla,pacl)")
-    p.add_argument("--head", default=None, help="PACL head .safetensors for --method pacl")
+    p.add_argument("--head", default=None, help=HEAD_HELP + "; for --method pacl")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (quick looks)")
     g = p.add_argument_group("protocol (defaults per dataset and method)")
     g.add_argument("--short-side", dest="image_size_eval", type=int, default=None, metavar="PX",
@@ -80,6 +83,7 @@ def run(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise PACLError("--limit must be positive")
     check_shifts_arg(args.shifts)
+    check_head_arg(args.head)
     if args.out:
         check_out_folder(args.out)  # before hours of evaluation, not after
     if args.dataset == "toy":
@@ -88,12 +92,23 @@ def run(args) -> int:
         raise PACLError("--probe applies to --dataset toy only")
     dataset = SegDataset(args.dataset, args.root, args.split or "val", args.limit)  # fails fast, before the model loads
     methods = methods or ["vanilla"]
+    info = init_distributed(args.device)
+    try:
+        return _run_benchmark(args, dataset, methods, info)
+    finally:
+        shutdown(info)
+
+
+def _run_benchmark(args, dataset, methods, info) -> int:
+    args.device = info.device  # cuda:LOCAL_RANK under torchrun
     backbone = backbone_from_args(args)
     user = {"image_size": args.image_size_eval, "mode": args.mode, "window": args.window, "stride": args.stride,
             "background": args.background, "logit_scale": args.logit_scale, "templates": args.templates,
             "refine": args.refine, "shifts": args.shifts}
     results = evaluate_methods(dataset, backbone, methods, user, head=args.head, names_file=args.class_names,
-                               progress=args.progress)
+                               progress=args.progress and info.is_main)
+    if not info.is_main:
+        return 0  # every rank holds the summed results; rank 0 reports them
     written = write_reports(results, args.out) if args.out else []
     if args.json:
         print(json.dumps(summary_json(results), indent=2))
@@ -126,6 +141,8 @@ _NOT_FOR_TOY = {"split": "--split", "image_size_eval": "--short-side", "mode": "
 
 
 def _run_toy(args, methods) -> int:
+    if env_world()[1] > 1:
+        raise PACLError("--dataset toy runs in one process; start it without torchrun")
     given = [flag for attr, flag in _NOT_FOR_TOY.items() if getattr(args, attr, None) is not None]
     if given:
         raise PACLError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --dataset toy "

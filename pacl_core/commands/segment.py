@@ -16,7 +16,7 @@ from ..export import write_outputs
 from ..inputs import MAX_SIDE, check_image_file, check_out_folder, load_image, parse_words
 from ..methods import check_method
 from ..segment import REFINERS, Segmenter
-from .args import add_model_args, add_shifts_arg, backbone_from_args, check_shifts_arg
+from .args import HEAD_HELP, add_model_args, add_shifts_arg, backbone_from_args, check_head_arg, check_shifts_arg
 
 
 def add_parser(sub) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default="vanilla",
                    help="vanilla, pacl, or a training-free method: maskclip, sclip, clearclip, naclip "
                         "(default: vanilla)")
-    p.add_argument("--head", default=None, help="PACL head .safetensors (default: the one shipped with --model)")
+    p.add_argument("--head", default=None, help=HEAD_HELP + "; default: the one shipped with --model")
     p.add_argument("--mode", default=None, choices=("whole", "slide"),
                    help="whole-image or sliding-window (default: the method's own; whole for vanilla and pacl)")
     p.add_argument("--window", type=int, default=None,
@@ -59,6 +59,7 @@ def run(args) -> int:
     words, notes = parse_words(args.words)
     check_method(args.method)  # an unknown method fails before any model loads
     check_shifts_arg(args.shifts)
+    check_head_arg(args.head)
     out = check_out_folder(args.out)
     paths = [Path(p) for p in args.images]
     sizes = [check_image_file(p) for p in paths]  # fail on bad files before loading any model

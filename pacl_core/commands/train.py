@@ -64,6 +64,14 @@ def add_parser(sub) -> None:
                         "2^22 on CPU)")
     o.add_argument("--seed", type=int, default=D.seed, help="data order and e_v init (default: %(default)s)")
     o.add_argument("--max-steps", type=int, default=None, help="stop (and end the schedule) after N steps")
+    c = p.add_argument_group("token cache")
+    c.add_argument("--cache-tokens", default=None, metavar="DIR",
+                   help="store the frozen ViT's patch tokens and the captions' text embeddings in DIR as they are "
+                        "first computed, and read them afterwards: later epochs run only e_v. Valid for one "
+                        "model, image size and the deterministic transform (resize + centre crop; no random "
+                        "augmentation); DIR may be reused by later runs with the same settings")
+    c.add_argument("--cache-dtype", default=D.cache_dtype, choices=("fp16", "fp32"),
+                   help="precision of the cached values (default: %(default)s, half the disk)")
     r = p.add_argument_group("output")
     r.add_argument("--out", required=True, help="run folder: head.safetensors, checkpoints/, log.csv")
     r.add_argument("--save-every", type=int, default=D.save_every,
@@ -83,6 +91,10 @@ def run(args) -> int:
     if env_world()[0] == 0:
         print(f"trained {summary['steps']}/{summary['total_steps']} steps, final loss {summary['final_loss']:.4f}; "
               f"head: {summary['head']}")
+        if args.cache_tokens:
+            f = summary["frozen"]
+            print(f"token cache {args.cache_tokens}: {f['vit_images']} images through the ViT and "
+                  f"{f['text_captions']} captions through the text tower in this run (process 0)")
         if summary["skipped"]:
             print("skipped samples (this process): " + ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()))
     return 0
