@@ -240,13 +240,17 @@ class Backbone:
 
         `method` picks how the last transformer block runs (see pacl_core.methods); the model is never modified.
         """
-        from .methods import run_last_block
+        from .methods import layers_needed, run_last_block
 
         x, grid = self.embed(images)  # (B, 1 + T + R, W)
         blocks = self.model.visual.transformer.resblocks
-        for block in blocks[:-1]:
+        needed = layers_needed(method, len(blocks))
+        feats = {}  # {i: block i's output (B, 1 + T + R, W)} for the blocks the method reads
+        for i, block in enumerate(blocks[:-1], start=1):
             x = block(x)
-        x = run_last_block(blocks[-1], x, grid, method)  # (B, 1 + T + R, W)
+            if i in needed:
+                feats[i] = x
+        x = run_last_block(blocks[-1], x, grid, method, feats)  # (B, 1 + T + R, W)
         x = x[:, :x.shape[1] - self.n_registers]  # (B, 1 + T, W): registers dropped
         return self.model.visual.ln_post(x), grid  # (B, 1 + T, D_v)
 
