@@ -48,13 +48,15 @@ def resolve_protocol(spec: DatasetSpec, method: str, backbone, user: dict) -> di
     base = {"image_size": round(spec.short_side * scale), "mode": "slide", "window": round(spec.window * scale),
             "stride": round(spec.stride * scale), "background": spec.default_background, "logit_scale": None,
             "templates": TRAINING_FREE_TEMPLATES if method in training_free else "imagenet7", "refine": None,
-            "shifts": 1}
+            "shifts": 1, "area_threshold": None}
     proto = {k: md.get(k, v) for k, v in base.items()}
     if user.get("window") is not None and user.get("stride") is None:
         proto["stride"] = None  # the segmenter's default: half the given window
     proto.update({k: v for k, v in user.items() if v is not None and k in base})
     if proto["background"] in ("none", ""):
         proto["background"] = None
+    if proto["area_threshold"] in ("none", ""):
+        proto["area_threshold"] = None
     if not spec.background and proto["background"] is not None:
         if user.get("background") not in (None, "none"):
             raise PACLError(f"{spec.name} has no background class; --background applies to voc21 and context60 only")
@@ -113,7 +115,8 @@ def make_segmenter(backbone, method: str, proto: dict, head=None, num_words: int
 
     kwargs = dict(method=method, head=head, image_size=proto["image_size"], mode=proto["mode"],
                   window=proto["window"], stride=proto["stride"], background=proto["background"],
-                  logit_scale=proto["logit_scale"], max_words=max(num_words, 1), shifts=proto.get("shifts") or 1)
+                  logit_scale=proto["logit_scale"], max_words=max(num_words, 1), shifts=proto.get("shifts") or 1,
+                  area_threshold=proto.get("area_threshold"))
     if proto.get("refine"):
         kwargs["refine"] = proto["refine"]
     return Segmenter(backbone, **kwargs)
@@ -128,7 +131,7 @@ def evaluate_dataset(dataset: SegDataset, segmenter, words: list[str], word_clas
     conf = np.zeros((K, K), dtype=np.int64)
     for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
         _, image, label = dataset[i]
-        seg = segmenter(image, words)
+        seg = segmenter(image, words, groups=word_class)  # synonyms count as one class for the area threshold
         assert len(seg.words) == len(words), "the segmenter dropped or merged class names"
         conf += confusion_matrix(mask_to_classes(seg.mask, word_class, label.shape), label, K)
     return metrics_from_confusion(conf, dataset.spec.classes)
