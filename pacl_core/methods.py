@@ -315,6 +315,12 @@ def method_defaults(method: str, dataset: str | None = None, native_size: int = 
     return out
 
 
+def default_method(has_head: bool) -> str:
+    """The method shown beside vanilla CLIP when none is asked for (the demo's comparison, `segment`'s --method):
+    PACL when a trained head is at hand, else SC-CLIP, the strongest one here that needs nothing but CLIP."""
+    return "pacl" if has_head else "scclip"
+
+
 def check_method(method: str) -> str:
     if method not in LAST_BLOCK:
         raise PACLError(f"unknown method '{method}'; valid methods: {', '.join(LAST_BLOCK)}")
