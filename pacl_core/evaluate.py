@@ -65,16 +65,19 @@ def resolve_protocol(spec: DatasetSpec, method: str, backbone, user: dict) -> di
 
 
 def class_words(spec: DatasetSpec, names_file=None) -> tuple[list[str], np.ndarray]:
-    """The words to segment with and, per word, its class train id. A names file may give synonyms per class."""
+    """The words to segment with and, per word, its class train id. A names file may give synonyms per class and,
+    on a benchmark with background, a first line of words for the background itself (class 0), as the official
+    SCLIP / SC-CLIP files cls_voc21.txt and cls_context60.txt do."""
     if names_file is None:
         names = [[c] for c in spec.words]
     else:
         names = read_class_names(names_file)
-        if len(names) != len(spec.words):
-            raise PACLError(f"{names_file}: {len(names)} lines, but {spec.name} needs {len(spec.words)} "
-                            f"(one per class{', background excluded' if spec.background else ''})")
+        if len(names) not in (len(spec.words), spec.num_classes if spec.background else -1):
+            extra = f" (one per class, background excluded), or {spec.num_classes} with background words first"
+            raise PACLError(f"{names_file}: {len(names)} lines, but {spec.name} needs {len(spec.words)}"
+                            + (extra if spec.background else " (one per class)"))
     words, word_class, seen = [], [], set()
-    first = 1 if spec.background else 0
+    first = 1 if spec.background and len(names) == len(spec.words) else 0
     for k, synonyms in enumerate(names):
         for w in synonyms:
             if w.casefold() in seen:
@@ -131,7 +134,8 @@ def evaluate_dataset(dataset: SegDataset, segmenter, words: list[str], word_clas
     conf = np.zeros((K, K), dtype=np.int64)
     for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
         _, image, label = dataset[i]
-        seg = segmenter(image, words, groups=word_class)  # synonyms count as one class for the area threshold
+        groups = np.where(word_class == 0, -1, word_class) if dataset.spec.background else word_class
+        seg = segmenter(image, words, groups=groups)  # for the area threshold: synonyms are one class, background none
         assert len(seg.words) == len(words), "the segmenter dropped or merged class names"
         conf += confusion_matrix(mask_to_classes(seg.mask, word_class, label.shape), label, K)
     return metrics_from_confusion(conf, dataset.spec.classes)

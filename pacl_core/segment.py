@@ -80,13 +80,18 @@ def label_mask(scores: torch.Tensor, logit_scale: float, background=None, keep=N
 
 def area_keep(counts: torch.Tensor, threshold: float, groups=None) -> torch.Tensor:
     """SCLIP's / SC-CLIP's area_thd: pixels per word as its best word (K,) -> (K,) bool, True where the word's
-    class (its group of synonyms; by default the word itself) covers more than `threshold` of those pixels."""
+    class covers more than `threshold` of the pixels whose best word names a class.
+
+    groups: a class id per word (synonyms share one; by default each word is its own class); a negative id marks
+    a word naming the background, which is kept and counted in no class (the official class 0)."""
     counts = counts.double().cpu()  # (K,)
-    total = counts.sum()
-    if groups is not None:
-        g = torch.as_tensor(np.asarray(groups), dtype=torch.long)  # (K,) class id per word
-        counts = torch.zeros(int(g.max()) + 1, dtype=counts.dtype).index_add_(0, g, counts)[g]  # (K,) per class
-    return counts > threshold * total
+    g = torch.arange(len(counts)) if groups is None else torch.as_tensor(np.asarray(groups), dtype=torch.long)
+    fg = g >= 0  # (K,)
+    keep = torch.ones(len(counts), dtype=torch.bool)
+    if fg.any():
+        per_class = torch.zeros(int(g.max()) + 1, dtype=counts.dtype).index_add_(0, g[fg], counts[fg])
+        keep[fg] = per_class[g[fg]] > threshold * counts[fg].sum()
+    return keep
 
 
 UPSAMPLE_BLOCK = 1 << 22  # elements of one (K, rows, W) block of full-resolution scores
@@ -392,7 +397,7 @@ class Segmenter:
 
     def __call__(self, image, words, background="default", groups=None) -> Segmentation:
         """Segment one image (PIL, numpy or path; any size) with words ('dog, sky' or a list). groups: a class
-        id per word (synonyms share one) for the area threshold; by default each word is its own class."""
+        id per word for the area threshold (see area_keep); by default each word is its own class."""
         image = to_rgb_array(image)  # (H, W, 3) uint8
         words, notes = parse_words(words, self.max_words)
         background = self.background if background == "default" else parse_background(background)

@@ -14,7 +14,7 @@ import torch
 from pacl_core.cli import main
 from pacl_core.datasets import get_spec
 from pacl_core.errors import PACLError
-from pacl_core.evaluate import make_segmenter, resolve_protocol
+from pacl_core.evaluate import class_words, make_segmenter, resolve_protocol
 from pacl_core.segment import Segmenter, area_keep, label_mask, parse_background, upsample_scores
 from tests.conftest import random_image
 
@@ -59,6 +59,27 @@ def test_synonyms_count_as_one_class():
     counts = torch.tensor([12, 6, 2])
     assert area_keep(counts, 0.1, groups=[5, 7, 5]).tolist() == [True, True, True]  # words 0, 2: 14 of 20
     assert area_keep(counts, 0.35, groups=[5, 7, 5]).tolist() == [True, False, True]  # word 1: 6 of 20
+
+
+def test_background_words_are_kept_and_not_counted():
+    """The official class 0 (background words, here group -1) is never dropped and not part of the total."""
+    counts = torch.tensor([12, 6, 2, 30])  # word 3 names the background: 30 of 50 pixels
+    bg = [1, 2, 3, -1]
+    assert area_keep(counts, 0.1, groups=bg).tolist() == [True, True, False, True]  # 2 of 20 is not above 0.1
+    assert area_keep(counts, 0.25, groups=bg).tolist() == [True, True, False, True]  # 6 of 20 is above 0.25
+    assert area_keep(counts, 0.25).tolist() == [False, False, False, True]  # counted as a class: 6 of 50 is not
+    assert area_keep(counts, 0.7, groups=bg).tolist() == [False, False, False, True]
+    assert area_keep(torch.tensor([5, 5]), 0.5, groups=[-1, -1]).tolist() == [True, True]
+
+
+def test_names_file_may_name_the_background_first(tmp_path):
+    lines = ["sky, wall, tree", *get_spec("voc21").words]
+    (tmp_path / "cls_voc21.txt").write_text("\n".join(lines))
+    words, word_class = class_words(get_spec("voc21"), tmp_path / "cls_voc21.txt")
+    assert words[:4] == ["sky", "wall", "tree", "aeroplane"] and word_class[:4].tolist() == [0, 0, 0, 1]
+    assert word_class[-1] == 20 and len(words) == 23
+    with pytest.raises(PACLError, match="needs 20"):
+        class_words(get_spec("voc20"), tmp_path / "cls_voc21.txt")
 
 
 def test_no_class_left_is_all_background():
@@ -110,3 +131,34 @@ def test_cli_refuses_a_bad_value(tmp_path, capsys):
                  "--model", "PACL-Tiny-Test:none"])
     err = capsys.readouterr().err
     assert code == 2 and "area threshold" in err and len(err.strip().splitlines()) == 1
+
+
+def test_voc21_with_background_words_and_the_area_threshold(tmp_path, tiny):
+    """evaluate on voc21 with background words first: its confusion equals the mask computed here, pixel by
+    pixel, with background words -> class 0 and the area threshold counting only the 20 classes."""
+    from pacl_core.datasets import SegDataset
+    from pacl_core.evaluate import evaluate_methods, using_templates
+    from tests.test_datasets import write_layout
+
+    root, raws = write_layout(tmp_path, "voc", n=2)
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(["sky, wall", *get_spec("voc21").words]))
+    ds = SegDataset("voc21", root)
+    user = {"area_threshold": 0.05, "background": "prob:0.06"}
+    res = evaluate_methods(ds, tiny, ["vanilla"], user, names_file=names, progress=False)["vanilla"]
+    proto = resolve_protocol(ds.spec, "vanilla", tiny, user)
+    seg = make_segmenter(tiny, "vanilla", proto, num_words=22)
+    words = ["sky", "wall", *get_spec("voc21").words]
+    word_class = [0, 0, *range(1, 21)]
+    conf = np.zeros((21, 21), dtype=np.int64)
+    dropped = 0
+    for i, raw in enumerate(raws):
+        _, image, _ = ds[i]
+        with using_templates(tiny, proto["templates"]):
+            plain = seg(image, words, groups=[-1, -1, *range(1, 21)]).mask
+            counted = seg(image, words, groups=word_class).mask  # background words counted as a class
+        dropped += int((plain != counted).sum())
+        for y, x in zip(*np.nonzero(raw != 255)):
+            conf[raw[y, x], 0 if plain[y, x] < 2 else word_class[plain[y, x]]] += 1
+    np.testing.assert_array_equal(np.asarray(res["confusion"]), conf)
+    assert dropped > 0, "the case must tell background words from a class"
