@@ -156,8 +156,8 @@ def replace_anomalies(x: torch.Tensor, anomalies: torch.Tensor, grid) -> torch.T
     keep = (~anomalies).to(x.dtype).view(B, 1, h, w)  # (B, 1, h, w)
     ring = torch.ones(1, 1, 3, 3, dtype=x.dtype, device=x.device)
     ring[..., 1, 1] = 0
-    fmap = x.transpose(1, 2).reshape(B * W, 1, h, w) * keep.repeat_interleave(W, dim=0)  # (B W, 1, h, w)
-    sums = F.conv2d(fmap, ring, padding=1).view(B, W, T).transpose(1, 2)  # (B, T, W)
+    fmap = x.transpose(1, 2).reshape(B, W, h, w) * keep  # (B, W, h, w), anomalies zeroed
+    sums = F.conv2d(fmap.reshape(B * W, 1, h, w), ring, padding=1).view(B, W, T).transpose(1, 2)  # (B, T, W)
     counts = F.conv2d(keep, ring, padding=1).view(B, T, 1)  # (B, T, 1)
     replace = anomalies[..., None] & (counts > 0)  # (B, T, 1)
     return torch.where(replace, sums / counts.clamp_min(1), x)
