@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
                         "the toy world's folder")
     p.add_argument("--split", default=None, help="val (default) or train (not for toy: its folder is one split)")
     p.add_argument("--method", default=None,
-                   help="vanilla, pacl, maskclip, sclip, clearclip, naclip; comma-separated for several "
+                   help="vanilla, pacl, maskclip, sclip, clearclip, naclip, scclip; comma-separated for several "
                         "(default: vanilla; toy: vanilla,pacl)")
     p.add_argument("--head", default=None, help="PACL head .safetensors for --method pacl")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (quick looks)")
