@@ -17,7 +17,7 @@ parameters (a toy model's R register tokens, if any, follow the patches: N = 1+T
 loaded backbone serves every method. x is the output of block L-1; feats maps a block number i (1-indexed) to the
 output of block i (B, N, W) for exactly the blocks `layers_needed(method, depth)` declares (none for most methods).
 The key idea of each method is one short function: `maskclip_attention`, `sclip_weights`, `clearclip_weights`,
-`naclip_weights`, `scclip_weights`.
+`naclip_weights`, `scclip_heads` (with its prior, `scclip_prior`).
 """
 
 from __future__ import annotations
@@ -117,12 +117,17 @@ def neighbourhood_bias(grid: tuple[int, int], std: float, registers: int = 0) ->
     return F.pad(torch.exp(-dist2 / (2 * std**2)), (1, registers, 1, registers))  # (1+T+R, 1+T+R)
 
 
-def scclip_weights(k, prior) -> torch.Tensor:
-    """SC-CLIP's self-adjusted attention: the mean of softmax(3 · (c - mean c)), negatives masked, and
-    softmax(k·kᵀ); c (B, T, T) is the mid-level patch-patch cosine, shared by the heads -> (B, H, T, T)."""
-    c = (prior - prior.mean(dim=(-1, -2), keepdim=True)) * SCCLIP_PRIOR_SCALE  # (B, T, T), per image
-    c = c.masked_fill(c < 0, float("-inf"))[:, None]  # (B, 1, T, T); the diagonal is >= 0, no row is all -inf
-    return (torch.softmax(c, dim=-1) + torch.softmax(self_similarity(k, k), dim=-1)) / 2
+def scclip_prior(mid: torch.Tensor) -> torch.Tensor:
+    """SC-CLIP's attention prior from the mid-level patch-patch cosine c (B, T, T): softmax(3 · (c - mean c)),
+    negatives masked, the mean per image -> (B, T, T). The diagonal is >= 0, so no row is all masked."""
+    c = (mid - mid.mean(dim=(-1, -2), keepdim=True)) * SCCLIP_PRIOR_SCALE  # (B, T, T)
+    return torch.softmax(c.masked_fill(c < 0, float("-inf")), dim=-1)
+
+
+def scclip_heads(k, v, prior) -> torch.Tensor:
+    """SC-CLIP's self-adjusted attention: ½ prior + ½ softmax(k·kᵀ), times v; the prior (B, T, T) is shared by
+    the heads, so it is applied as prior @ v beside fused softmax(k·kᵀ) @ v -> (B, H, T, d)."""
+    return (prior[:, None] @ v + F.scaled_dot_product_attention(k, k, v)) / 2
 
 
 # ---- SC-CLIP's pieces: anomaly tokens, their replacement, the layer choices ---------------------
@@ -138,9 +143,11 @@ def lof_anomalies(x: torch.Tensor, neighbours: int = SCCLIP_LOF_NEIGHBOURS,
     k = min(neighbours, T - 1)
     if k < 1:
         return torch.zeros(B, T, dtype=torch.bool, device=x.device)
-    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist").pow(2)  # (B, T, T), exact differences
-    knn_d, knn_i = d.topk(k + 1, dim=-1, largest=False)  # (B, T, k + 1), the token itself first
-    knn_d, knn_i = knn_d[..., 1:], knn_i[..., 1:]  # (B, T, k)
+    xc = x - x.mean(dim=1, keepdim=True)  # (B, T, W): same distances, small norms keep |a|² + |b|² - 2a·b exact
+    sq = xc.pow(2).sum(dim=-1)  # (B, T)
+    d = torch.baddbmm(sq[:, :, None] + sq[:, None, :], xc, xc.transpose(1, 2), alpha=-2).clamp_min_(0)  # (B, T, T)
+    d.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # a token is not its own neighbour
+    knn_d, knn_i = d.topk(k, dim=-1, largest=False)  # (B, T, k), nearest first
     reach = torch.maximum(knn_d, knn_d[..., -1:])  # (B, T, k)
     lrd = k / torch.nan_to_num(reach.mean(dim=-1), nan=1e-6)  # (B, T)
     lof = (lrd.gather(1, knn_i.flatten(1)).view(B, T, k) / lrd[..., None]).mean(dim=-1)  # (B, T)
@@ -148,19 +155,31 @@ def lof_anomalies(x: torch.Tensor, neighbours: int = SCCLIP_LOF_NEIGHBOURS,
     return lof > threshold
 
 
+@lru_cache(maxsize=16)
+def grid_neighbours(grid: tuple[int, int]) -> torch.Tensor:
+    """(T, 8): the row-major indices of each patch's 3x3 neighbours on the (h, w) grid, -1 outside it."""
+    h, w = grid
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    rows, cols = rows.reshape(-1, 1), cols.reshape(-1, 1)  # (T, 1)
+    dy, dx = (torch.tensor([[d[i] for d in NEIGHBOURS_3X3]]) for i in (0, 1))  # (1, 8)
+    r, c = rows + dy, cols + dx  # (T, 8)
+    return torch.where((r >= 0) & (r < h) & (c >= 0) & (c < w), r * w + c, -1)
+
+
+NEIGHBOURS_3X3 = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
+
+
 def replace_anomalies(x: torch.Tensor, anomalies: torch.Tensor, grid) -> torch.Tensor:
     """Patch tokens (B, T, W) with each anomaly (B, T) replaced by the mean of its non-anomalous 3x3 grid
     neighbours (the border not counted); an anomaly with none stays as it is -> (B, T, W)."""
-    B, T, W = x.shape
-    h, w = grid
-    keep = (~anomalies).to(x.dtype).view(B, 1, h, w)  # (B, 1, h, w)
-    ring = torch.ones(1, 1, 3, 3, dtype=x.dtype, device=x.device)
-    ring[..., 1, 1] = 0
-    fmap = x.transpose(1, 2).reshape(B, W, h, w) * keep  # (B, W, h, w), anomalies zeroed
-    sums = F.conv2d(fmap.reshape(B * W, 1, h, w), ring, padding=1).view(B, W, T).transpose(1, 2)  # (B, T, W)
-    counts = F.conv2d(keep, ring, padding=1).view(B, T, 1)  # (B, T, 1)
-    replace = anomalies[..., None] & (counts > 0)  # (B, T, 1)
-    return torch.where(replace, sums / counts.clamp_min(1), x)
+    b, t = anomalies.nonzero(as_tuple=True)  # (n,) each: the anomalies of every image
+    near = grid_neighbours(tuple(grid)).to(x.device)[t]  # (n, 8), -1 outside the grid
+    valid = (near >= 0) & ~anomalies[b[:, None], near.clamp_min(0)]  # (n, 8)
+    feats = x[b[:, None], near.clamp_min(0)] * valid[..., None]  # (n, 8, W)
+    count = valid.sum(dim=1, keepdim=True)  # (n, 1)
+    out = x.clone()
+    out[b, t] = torch.where(count > 0, feats.sum(dim=1) / count.clamp_min(1), x[b, t])  # (n, W)
+    return out
 
 
 def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -224,15 +243,15 @@ def naclip_block(block, x: torch.Tensor, grid, feats=None) -> torch.Tensor:
 
 def clip_cls(block, x: torch.Tensor) -> torch.Tensor:
     """The CLS token through CLIP's ordinary block (its query over every token, residual, FFN) -> (B, 1, W)."""
-    q, k, v = qkv(block, x)  # (B, H, N, d) each
-    cls = project(block, torch.softmax(self_similarity(q[:, :, :1], k), dim=-1) @ v)  # (B, 1, W)
+    y = block.ln_1(x)  # (B, N, W)
+    cls = block.attn(y[:, :1], y, y, need_weights=False)[0]  # (B, 1, W): the CLS query only
     return residual_and_ffn(block, x[:, :1], cls)
 
 
 def scclip_attention(block, x: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
     """The last block as SC-CLIP runs it on patch tokens (B, T, W): attention only, no residual, no FFN."""
     q, k, v = qkv(block, x)  # (B, H, T, d) each
-    return block.ls_1(project(block, scclip_weights(k, prior) @ v))  # (B, T, W)
+    return block.ls_1(project(block, scclip_heads(k, v, prior)))  # (B, T, W)
 
 
 def scclip_block(block, x: torch.Tensor, grid, feats) -> torch.Tensor:
@@ -244,10 +263,11 @@ def scclip_block(block, x: torch.Tensor, grid, feats) -> torch.Tensor:
     anomalies = lof_anomalies(patches)  # (B, T), per image
     mid = cosine_matrix(replace_anomalies(feats[before][:, 1:1 + T], anomalies, grid))  # (B, T, T)
     shallow = cosine_matrix(feats[after][:, 1:1 + T])  # (B, T, T), no replacement
+    prior = scclip_prior(mid)  # (B, T, T)
     y = aggregate(replace_anomalies(patches, anomalies, grid), mid)  # (B, T, W)
-    y = aggregate(scclip_attention(block, y, mid) + SCCLIP_RES_CLS * x[:, :1], shallow)  # (B, T, W)
+    y = aggregate(scclip_attention(block, y, prior) + SCCLIP_RES_CLS * x[:, :1], shallow)  # (B, T, W)
     multi = sum(feats[i] for i in blocks)  # (B, N, W): the multi-level branch
-    y = y + aggregate(scclip_attention(block, multi[:, 1:1 + T], mid) + SCCLIP_RES_CLS * multi[:, :1], shallow)
+    y = y + aggregate(scclip_attention(block, multi[:, 1:1 + T], prior) + SCCLIP_RES_CLS * multi[:, :1], shallow)
     return torch.cat([clip_cls(block, x), y, x[:, 1 + T:]], dim=1)  # (B, 1+T+R, W): registers passed through
 
 
