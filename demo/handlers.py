@@ -28,13 +28,13 @@ from pacl_core.errors import PACLError
 from pacl_core.explain import draw_grid, explain
 from pacl_core.export import slug, write_outputs
 from pacl_core.inputs import load_image, parse_words, to_rgb_array
-from pacl_core.methods import METHODS
+from pacl_core.methods import METHODS, default_method
 from pacl_core.segment import REFINERS
 from pacl_core.viz import draw_heatmaps, palette
 
 METHOD_TITLES = {"vanilla": "Vanilla CLIP", "pacl": "PACL", "maskclip": "MaskCLIP", "sclip": "SCLIP",
-                 "clearclip": "ClearCLIP", "naclip": "NACLIP"}
-DEFAULT_METHODS = ("vanilla", "pacl")
+                 "clearclip": "ClearCLIP", "naclip": "NACLIP", "scclip": "SC-CLIP"}
+DEFAULT_METHODS = ("vanilla", "pacl")  # with a PACL head; without one, vanilla and SC-CLIP (default_methods)
 RESOLUTIONS = ("model default", "96", "160", "224", "320", "448", "672")
 SHIFTS = ("1", "2", "4")  # shifted passes per axis (pacl_core.segment.shifted_scores): 1, 4 or 16 passes
 REFINES = ("none", *REFINERS)  # post-processing of the scores: none, affinity or pamr
@@ -52,6 +52,19 @@ def method_title(method: str) -> str:
 def method_choices() -> list[tuple[str, str]]:
     """(label, value) pairs for every method pacl_core knows, in its order."""
     return [(method_title(m), m) for m in METHODS]
+
+
+def default_methods(registry, model: str) -> list[str]:
+    """The comparison ticked when a model is picked: vanilla CLIP beside PACL if the model has a PACL head, else
+    beside SC-CLIP (pacl_core.methods.default_method). Nothing is loaded to decide."""
+    return ["vanilla", default_method(registry.head_known(model))]
+
+
+def methods_info(registry, model: str) -> str:
+    """The line under the method list: why PACL is not ticked, when the model has no head."""
+    if registry.head_known(model):
+        return ""
+    return NO_HEAD.format(model=model)
 
 
 # ---- input checks ------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pacl_core.backbone import backbone_spec, load_backbone, parse_model_spec, w
 from pacl_core.errors import PACLError
 from pacl_core.hub import HUB_PREFIX, fetch_head, is_hub_spec, parse_hub_spec
 from pacl_core.segment import Segmenter
+from pacl_core.toymodel import head_path as toy_head_path
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,16 @@ class ModelRegistry:
     def has_pacl_head(self, label: str) -> bool:
         """Whether 'pacl' can run: the choice names a head file, or its backbone ships one (the toy model)."""
         return self.choice(label).head is not None or self.backbone(label).default_head is not None
+
+    def head_known(self, label: str) -> bool:
+        """has_pacl_head without loading a model: a head file is named, the loaded backbone ships one, or the
+        choice is the toy model and its head file is there."""
+        choice = self.choice(label)
+        if choice.head is not None:
+            return True
+        if choice.spec in self._backbones:
+            return self._backbones[choice.spec].default_head is not None
+        return choice.spec == "toy" and toy_head_path().is_file()
 
     def segmenter(self, label: str, method: str, image_size: int | None = None, shifts: int = 1,
                   refine: str | None = None):

@@ -176,6 +176,18 @@ def make_lesson_if_open(registry: ModelRegistry):
     return refresh
 
 
+def make_method_defaults(registry: ModelRegistry):
+    """A new model ticks its default comparison (PACL with a head, else SC-CLIP) and says why."""
+
+    def update(model):
+        try:
+            return gr.CheckboxGroup(value=h.default_methods(registry, model), info=h.methods_info(registry, model))
+        except PACLError:  # an unknown model: Segment will say so
+            return gr.skip()
+
+    return update
+
+
 def show_slots(methods):
     chosen = set(methods or [])
     return [gr.Column(visible=m in chosen) for m in METHODS]
@@ -194,8 +206,9 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
                                  sources=["upload", "webcam", "clipboard"])
                 words = gr.Textbox(label="Vocabulary (comma-separated)", value="", lines=2,
                                    placeholder="e.g. dog, grass, sky", max_lines=4)
-                methods = gr.CheckboxGroup(h.method_choices(), value=list(h.DEFAULT_METHODS),
-                                           label="Methods to compare")
+                ticked = h.default_methods(registry, default_label)
+                methods = gr.CheckboxGroup(h.method_choices(), value=ticked, label="Methods to compare",
+                                           info=h.methods_info(registry, default_label), elem_id="methods")
                 model_box = gr.Dropdown(registry.labels, value=default_label, label="Model")
                 threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Background threshold",
                                       info="pixels whose best cosine is below this become background; 0 = off")
@@ -214,7 +227,7 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
                 with gr.Tabs():
                     with gr.Tab("Compare methods", id="compare") as compare_tab:
                         with gr.Row(equal_height=False):
-                            slots = {m: _slot(m, m in h.DEFAULT_METHODS) for m in METHODS}
+                            slots = {m: _slot(m, m in ticked) for m in METHODS}
                         table = gr.Dataframe(headers=h.TABLE_HEADERS, label="Per-word pixel share and mean score",
                                              interactive=False, wrap=True)
                         download = gr.File(label="Download the results (.zip: overlays, masks, heatmaps, numbers)",
@@ -237,6 +250,7 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
         slot_outputs = [c for m in METHODS for c in (slots[m]["status"], slots[m]["overlay"], slots[m]["gallery"])]
         methods.change(show_slots, methods, [slots[m]["column"] for m in METHODS], api_visibility="private",
                        queue=False)
+        model_box.change(make_method_defaults(registry), model_box, methods, api_visibility="private", queue=False)
         lesson_inputs = [image, words, word, model_box, resolution, tau]
         lesson_outputs = [s_img, a_img, lesson_md, lesson_table]
         token = gr.State(None)

@@ -26,7 +26,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .errors import PACLError
 from .inputs import check_pixels
-from .methods import run_last_block
+from .methods import layers_needed, run_last_block
 from .prompts import get_templates
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -290,9 +290,13 @@ class Backbone:
         """
         x, grid = self.embed(images)  # (B, 1 + T + R, W)
         blocks = self.model.visual.transformer.resblocks
-        for block in blocks[:-1]:
+        needed = layers_needed(method, len(blocks))
+        feats = {}  # {i: block i's output (B, 1 + T + R, W)} for the blocks the method reads
+        for i, block in enumerate(blocks[:-1], start=1):
             x = block(x)
-        x = run_last_block(blocks[-1], x, grid, method)  # (B, 1 + T + R, W)
+            if i in needed:
+                feats[i] = x
+        x = run_last_block(blocks[-1], x, grid, method, feats)  # (B, 1 + T + R, W)
         x = x[:, :x.shape[1] - self.n_registers]  # (B, 1 + T, W): registers dropped
         return self.model.visual.ln_post(x), grid  # (B, 1 + T, D_v)
 

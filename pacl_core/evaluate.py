@@ -48,13 +48,15 @@ def resolve_protocol(spec: DatasetSpec, method: str, backbone, user: dict) -> di
     base = {"image_size": round(spec.short_side * scale), "mode": "slide", "window": round(spec.window * scale),
             "stride": round(spec.stride * scale), "background": spec.default_background, "logit_scale": None,
             "templates": TRAINING_FREE_TEMPLATES if method in TRAINING_FREE else "imagenet7", "refine": None,
-            "shifts": 1}
+            "shifts": 1, "area_threshold": None}
     proto = {k: md.get(k, v) for k, v in base.items()}
     if user.get("window") is not None and user.get("stride") is None:
         proto["stride"] = None  # the segmenter's default: half the given window
     proto.update({k: v for k, v in user.items() if v is not None and k in base})
     if proto["background"] in ("none", ""):
         proto["background"] = None
+    if proto["area_threshold"] in ("none", ""):
+        proto["area_threshold"] = None
     if not spec.background and proto["background"] is not None:
         if user.get("background") not in (None, "none"):
             raise PACLError(f"{spec.name} has no background class; --background applies to voc21 and context60 only")
@@ -63,16 +65,19 @@ def resolve_protocol(spec: DatasetSpec, method: str, backbone, user: dict) -> di
 
 
 def class_words(spec: DatasetSpec, names_file=None) -> tuple[list[str], np.ndarray]:
-    """The words to segment with and, per word, its class train id. A names file may give synonyms per class."""
+    """The words to segment with and, per word, its class train id. A names file may give synonyms per class and,
+    on a benchmark with background, a first line of words for the background itself (class 0), as the official
+    SCLIP / SC-CLIP files cls_voc21.txt and cls_context60.txt do."""
     if names_file is None:
         names = [[c] for c in spec.words]
     else:
         names = read_class_names(names_file)
-        if len(names) != len(spec.words):
-            raise PACLError(f"{names_file}: {len(names)} lines, but {spec.name} needs {len(spec.words)} "
-                            f"(one per class{', background excluded' if spec.background else ''})")
+        if len(names) not in (len(spec.words), spec.num_classes if spec.background else -1):
+            extra = f" (one per class, background excluded), or {spec.num_classes} with background words first"
+            raise PACLError(f"{names_file}: {len(names)} lines, but {spec.name} needs {len(spec.words)}"
+                            + (extra if spec.background else " (one per class)"))
     words, word_class, seen = [], [], set()
-    first = 1 if spec.background else 0
+    first = 1 if spec.background and len(names) == len(spec.words) else 0
     for k, synonyms in enumerate(names):
         for w in synonyms:
             if w.casefold() in seen:
@@ -109,7 +114,8 @@ def using_templates(backbone, templates):
 def make_segmenter(backbone, method: str, proto: dict, head=None, num_words: int = 1):
     kwargs = dict(method=method, head=head, image_size=proto["image_size"], mode=proto["mode"],
                   window=proto["window"], stride=proto["stride"], background=proto["background"],
-                  logit_scale=proto["logit_scale"], max_words=max(num_words, 1), shifts=proto.get("shifts") or 1)
+                  logit_scale=proto["logit_scale"], max_words=max(num_words, 1), shifts=proto.get("shifts") or 1,
+                  area_threshold=proto.get("area_threshold"))
     if proto.get("refine"):
         kwargs["refine"] = proto["refine"]
     return Segmenter(backbone, **kwargs)
@@ -139,7 +145,8 @@ def evaluate_dataset(dataset: SegDataset, segmenter, words: list[str], word_clas
     conf = np.zeros((K, K), dtype=np.int64)
     for i in tqdm(shard_indices(len(dataset)), desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
         _, image, label = dataset[i]
-        seg = segmenter(image, words)
+        groups = np.where(word_class == 0, -1, word_class) if dataset.spec.background else word_class
+        seg = segmenter(image, words, groups=groups)  # for the area threshold: synonyms are one class, background none
         assert len(seg.words) == len(words), "the segmenter dropped or merged class names"
         conf += confusion_matrix(mask_to_classes(seg.mask, word_class, label.shape), label, K)
     return metrics_from_confusion(reduce_confusion(conf), dataset.spec.classes)

@@ -7,6 +7,8 @@ training-free variant of the last block (see pacl_core.methods). `shifts=m` aver
 shifted by fractions of a patch (`shifted_scores`): a test-time augmentation that evens out each patch's noise.
 `refine` post-processes the scores: "affinity" (a random walk over the patches weighted by their own embeddings,
 pacl_core.affinity; per pass, before upsampling) or "pamr" (guided by the image's colours, after upsampling).
+`area_threshold=a` is SCLIP's / SC-CLIP's area_thd: a class that is the best word at no more than a share a of the
+pixels falls away, and its pixels take the next best word (or background) - `area_keep`.
 """
 
 from __future__ import annotations
@@ -53,21 +55,45 @@ def scores_to_probs(scores: torch.Tensor, logit_scale: float) -> torch.Tensor:
     return torch.softmax(scores * logit_scale, dim=-3)
 
 
-def label_mask(scores: torch.Tensor, logit_scale: float, background=None) -> torch.Tensor:
-    """Cosines (K, H, W) -> (H, W) int64 word index per pixel, -1 where the background rule fires."""
-    top, mask = scores.max(dim=0)  # (H, W)
+def label_mask(scores: torch.Tensor, logit_scale: float, background=None, keep=None) -> torch.Tensor:
+    """Cosines (K, H, W) -> (H, W) int64 word index per pixel, -1 where the background rule fires.
+
+    keep (K,) bool: the words the area threshold leaves (area_keep). The others are never chosen and, as SCLIP
+    and SC-CLIP do, their probabilities count as 0 for the prob rule; no word left -> all background."""
+    kept = scores if keep is None else scores.masked_fill(~keep.to(scores.device)[:, None, None], float("-inf"))
+    top, mask = kept.max(dim=0)  # (H, W)
     if background is not None:
         rule, thr = background
         if rule == "score":
             bg = top < thr
         elif rule == "prob":  # SCLIP / ClearCLIP / NACLIP: the best word's probability is below thr
-            bg = scores_to_probs(scores, logit_scale).max(dim=0).values < thr
+            p = scores_to_probs(scores, logit_scale)  # (K, H, W)
+            p = p if keep is None else p * keep.to(p)[:, None, None]
+            bg = p.max(dim=0).values < thr
         else:
             p = scores_to_probs(scores, logit_scale)  # (K, H, W)
             entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=0)  # (H, W)
             bg = entropy > thr
         mask = torch.where(bg, torch.full_like(mask, -1), mask)
+    if keep is not None and not bool(keep.any()):
+        mask = torch.full_like(mask, -1)
     return mask
+
+
+def area_keep(counts: torch.Tensor, threshold: float, groups=None) -> torch.Tensor:
+    """SCLIP's / SC-CLIP's area_thd: pixels per word as its best word (K,) -> (K,) bool, True where the word's
+    class covers more than `threshold` of the pixels whose best word names a class.
+
+    groups: a class id per word (synonyms share one; by default each word is its own class); a negative id marks
+    a word naming the background, which is kept and counted in no class (the official class 0)."""
+    counts = counts.double().cpu()  # (K,)
+    g = torch.arange(len(counts)) if groups is None else torch.as_tensor(np.asarray(groups), dtype=torch.long)
+    fg = g >= 0  # (K,)
+    keep = torch.ones(len(counts), dtype=torch.bool)
+    if fg.any():
+        per_class = torch.zeros(int(g.max()) + 1, dtype=counts.dtype).index_add_(0, g[fg], counts[fg])
+        keep[fg] = per_class[g[fg]] > threshold * counts[fg].sum()
+    return keep
 
 
 UPSAMPLE_BLOCK = 1 << 22  # elements of one (K, rows, W) block of full-resolution scores
@@ -161,9 +187,20 @@ def shifted_scores(patch_logits, images: torch.Tensor, patch: int, shifts: int,
     return (norm / n + torch.log((total / n).clamp_min(tiny))) / logit_scale  # (B, K, H, W)
 
 
-def mask_from_low(low: torch.Tensor, size: tuple[int, int], logit_scale: float, background=None) -> torch.Tensor:
-    """The (H, W) label mask of the upsampled scores, computed block by block (never all of (K, H, W) at once)."""
-    return torch.cat([label_mask(block, logit_scale, background) for _, block in upsample_blocks(low, size)])
+def best_word_counts(blocks, K: int) -> torch.Tensor:
+    """Score blocks (K, r, W) -> (K,) how many pixels have each word as their best."""
+    return sum(torch.bincount(b.argmax(dim=0).flatten().cpu(), minlength=K) for b in blocks)
+
+
+def mask_from_low(low: torch.Tensor, size: tuple[int, int], logit_scale: float, background=None,
+                  area_threshold: float | None = None, groups=None) -> torch.Tensor:
+    """The (H, W) label mask of the upsampled scores, computed block by block (never all of (K, H, W) at once);
+    with an area threshold a first pass counts each word's pixels (area_keep)."""
+    keep = None
+    if area_threshold is not None:
+        counts = best_word_counts((block for _, block in upsample_blocks(low, size)), low.shape[0])
+        keep = area_keep(counts, area_threshold, groups)  # (K,)
+    return torch.cat([label_mask(block, logit_scale, background, keep) for _, block in upsample_blocks(low, size)])
 
 
 @dataclass
@@ -215,6 +252,19 @@ class Segmentation:
         return rows
 
 
+def check_area_threshold(value) -> float | None:
+    """None (off) or a share in [0, 1): a class covering no more than it of the image falls away (area_keep)."""
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise PACLError(f"area threshold must be a number from 0 to 1 (a share of the image), got {value!r}") from None
+    if not 0 <= value < 1:
+        raise PACLError(f"area threshold must be from 0 to below 1 (a share of the image), got {value}")
+    return value
+
+
 def _round_to(n: float, multiple: int) -> int:
     return max(multiple, int(round(n / multiple)) * multiple)
 
@@ -232,7 +282,8 @@ class Segmenter:
     def __init__(self, backbone, method: str = "vanilla", head: VisionEmbedder | str | None = None,
                  image_size: int | None = None, mode: str | None = None, window: int | None = None,
                  stride: int | None = None, background=None, logit_scale: float | None = None,
-                 max_words: int = MAX_WORDS, refine: str | None = None, shifts: int = 1):
+                 max_words: int = MAX_WORDS, refine: str | None = None, shifts: int = 1,
+                 area_threshold: float | None = None):
         self.backbone, self.method = backbone, check_method(method)
         # settings left unset (None) take the method's official defaults (pacl_core.methods.METHOD_DEFAULTS)
         defaults = method_defaults(method, native_size=backbone.native_size)
@@ -260,6 +311,7 @@ class Segmenter:
                             f"{MAX_GRID}x{MAX_GRID} ({MAX_GRID * p} px with {p} px patches)"
                             + ("; use slide mode for larger images" if mode == "whole" else ""))
         self.background = parse_background(background)
+        self.area_threshold = check_area_threshold(area_threshold)
         self.max_words = max_words
         head_scale = (getattr(self.head, "meta", None) or {}).get("logit_scale") if self.head is not None else None
         self.logit_scale = float(logit_scale or defaults.get("logit_scale") or head_scale or backbone.logit_scale)
@@ -341,21 +393,27 @@ class Segmenter:
         """PAMR-refined scores (K, H, W), guided by the image's colours (as SCLIP / NACLIP do)."""
         return pamr_rgb(image[None], scores[None])[0]  # (K, H, W)
 
-    def __call__(self, image, words, background="default") -> Segmentation:
-        """Segment one image (PIL, numpy or path; any size) with words ('dog, sky' or a list)."""
+    def __call__(self, image, words, background="default", groups=None) -> Segmentation:
+        """Segment one image (PIL, numpy or path; any size) with words ('dog, sky' or a list). groups: a class
+        id per word for the area threshold (see area_keep); by default each word is its own class."""
         image = to_rgb_array(image)  # (H, W, 3) uint8
         words, notes = parse_words(words, self.max_words)
         background = self.background if background == "default" else parse_background(background)
         text = self.backbone.text_embeddings(words)  # (K, D)
         H, W = image.shape[:2]
         low = self._logits_whole(image, text) if self.mode == "whole" else self._logits_slide(image, text)
+        if groups is not None and len(groups) != len(words):
+            raise PACLError(f"{len(groups)} class ids for {len(words)} words")
         refined = None
         if self.refine == "pamr":
             full = self._pamr(image, upsample_scores(low, (H, W)))  # (K, H, W)
-            mask = label_mask(full, self.logit_scale, background)
+            keep = None
+            if self.area_threshold is not None:
+                keep = area_keep(best_word_counts([full], len(words)), self.area_threshold, groups)  # (K,)
+            mask = label_mask(full, self.logit_scale, background, keep)
             refined = full.cpu().numpy()
         else:
-            mask = mask_from_low(low, (H, W), self.logit_scale, background)  # (H, W)
+            mask = mask_from_low(low, (H, W), self.logit_scale, background, self.area_threshold, groups)  # (H, W)
         # patch level: the grid itself (whole), or the pixel-level scores (slide, shifts) pooled back to patches
         pixel_level = self.mode == "slide" or self.shifts > 1
         patch = F.avg_pool2d(low[None], self.backbone.patch_size)[0] if pixel_level else low

@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from .errors import PACLError
 from .inputs import check_out_folder
@@ -339,8 +340,6 @@ def write_split(out, split: str = "test", seed: int = 0, n: int = 200, size: int
     out = check_out_folder(out)
     for sub in ("images", "masks", "instances"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    from tqdm import tqdm
-
     rows = []
     for i in tqdm(range(n), desc=f"generating {split}", unit="scene", disable=not progress):
         scene, name = make_scene(seed, i, split, size), f"{i:06d}.png"

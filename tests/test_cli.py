@@ -6,9 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from pacl_core.backbone import load_backbone
+from pacl_core.checkpoint import save_head
 from pacl_core.cli import main
+from pacl_core.pacl import VisionEmbedder
 
 TINY = ["--model", "PACL-Tiny-Test:none"]
 
@@ -77,7 +81,7 @@ def test_segment_writes_every_output(tmp_path, images, capsys):
         result = json.loads((folder / "result.json").read_text())
         assert result["words"] == ["dog", "grass", "🐶"] and result["image_size"] == [w, h]
         assert result["mask_labels"] == ["background", "dog", "grass", "🐶"]
-        assert result["method"] == "vanilla" and result["model"] == "PACL-Tiny-Test:none"
+        assert result["method"] == "scclip" and result["model"] == "PACL-Tiny-Test:none"  # no head: SC-CLIP
         assert sum(result["pixel_share"].values()) == pytest.approx(1.0)
         for k, word in enumerate(result["mask_labels"]):  # the JSON shares agree with the mask PNG
             assert result["pixel_share"][word] == pytest.approx((mask == k).mean())
@@ -117,7 +121,7 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_files(tmp_path, images, ca
     elif case == "huge_image_size":
         extra = ["--image-size", "100000"]  # resizing to it alone would need 30 GB
     elif case == "too_many_patches":
-        extra = ["--image-size", "2000"]  # 250 x 250 patches of 8 px in one whole-image pass
+        extra = ["--image-size", "2000", "--method", "vanilla"]  # 250 x 250 patches of 8 px in one whole pass
     elif case == "zero_window":
         extra = ["--mode", "slide", "--window", "0"]
     elif case == "bad_device":
@@ -131,6 +135,18 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_files(tmp_path, images, ca
     assert "Traceback" not in res.stderr
     assert not out.exists()
     assert not [f for f in tmp_path.iterdir() if "staging" in f.name]
+
+
+def test_default_method_is_pacl_with_a_head_else_scclip(tmp_path, images, capsys):
+    torch.manual_seed(0)
+    tiny = load_backbone("PACL-Tiny-Test:none")
+    head = save_head(tmp_path / "head", VisionEmbedder(tiny.width, tiny.embed_dim), tiny)
+    for extra, method in (([], "scclip"), (["--head", str(head)], "pacl"), (["--method", "naclip"], "naclip")):
+        out = tmp_path / method
+        assert main(["segment", str(images[0]), "--words", "a, b", "--out", str(out), *TINY, *extra]) == 0
+        assert json.loads((out / "img0" / "result.json").read_text())["method"] == method
+        said = capsys.readouterr().out
+        assert ("no PACL head" in said) == (method == "scclip")
 
 
 def test_offline_real_model_is_one_line(tmp_path, images, monkeypatch):

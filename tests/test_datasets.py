@@ -136,3 +136,13 @@ def test_missing_layout_is_one_clear_error(tmp_path):
     assert len(SegDataset("voc21", root / "VOCdevkit", limit=1)) == 1  # VOCdevkit/ or VOC2012/ both work
     with pytest.raises(PACLError, match="no split"):
         SegDataset("voc21", root, split="test")
+
+
+def test_context_class_names_follow_the_converters_train_ids():
+    """mmsegmentation's Context converter numbers the 59 classes alphabetically (1 = aeroplane, 2 = bag, ...)."""
+    from pacl_core.datasets import CONTEXT_CLASSES
+
+    assert len(CONTEXT_CLASSES) == 59 and len(set(CONTEXT_CLASSES)) == 59
+    assert list(CONTEXT_CLASSES) == sorted(CONTEXT_CLASSES, key=lambda c: c.replace(" ", ""))
+    assert CONTEXT_CLASSES[:3] == ("aeroplane", "bag", "bed") and CONTEXT_CLASSES[-1] == "wood"
+    assert get_spec("context60").classes[0] == "background" and get_spec("context60").classes[1:] == CONTEXT_CLASSES

@@ -184,6 +184,20 @@ def test_pacl_without_a_head_is_a_message_not_a_failure(headless, photo):
     assert {r[0] for r in result.table} == {"Vanilla CLIP"} and result.download is not None
 
 
+def test_default_comparison_is_pacl_with_a_head_else_scclip(registry, headless, photo):
+    fresh = default_registry(registry.choice(HEAD_LABEL).head.rsplit("/", 1)[0])
+    assert h.default_methods(fresh, HEAD_LABEL) == ["vanilla", "pacl"] and h.methods_info(fresh, HEAD_LABEL) == ""
+    assert h.default_methods(fresh, VIT_LABEL) == ["vanilla", "scclip"]  # ViT-B/16 ships no head
+    assert "no trained PACL head" in h.methods_info(fresh, VIT_LABEL)
+    if TOY_READY:
+        assert h.default_methods(fresh, TOY_LABEL) == ["vanilla", "pacl"]
+    assert not any(fresh.is_loaded(label) for label in fresh.labels), "deciding must not load a model"
+    ticked = h.default_methods(headless, "tiny, no head")
+    assert ticked == ["vanilla", "scclip"] and "pacl" in dict(map(reversed, h.method_choices()))
+    result = h.compare(headless, str(photo), "sky, grass", ticked, "tiny, no head")
+    assert [p.title for p in result.panels] == ["Vanilla CLIP", "SC-CLIP"] and all(p.ok for p in result.panels)
+
+
 def test_background_threshold_adds_a_background_row(registry, photo):
     result = h.compare(registry, str(photo), "sky, grass", ["vanilla"], MODEL, threshold=1.0)
     rows = {r[1]: r for r in result.table}

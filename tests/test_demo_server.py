@@ -140,3 +140,22 @@ def test_several_users_at_once(server, photo):
         outs = [j.result(timeout=180) for j in jobs]
     assert [o[-1]["value"] for o in outs] == ["sky", "sky", "grass"] * 2
     assert all(len(o[-3]["data"]) >= 2 for o in outs)
+
+
+def test_method_ticks_follow_the_model(server, model_and_registry):
+    """With a PACL head the page opens on vanilla + PACL; without one on vanilla + SC-CLIP, saying why."""
+    from demo.models import ModelChoice, ModelRegistry
+    from demo.ui import make_method_defaults
+
+    def ticks(demo):
+        box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "methods")
+        return box.value, box.info
+
+    assert ticks(server[0]) == (["vanilla", "pacl"], "")
+    headless = ModelRegistry([ModelChoice("tiny, no head", "PACL-Tiny-Test:none")])
+    value, info = ticks(build_demo(model="PACL-Tiny-Test:none", registry=headless))
+    assert value == ["vanilla", "scclip"] and "no trained PACL head" in info
+    switched = make_method_defaults(model_and_registry[2])(model_and_registry[1])
+    assert switched.value == ["vanilla", "pacl"]
+    switched = make_method_defaults(headless)("tiny, no head")
+    assert switched.value == ["vanilla", "scclip"] and "no trained PACL head" in switched.info

@@ -1,4 +1,5 @@
 """Training-free last blocks (MaskCLIP, SCLIP, ClearCLIP, NACLIP) against slow references, defaults, and PAMR.
+SC-CLIP, which also reads earlier blocks, has its own reference in test_scclip.py.
 
 Each reference is written here from open_clip's block parameters (in_proj, out_proj, ln_1, ln_2, mlp), one head
 and one token pair at a time, following the official repositories' formulas.
@@ -20,7 +21,7 @@ from pacl_core.pamr import pamr
 from pacl_core.segment import Segmenter, label_mask, parse_background
 from tests.conftest import random_image
 
-ALL = ("vanilla",) + TRAINING_FREE
+ALL = ("vanilla",) + tuple(m for m in TRAINING_FREE if m != "scclip")  # scclip reads earlier blocks: test_scclip.py
 REDUCED = ("clearclip", "naclip")  # residual and FFN removed
 
 

@@ -17,7 +17,7 @@ from ..distributed import env_world, init_distributed, shutdown
 from ..errors import PACLError
 from ..evaluate import evaluate_methods, iou_table, summary_json, write_reports
 from ..inputs import check_out_folder
-from ..segment import REFINERS
+from ..segment import REFINERS, check_area_threshold
 from ..toyeval import evaluate_toy, object_patch_probe
 from .args import HEAD_HELP, add_model_args, add_shifts_arg, backbone_from_args, check_head_arg, check_shifts_arg
 
@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
                         "the toy world's folder")
     p.add_argument("--split", default=None, help="val (default) or train (not for toy: its folder is one split)")
     p.add_argument("--method", default=None,
-                   help="vanilla, pacl, maskclip, sclip, clearclip, naclip; comma-separated for several "
+                   help="vanilla, pacl, maskclip, sclip, clearclip, naclip, scclip; comma-separated for several "
                         "(default: vanilla; toy: vanilla,pacl)")
     p.add_argument("--head", default=None, help=HEAD_HELP + "; for --method pacl")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (quick looks)")
@@ -53,6 +53,10 @@ def add_parser(sub) -> None:
                    help="voc21/context60: entropy:T, prob:T, score:T or none (default: entropy:1.5, or the "
                         "method's official rule)")
     g.add_argument("--logit-scale", type=float, default=None, help="softmax scale for the background rule")
+    g.add_argument("--area-threshold", default=None, metavar="SHARE",
+                   help="a class covering no more than this share of the image falls away, its pixels to the next "
+                        "best class or background (SCLIP's / SC-CLIP's area_thd; default: the method's official "
+                        "value, 0.1 on voc21 for sclip and scclip), or none")
     g.add_argument("--refine", default=None, choices=REFINERS,
                    help="refine the score maps: affinity (the patches' own embeddings) or pamr (the image's colours)")
     add_shifts_arg(g, default=None)  # None: not given, so a method's own protocol applies (one pass); toy too
@@ -84,6 +88,8 @@ def run(args) -> int:
         raise PACLError("--limit must be positive")
     check_shifts_arg(args.shifts)
     check_head_arg(args.head)
+    if args.area_threshold not in (None, "none"):
+        check_area_threshold(args.area_threshold)
     if args.out:
         check_out_folder(args.out)  # before hours of evaluation, not after
     if args.dataset == "toy":
@@ -104,7 +110,7 @@ def _run_benchmark(args, dataset, methods, info) -> int:
     backbone = backbone_from_args(args)
     user = {"image_size": args.image_size_eval, "mode": args.mode, "window": args.window, "stride": args.stride,
             "background": args.background, "logit_scale": args.logit_scale, "templates": args.templates,
-            "refine": args.refine, "shifts": args.shifts}
+            "refine": args.refine, "shifts": args.shifts, "area_threshold": args.area_threshold}
     results = evaluate_methods(dataset, backbone, methods, user, head=args.head, names_file=args.class_names,
                                progress=args.progress and info.is_main)
     if not info.is_main:
@@ -129,6 +135,8 @@ def _protocol_line(proto: dict) -> str:
         parts.append(f"window {proto['window']}/{proto['stride']}")
     parts.append(f"background {proto['background'] or 'none'}")
     parts.append(f"templates {proto['templates']}")
+    if proto.get("area_threshold") is not None:
+        parts.append(f"area threshold {proto['area_threshold']}")
     if (proto.get("shifts") or 1) > 1:
         parts.append(f"{proto['shifts']}x{proto['shifts']} shifted passes")
     return ", ".join(parts)
@@ -137,7 +145,7 @@ def _protocol_line(proto: dict) -> str:
 # benchmark-only options: the toy world has one fixed protocol (whole image at the model's size, its own classes)
 _NOT_FOR_TOY = {"split": "--split", "image_size_eval": "--short-side", "mode": "--mode", "window": "--window",
                 "stride": "--stride", "background": "--background", "logit_scale": "--logit-scale",
-                "class_names": "--class-names"}
+                "class_names": "--class-names", "area_threshold": "--area-threshold"}
 
 
 def _run_toy(args, methods) -> int:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..export import write_outputs
 from ..inputs import MAX_SIDE, check_image_file, check_out_folder, load_image, parse_words
-from ..methods import check_method
+from ..methods import check_method, default_method
 from ..segment import REFINERS, Segmenter
 from .args import HEAD_HELP, add_model_args, add_shifts_arg, backbone_from_args, check_head_arg, check_shifts_arg
 
@@ -24,9 +24,10 @@ def add_parser(sub) -> None:
                        description="Segment images: each pixel gets the word whose text embedding is closest.")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--words", required=True, help='comma-separated words, e.g. "dog, grass, sky"')
-    p.add_argument("--method", default="vanilla",
-                   help="vanilla, pacl, or a training-free method: maskclip, sclip, clearclip, naclip "
-                        "(default: vanilla)")
+    p.add_argument("--method", default=None,
+                   help="vanilla, pacl, or a training-free method: maskclip, sclip, clearclip, naclip, scclip "
+                        "(default: pacl when the model has a PACL head (--head, or the toy model's own), else "
+                        "scclip)")
     p.add_argument("--head", default=None, help=HEAD_HELP + "; default: the one shipped with --model")
     p.add_argument("--mode", default=None, choices=("whole", "slide"),
                    help="whole-image or sliding-window (default: the method's own; whole for vanilla and pacl)")
@@ -57,14 +58,20 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 
 def run(args) -> int:
     words, notes = parse_words(args.words)
-    check_method(args.method)  # an unknown method fails before any model loads
+    if args.method is not None:
+        check_method(args.method)  # an unknown method fails before any model loads
     check_shifts_arg(args.shifts)
     check_head_arg(args.head)
     out = check_out_folder(args.out)
     paths = [Path(p) for p in args.images]
     sizes = [check_image_file(p) for p in paths]  # fail on bad files before loading any model
     backbone = backbone_from_args(args)
-    segmenter = Segmenter(backbone, method=args.method, head=args.head, mode=args.mode, window=args.window,
+    method = args.method
+    if method is None:
+        method = default_method(args.head is not None or backbone.default_head is not None)
+        if method != "pacl":
+            notes.append(f"method {method}: this model has no PACL head (pass --head FILE.safetensors for pacl)")
+    segmenter = Segmenter(backbone, method=method, head=args.head, mode=args.mode, window=args.window,
                           stride=args.stride, background=args.background, image_size=args.image_size,
                           refine=None if args.refine == "none" else args.refine, shifts=args.shifts)
     for n in notes:
