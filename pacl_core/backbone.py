@@ -11,6 +11,7 @@ import os
 import socket
 from collections import OrderedDict
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from .errors import PACLError
 from .inputs import check_pixels
+from .methods import LAST_BLOCK, check_method, layers_needed, run_last_block
 from .prompts import get_templates
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -157,6 +159,15 @@ def _create_from_file(name: str, path: Path, device: str) -> torch.nn.Module:
     return model.to(device)
 
 
+@dataclass
+class Trunk:
+    """Blocks 1..L-1 of one batch: what every method's last block reads."""
+
+    x: torch.Tensor  # (B, 1 + T + R, W) the output of block L-1, the last block's input
+    grid: tuple[int, int]  # (h, w) patches
+    feats: dict[int, torch.Tensor] = field(default_factory=dict)  # block i (1-indexed) -> its output (B, 1+T+R, W)
+
+
 class Backbone:
     """A frozen open_clip ViT. `.model` is the open_clip model itself; nothing here modifies it."""
 
@@ -235,20 +246,56 @@ class Backbone:
             x = torch.cat([x, reg], dim=1)  # (B, 1 + T + R, W)
         return x, grid
 
+    @property
+    def depth(self) -> int:
+        """L, the number of transformer blocks."""
+        return len(self.model.visual.transformer.resblocks)
+
+    def trunk(self, images: torch.Tensor, keep=()) -> Trunk:
+        """Normalised images (B, 3, H, W) -> the shared part of every method's forward: blocks 1..L-1.
+
+        Returns x, the output of block L-1 (B, 1 + T + R, W), the grid, and the outputs of the blocks in `keep`
+        (1-indexed, each below L): exactly those, so a method's declared layers cost memory only when asked for.
+        """
+        keep = set(keep)
+        if any(not 1 <= i < self.depth for i in keep):
+            raise PACLError(f"can keep the outputs of blocks 1..{self.depth - 1} only, not {sorted(keep)}")
+        x, grid = self.embed(images)  # (B, 1 + T + R, W)
+        feats = {}
+        for i, block in enumerate(self.model.visual.transformer.resblocks[:-1], start=1):
+            x = block(x)  # (B, 1 + T + R, W)
+            if i in keep:
+                feats[i] = x
+        return Trunk(x, grid, feats)
+
+    def finish(self, trunk: Trunk, method: str = "vanilla") -> torch.Tensor:
+        """A trunk through `method`'s last block (pacl_core.methods) and ln_post -> (B, 1 + T, D_v), CLS first."""
+        need = layers_needed(method, self.depth)
+        missing = [i for i in need if i not in trunk.feats]
+        if missing:
+            raise PACLError(f"method '{method}' reads blocks {missing}, which this trunk did not keep")
+        feats = {i: trunk.feats[i] for i in need}  # exactly the blocks the method declares
+        x = run_last_block(self.model.visual.transformer.resblocks[-1], trunk.x, trunk.grid, method,
+                           feats)  # (B, 1 + T + R, W)
+        x = x[:, :x.shape[1] - self.n_registers]  # (B, 1 + T, W): registers dropped
+        return self.model.visual.ln_post(x)  # (B, 1 + T, D_v)
+
+    def finish_many(self, trunk: Trunk, methods) -> dict[str, torch.Tensor]:
+        """{method: finish(trunk, method)}; methods that share a last block (vanilla, pacl) share its output."""
+        by_block: dict = {}
+        for m in methods:
+            fn = LAST_BLOCK[check_method(m)]
+            if fn not in by_block:
+                by_block[fn] = self.finish(trunk, m)  # (B, 1 + T, D_v)
+        return {m: by_block[LAST_BLOCK[m]] for m in methods}
+
     def tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised images (B, 3, H, W) -> all output tokens after ln_post, CLS first: (B, 1 + T, D_v).
 
         `method` picks how the last transformer block runs (see pacl_core.methods); the model is never modified.
         """
-        from .methods import run_last_block
-
-        x, grid = self.embed(images)  # (B, 1 + T + R, W)
-        blocks = self.model.visual.transformer.resblocks
-        for block in blocks[:-1]:
-            x = block(x)
-        x = run_last_block(blocks[-1], x, grid, method)  # (B, 1 + T + R, W)
-        x = x[:, :x.shape[1] - self.n_registers]  # (B, 1 + T, W): registers dropped
-        return self.model.visual.ln_post(x), grid  # (B, 1 + T, D_v)
+        trunk = self.trunk(images, keep=layers_needed(method, self.depth))
+        return self.finish(trunk, method), trunk.grid  # (B, 1 + T, D_v)
 
     def patch_tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised images (B, 3, H, W) -> patch tokens after ln_post, before the projection (B, T, D_v)."""

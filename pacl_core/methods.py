@@ -8,10 +8,13 @@
 - clearclip (Lan et al., ECCV 2024): softmax(q·qᵀ) attention output only; residual and FFN removed.
 - naclip    (Hajimiri et al., WACV 2025): softmax(k·kᵀ + Gaussian neighbourhood bias); residual and FFN removed.
 
-Every variant is a function (block, x (B, 1+T, W), grid (h, w)) -> (B, 1+T, W) that reads the block's parameters
-(a toy model's R register tokens, if any, follow the patches: N = 1+T+R)
-and never modifies them, so one loaded backbone serves every method. The key idea of each method is one short
-function: `maskclip_attention`, `sclip_weights`, `clearclip_weights`, `naclip_weights`.
+Every variant is a function (block, x (B, N, W), grid (h, w), feats) -> (B, N, W) that reads the block's parameters
+(N = 1+T+R: a toy model's R register tokens, if any, follow the patches) and never modifies them, so one loaded
+backbone serves every method. x is the output of block L-1 (the last block's input); feats maps a 1-indexed block
+number i to the output of block i, (B, N, W), for exactly the blocks the method declares in LAYERS_NEEDED (none
+for the methods here, which ignore it). The backbone's trunk (blocks 1..L-1) is shared by every method at one
+input geometry (pacl_core.backbone.Backbone.trunk); only this last block differs. The key idea of each method is
+one short function: `maskclip_attention`, `sclip_weights`, `clearclip_weights`, `naclip_weights`.
 """
 
 from __future__ import annotations
@@ -108,26 +111,26 @@ def residual_and_ffn(block, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Te
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def vanilla_block(block, x: torch.Tensor, grid) -> torch.Tensor:
+def vanilla_block(block, x: torch.Tensor, grid, feats=None) -> torch.Tensor:
     return block(x)
 
 
-def maskclip_block(block, x: torch.Tensor, grid) -> torch.Tensor:
+def maskclip_block(block, x: torch.Tensor, grid, feats=None) -> torch.Tensor:
     q, k, v = qkv(block, x)  # (B, H, N, d) each
     return residual_and_ffn(block, x, project(block, maskclip_attention(q, k, v)))  # (B, N, W)
 
 
-def sclip_block(block, x: torch.Tensor, grid) -> torch.Tensor:
+def sclip_block(block, x: torch.Tensor, grid, feats=None) -> torch.Tensor:
     q, k, v = qkv(block, x)  # (B, H, N, d) each
     return residual_and_ffn(block, x, project(block, sclip_weights(q, k, grid) @ v))  # (B, N, W)
 
 
-def clearclip_block(block, x: torch.Tensor, grid) -> torch.Tensor:
+def clearclip_block(block, x: torch.Tensor, grid, feats=None) -> torch.Tensor:
     q, k, v = qkv(block, x)  # (B, H, N, d) each
     return block.ls_1(project(block, clearclip_weights(q, k, grid) @ v))  # (B, N, W): no residual, no FFN
 
 
-def naclip_block(block, x: torch.Tensor, grid) -> torch.Tensor:
+def naclip_block(block, x: torch.Tensor, grid, feats=None) -> torch.Tensor:
     q, k, v = qkv(block, x)  # (B, H, N, d) each
     assert k.shape[2] >= 1 + grid[0] * grid[1], f"{k.shape[2]} tokens do not fit a {grid} grid plus CLS"
     return block.ls_1(project(block, naclip_weights(q, k, grid) @ v))  # (B, N, W): no residual, no FFN
@@ -137,6 +140,9 @@ LAST_BLOCK = {"vanilla": vanilla_block, "pacl": vanilla_block, "maskclip": maskc
               "clearclip": clearclip_block, "naclip": naclip_block}
 METHODS = tuple(LAST_BLOCK)
 TRAINING_FREE = ("maskclip", "sclip", "clearclip", "naclip")
+# Blocks (1-indexed, each < the depth L) whose outputs a method's last block reads besides x; absent = none.
+# A value may also be a function depth -> blocks, for methods defined relative to the model's depth.
+LAYERS_NEEDED: dict[str, tuple[int, ...]] = {}
 
 # Inference settings each method's official code uses; vanilla / pacl keep the model's own. Pixel sizes are for a
 # 224-px-native backbone (ViT-B/16) and scale with the backbone's native size. image_size is the short side the
@@ -186,5 +192,16 @@ def check_method(method: str) -> str:
     return method
 
 
-def run_last_block(block, x: torch.Tensor, grid, method: str) -> torch.Tensor:
-    return LAST_BLOCK[check_method(method)](block, x, grid)
+def layers_needed(method: str, depth: int) -> tuple[int, ...]:
+    """The 1-indexed blocks (of a depth-L trunk) whose outputs `method` reads, sorted; () for most methods."""
+    need = LAYERS_NEEDED.get(check_method(method), ())
+    need = tuple(sorted(set(need(depth) if callable(need) else need)))
+    if any(not 1 <= i < depth for i in need):
+        raise PACLError(f"method '{method}' needs blocks {list(need)}, but this model has only {depth} blocks "
+                        f"(outputs of blocks 1..{depth - 1} can be kept)")
+    return need
+
+
+def run_last_block(block, x: torch.Tensor, grid, method: str, feats: dict | None = None) -> torch.Tensor:
+    """The last block of `method` on x (B, N, W), the output of block L-1; feats: {block i: its output}."""
+    return LAST_BLOCK[check_method(method)](block, x, grid, feats or {})
