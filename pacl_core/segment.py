@@ -210,9 +210,24 @@ class Segmentation:
     @cached_property
     def heatmaps(self) -> np.ndarray:
         """(K, H, W) in [0, 1]: the word distribution for K > 1; for a single word its min-max scaled cosine."""
+        return self.heatmaps_at(self.image.shape[:2])
+
+    def scores_at(self, size: tuple[int, int]) -> np.ndarray:
+        """(K, h, w) float32 scores at another resolution (e.g. a display size), made from the low-resolution
+        scores directly rather than from the full-resolution ones."""
+        if tuple(size) == self.image.shape[:2]:
+            return self.scores
+        if self.refined is not None:
+            full = torch.from_numpy(self.refined)[None]  # (1, K, H, W)
+            out = F.interpolate(full, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+            return out[0].numpy()  # (K, h, w)
+        return upsample_scores(torch.from_numpy(self.low_logits), tuple(size)).numpy()
+
+    def heatmaps_at(self, size: tuple[int, int]) -> np.ndarray:
+        """`heatmaps` at another resolution (K, h, w) in [0, 1]."""
+        s = self.scores_at(size)
         if len(self.words) > 1:
-            return self.probs
-        s = self.scores
+            return self.probs if s is self.scores else scores_to_probs(torch.from_numpy(s), self.logit_scale).numpy()
         lo, hi = float(s.min()), float(s.max())
         return ((s - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(s)
 
