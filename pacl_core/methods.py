@@ -186,6 +186,14 @@ def method_defaults(method: str, dataset: str | None = None, native_size: int = 
     return out
 
 
+def parse_methods(spec: str) -> list[str]:
+    """'vanilla, pacl,sclip' -> ['vanilla', 'pacl', 'sclip']: each checked, duplicates dropped, order kept."""
+    methods = list(dict.fromkeys(m.strip() for m in str(spec).split(",") if m.strip()))
+    if not methods:
+        raise PACLError("--method is empty; give one method or a comma-separated list, e.g. vanilla,pacl")
+    return [check_method(m) for m in methods]
+
+
 def check_method(method: str) -> str:
     if method not in LAST_BLOCK:
         raise PACLError(f"unknown method '{method}'; valid methods: {', '.join(LAST_BLOCK)}")

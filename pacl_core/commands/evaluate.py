@@ -13,6 +13,7 @@ from ..cli import add_model_args, add_shifts_arg, backbone_from_args, check_shif
 from ..datasets import DATASET_NAMES, DATASETS
 from ..errors import PACLError
 from ..inputs import check_out_folder
+from ..methods import parse_methods
 from ..segment import REFINERS
 
 
@@ -61,12 +62,7 @@ def add_parser(sub) -> None:
 
 
 def _methods(spec: str | None) -> list[str] | None:
-    if spec is None:
-        return None
-    methods = list(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
-    if not methods:
-        raise PACLError("--method is empty")
-    return methods
+    return None if spec is None else parse_methods(spec)
 
 
 def run(args) -> int:
