@@ -24,7 +24,8 @@ from .models import ModelRegistry, default_registry, pick_default
 log = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
-QUEUE_SIZE = 16  # requests waiting beyond this are turned away with Gradio's "queue is full" message
+QUEUE_SIZE = 64  # requests waiting beyond this are turned away with Gradio's "queue is full" message; a burst of
+# 32 clients (each also fetching its archive afterwards) fits
 CONCURRENCY = 2  # requests running at once; inference on one model is serialised by the registry anyway
 MAX_FILE_SIZE = "25mb"
 
@@ -244,7 +245,8 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
                                   [image, words, methods, model_box, threshold, resolution, shifts, refine],
                                   [*slot_outputs, table, download, word, token], api_name="segment",
                                   preprocess=False)
-        run_event.success(make_download, token, download, api_name="download", preprocess=False)
+        run_event.success(make_download, token, download, api_name="download", preprocess=False,
+                          concurrency_id="download", concurrency_limit=1)  # its own worker: never delays a Segment
         lesson_fn, refresh = make_lesson(registry), make_lesson_if_open(registry)
         tab = gr.State("compare")
         compare_tab.select(lambda: "compare", None, tab, api_visibility="private", queue=False)
