@@ -112,9 +112,11 @@ def _slot(method: str, visible: bool) -> dict:
     """One method's column: a status line, the labelled overlay and the per-word heatmaps."""
     with gr.Column(visible=visible, min_width=340, elem_classes="method-col") as col:
         status = gr.Markdown(f"**{h.method_title(method)}**", elem_classes="method-status")
-        overlay = gr.AnnotatedImage(label=f"{h.method_title(method)}: segmentation", show_legend=True, height=360)
+        # JPEG for the photo and the heatmaps: encoding them as WebP took most of a toy request's time
+        overlay = gr.AnnotatedImage(label=f"{h.method_title(method)}: segmentation", show_legend=True, height=360,
+                                    format="jpeg")
         gallery = gr.Gallery(label=f"{h.method_title(method)}: per-word heatmaps", columns=4, height=190,
-                             object_fit="contain", allow_preview=True)
+                             object_fit="contain", allow_preview=True, format="jpeg")
     return {"column": col, "status": status, "overlay": overlay, "gallery": gallery}
 
 

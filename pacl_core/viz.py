@@ -121,7 +121,10 @@ def colormap_lut(cmap: str) -> np.ndarray:
 def apply_colormap(heat: np.ndarray, cmap: str = "turbo") -> np.ndarray:
     """(H, W) in [0, 1] -> (H, W, 3) uint8 colours by table look-up, the entries matplotlib itself picks."""
     lut = colormap_lut(cmap)
-    index = np.minimum((np.clip(heat, 0, 1) * len(lut)).astype(np.int32), len(lut) - 1)  # (H, W)
+    index = np.minimum(np.clip(heat, 0, 1) * len(lut), len(lut) - 1).astype(np.int32)  # (H, W): int(x · N)
+    if len(lut) == 256:  # OpenCV's per-channel table look-up, several times faster than numpy indexing
+        index = index.astype(np.uint8)
+        return cv2.LUT(cv2.merge([index, index, index]), lut[:, None, :])  # (H, W, 3)
     return lut[index]  # (H, W, 3)
 
 
