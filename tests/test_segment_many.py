@@ -2,7 +2,6 @@
 one-method-at-a-time path, for every method, whole and slide, with shifted passes and refinement."""
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 
@@ -11,7 +10,7 @@ from pacl_core.backbone import Backbone
 from pacl_core.errors import PACLError
 from pacl_core.pacl import VisionEmbedder
 from pacl_core.segment import Segmenter, group_by_geometry, segment_many
-from tests.conftest import random_image
+from tests.conftest import random_image, small_vit
 
 WORDS = "sky, grass, red square, water"
 
@@ -19,15 +18,12 @@ WORDS = "sky, grass, red square, water"
 @pytest.fixture(scope="module")
 def deep():
     """A small random ViT with 4 blocks and 4 heads, its LayerNorm biases and gains made non-trivial."""
-    torch.manual_seed(3)
-    vision = {"image_size": 32, "layers": 4, "width": 64, "head_width": 16, "patch_size": 8}
-    text = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
-    model = open_clip.model.CLIP(32, vision, text, quick_gelu=True)
+    backbone = small_vit(layers=4, seed=3)
     with torch.no_grad():
-        for name, p in model.visual.named_parameters():
+        for name, p in backbone.model.visual.named_parameters():
             if "ln" in name:
                 p.add_(0.1 * torch.randn_like(p))
-    return Backbone(model, open_clip.get_tokenizer("ViT-B-16"), "deep-test", None)
+    return backbone
 
 
 @pytest.fixture(scope="module")
