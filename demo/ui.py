@@ -11,9 +11,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import gradio as gr
+from gradio import processing_utils
 
 from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
@@ -22,6 +25,35 @@ from . import handlers as h
 from .models import ModelRegistry, default_registry, pick_default
 
 log = logging.getLogger(__name__)
+
+
+def _save_pil_to_cache_atomically(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """Gradio's processing_utils.save_pil_to_cache, but written under a temporary name and renamed into place,
+    and not rewritten when the same bytes are cached already.
+
+    Gradio 6.31 rewrites each output image in place at a path named by its content hash, so identical images
+    of concurrent requests (the same photo or mask under several clients) were truncated while being served:
+    4 of 32 simultaneous clients lost their response with "Too little data for declared Content-Length".
+    """
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    path = (folder / f"{name}.{format}").resolve()
+    if path.exists():
+        os.utime(path)  # Gradio's delete_cache ages files by their time stamps
+        return str(path)
+    fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return str(path)
+
+
+processing_utils.save_pil_to_cache = _save_pil_to_cache_atomically  # used by every image output component
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 QUEUE_SIZE = 64  # requests waiting beyond this are turned away with Gradio's "queue is full" message; a burst of

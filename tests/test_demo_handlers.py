@@ -3,6 +3,7 @@
 import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
@@ -327,3 +328,19 @@ def test_app_refuses_a_bad_model_or_port_in_one_line(capsys, monkeypatch):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1], err
+
+
+def test_cached_output_images_are_never_rewritten_in_place(tmp_path):
+    """Concurrent identical outputs must not truncate a file being served: written once, atomically."""
+    from gradio import processing_utils
+
+    from demo import ui
+
+    assert processing_utils.save_pil_to_cache is ui._save_pil_to_cache_atomically
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    first = processing_utils.save_img_array_to_cache(np.asarray(img), str(tmp_path), format="png")
+    inode = Path(first).stat().st_ino
+    again = processing_utils.save_pil_to_cache(img, str(tmp_path), format="png")
+    assert again == first and Path(again).stat().st_ino == inode  # the same file, not rewritten
+    np.testing.assert_array_equal(np.asarray(Image.open(first)), np.asarray(img))
+    assert [p.name for p in Path(first).parent.iterdir()] == ["image.png"]  # no staging file left
