@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 MODELS = {"toy": "toy", "vit-random": "ViT-B-16-quickgelu:none"}  # bench name -> the demo's --model
 IMAGE = ROOT / "assets" / "examples" / "chelsea.jpg"
 WORDS = "cat, wall, floor"
+BROWSER_CONNECTIONS = 6  # parallel connections per host of a browser over HTTP/1.1
 
 
 def free_port() -> int:
@@ -56,7 +57,21 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, float), q))
 
 
-def run_model(name: str, methods: list[str], requests: int, users: int, resolution: str, words: str = WORDS) -> dict:
+def file_urls(value) -> list[str]:
+    """Every output file's URL in a response fetched with download_files=False (FileData dicts, nested)."""
+    if isinstance(value, dict):
+        own = [value["url"]] if isinstance(value.get("url"), str) else []
+        return own + [u for k, v in value.items() if k != "url" for u in file_urls(v)]
+    if isinstance(value, (list, tuple)):
+        return [u for v in value for u in file_urls(v)]
+    return []
+
+
+def run_model(name: str, methods: list[str], requests: int, users: int, resolution: str, words: str = WORDS,
+              fetch: str = "gradio") -> dict:
+    """fetch='gradio': gradio_client downloads every output file, one after another; 'browser': the response,
+    then its files fetched over BROWSER_CONNECTIONS parallel connections, as a browser loads a page's images."""
+    import httpx
     from gradio_client import Client, handle_file
 
     from demo import build_demo, launch_options
@@ -69,7 +84,8 @@ def run_model(name: str, methods: list[str], requests: int, users: int, resoluti
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
     try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        options = {"download_files": False} if fetch == "browser" else {}
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, **options)
         args = (handle_file(str(IMAGE)), words, methods, label, 0.0, resolution)
 
         errors = []
@@ -78,6 +94,10 @@ def run_model(name: str, methods: list[str], requests: int, users: int, resoluti
             t = time.perf_counter()
             try:
                 out = c.predict(*args, api_name="/segment")
+                if fetch == "browser":
+                    with httpx.Client() as http, ThreadPoolExecutor(BROWSER_CONNECTIONS) as pool:
+                        for r in pool.map(http.get, dict.fromkeys(file_urls(out))):  # each file once, as cached
+                            r.raise_for_status()
             except Exception as e:  # counted and reported, so one failure does not hide the others
                 errors.append(f"{type(e).__name__}: {e}")
                 return time.perf_counter() - t, None
@@ -85,7 +105,7 @@ def run_model(name: str, methods: list[str], requests: int, users: int, resoluti
 
         first, _ = one()
         seq = [one() for _ in range(requests)]
-        clients = [Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(users)]
+        clients = [Client(f"http://127.0.0.1:{port}/", verbose=False, **options) for _ in range(users)]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=users) as pool:
             conc = list(pool.map(lambda c: one(c), clients))
@@ -111,20 +131,23 @@ def main(argv=None) -> int:
     p.add_argument("--users", type=int, default=3, help="clients sending one request each at once (default: 3)")
     p.add_argument("--resolution", default="model default", help="the demo's input resolution choice")
     p.add_argument("--words", default=WORDS, help=f"the vocabulary (default: {WORDS!r})")
+    p.add_argument("--fetch", default="gradio", choices=("gradio", "browser"),
+                   help="gradio: gradio_client downloads each output file in turn (default); browser: the "
+                        f"response, then its files over {BROWSER_CONNECTIONS} parallel connections")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     import torch
 
     results = []
     print(f"CPU threads: {torch.get_num_threads()}  image: {IMAGE.name}  words: {args.words!r}  "
-          f"methods: {args.methods}  sequential requests: {args.requests}")
+          f"methods: {args.methods}  sequential requests: {args.requests}  output files fetched: {args.fetch}")
     print(f"{'model':<11} {'first (load)':>12} {'p50':>8} {'p95':>8} {args.users} users: {'wall':>7} "
           f"{'p50':>7} {'p95':>7} served errors  per-method compute (median)")
     from gradio_client.exceptions import AppError
 
     for name in args.models:
         try:
-            r = run_model(name, args.methods, args.requests, args.users, args.resolution, args.words)
+            r = run_model(name, args.methods, args.requests, args.users, args.resolution, args.words, args.fetch)
         except AppError as e:  # e.g. the toy model's weights are not there yet
             print(f"{name:<11} skipped: {e}", flush=True)
             continue

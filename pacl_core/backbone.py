@@ -2,6 +2,8 @@
 
 `load_backbone("vit-b-16")` gives OpenAI's ViT-B/16 (QuickGELU), `load_backbone("ViT-B-16-quickgelu:none")`
 the same architecture with random weights, `load_backbone("toy")` the project's embedded toy-world model.
+`Backbone.trunk(images, keep)` runs the part every method shares (patch embedding, blocks 1..L-1, and the outputs
+of any blocks asked for); `Backbone.finish(trunk, method)` adds one method's last block and ln_post.
 """
 
 from __future__ import annotations
