@@ -1,4 +1,5 @@
-"""The demo's request handlers as plain Python: input checks, one call into pacl_core per method, display values.
+"""The demo's request handlers as plain Python: input checks, one pacl_core.segment_many call per input geometry
+(the methods of one geometry share the backbone's trunk), display values.
 
 Nothing here imports gradio, so the handlers can be called and tested directly. Problems with the user's input
 raise PACLError (one sentence); problems with one method only (e.g. PACL without a trained head) become that
