@@ -1,4 +1,5 @@
-"""The demo's request handlers as plain Python: input checks, one call into pacl_core per method, display values.
+"""The demo's request handlers as plain Python: input checks, one pacl_core.segment_many call per input geometry
+(the methods of one geometry share the backbone's trunk), display values.
 
 Nothing here imports gradio, so the handlers can be called and tested directly. Problems with the user's input
 raise PACLError (one sentence); problems with one method only (e.g. PACL without a trained head) become that
@@ -29,7 +30,7 @@ from pacl_core.explain import draw_grid, explain
 from pacl_core.export import slug, write_outputs
 from pacl_core.inputs import load_image, parse_words, to_rgb_array
 from pacl_core.methods import METHODS, default_method
-from pacl_core.segment import REFINERS
+from pacl_core.segment import REFINERS, group_by_geometry, segment_many
 from pacl_core.viz import draw_heatmaps, palette
 
 METHOD_TITLES = {"vanilla": "Vanilla CLIP", "pacl": "PACL", "maskclip": "MaskCLIP", "sclip": "SCLIP",
@@ -39,9 +40,11 @@ RESOLUTIONS = ("model default", "96", "160", "224", "320", "448", "672")
 SHIFTS = ("1", "2", "4")  # shifted passes per axis (pacl_core.segment.shifted_scores): 1, 4 or 16 passes
 REFINES = ("none", *REFINERS)  # post-processing of the scores: none, affinity or pamr
 DISPLAY_MAX_SIDE = 1024  # larger uploads are downscaled on load: the model sees a few hundred pixels anyway
+HEATMAP_SIDE = 512  # heatmaps are computed and drawn at most this large: the gallery shows them smaller still
 TABLE_HEADERS = ["method", "word", "pixel share (%)", "mean cosine", "max cosine"]
 LESSON_HEADERS = ["word", "patch-level score φ̂", "CLIP's CLS cosine", "best patch s", "patches attended (≈)"]
 KEEP_DOWNLOADS = 50
+ARCHIVE_PNG_COMPRESSION = 1  # fast zlib level for the archive's PNGs (the default level took most of a request)
 MASK_OPACITY = 0.6  # the photo shows through the coloured regions
 
 
@@ -208,34 +211,78 @@ def load_model(registry, model: str) -> None:
         raise PACLError(f"could not load {model}: {e} (or pick another model in the Model list)") from None
 
 
-def run_method(registry, model: str, method: str, image: np.ndarray, words: list[str], background,
-               size: int | None, shifts: int = 1, refine: str | None = None) -> Panel:
-    """One method on one image; a PACLError from this method only becomes the panel's status."""
-    title = method_title(method)
-    if method == "pacl" and not registry.has_pacl_head(model):
-        return Panel(method, title, status=f"**{title}** could not run: {NO_HEAD.format(model=model)}")
-    try:
-        segmenter = registry.segmenter(model, method, size, shifts, refine)
-        start = time.perf_counter()
-        with registry.lock(model):
-            seg = segmenter(image, words, background=background)
-        elapsed = time.perf_counter() - start
-    except PACLError as e:
-        return Panel(method, title, status=f"**{title}** could not run: {e}")
+def geometry_text(segmenter) -> str:
+    """What the backbone saw: '448 px whole image' or '336 px short side, 224/112 px windows'."""
+    if segmenter.mode == "whole":
+        return f"{segmenter.image_size} px whole image"
+    return f"{segmenter.image_size} px short side, {segmenter.window}/{segmenter.stride} px windows"
+
+
+def sharing_text(segmenter, group, size: int | None) -> str:
+    """How this method's backbone pass was shared: all methods at the chosen size, its own protocol, or the
+    protocol it has in common with some other methods."""
+    others = [method_title(s.method) for s in group if s is not segmenter]
+    if size is not None:
+        return (f"one shared pass for {len(group)} methods at the chosen {geometry_text(segmenter)}" if others
+                else f"the chosen {geometry_text(segmenter)}")
+    if not others:
+        return f"own protocol: {geometry_text(segmenter)}"
+    return f"shared pass with {', '.join(others)} (same protocol: {geometry_text(segmenter)})"
+
+
+def method_panel(segmenter, seg, elapsed: float, group, size: int | None) -> Panel:
+    """A segmented method's column: status line, overlay and display-size heatmaps."""
+    title = method_title(segmenter.method)
     grid = seg.patch_logits.shape[1:]
-    status = (f"**{title}** · {elapsed:.2f} s · {segmenter.image_size} px input · "
-              f"{grid[0]}×{grid[1]} patches" + (f" · {shifts}×{shifts} shifted passes" if shifts > 1 else "")
-              + (f" · {refine} refinement" if refine else ""))
+    status = (f"**{title}** · {elapsed:.2f} s · {sharing_text(segmenter, group, size)} · "
+              f"{grid[0]}×{grid[1]} patches"
+              + (f" · {segmenter.shifts}×{segmenter.shifts} shifted passes" if segmenter.shifts > 1 else "")
+              + (f" · {segmenter.refine} refinement" if segmenter.refine else ""))
     annotated, colors = annotations(seg)
-    heatmaps = [(img, word) for word, img in draw_heatmaps(seg)]
-    return Panel(method, title, status, annotated, colors, heatmaps, seg)
+    heatmaps = [(img, word) for word, img in draw_heatmaps(seg, max_side=HEATMAP_SIDE)]
+    return Panel(segmenter.method, title, status, annotated, colors, heatmaps, seg)
+
+
+def run_methods(registry, model: str, methods: list[str], image: np.ndarray, words: list[str], background,
+                size: int | None, shifts: int = 1, refine: str | None = None) -> list[Panel]:
+    """Every chosen method on one image, one backbone trunk per input geometry (pacl_core.segment.segment_many).
+
+    A method that cannot run (PACL without a head) becomes its panel's status; the others still run.
+    """
+    panels, segmenters = {}, []
+    for method in methods:
+        title = method_title(method)
+        if method == "pacl" and not registry.has_pacl_head(model):
+            panels[method] = Panel(method, title, status=f"**{title}** could not run: {NO_HEAD.format(model=model)}")
+            continue
+        try:
+            segmenters.append(registry.segmenter(model, method, size, shifts, refine))
+        except PACLError as e:
+            panels[method] = Panel(method, title, status=f"**{title}** could not run: {e}")
+    for group in group_by_geometry(segmenters):
+        start = time.perf_counter()
+        try:
+            with registry.lock(model):
+                segs = segment_many(group, image, words, background=background)
+        except PACLError as e:
+            for s in group:
+                title = method_title(s.method)
+                panels[s.method] = Panel(s.method, title, status=f"**{title}** could not run: {e}")
+            continue
+        elapsed = time.perf_counter() - start
+        for s in group:
+            panels[s.method] = method_panel(s, segs[s.method], elapsed, group, size)
+    return [panels[m] for m in methods]
 
 
 def compare(registry, image, words, methods, model: str, threshold=0.0, resolution=RESOLUTIONS[0],
             shifts=SHIFTS[0], refine=REFINES[0], package: bool = True) -> Comparison:
     """Segment one image with each chosen method; every input is checked before any model is loaded.
 
-    package=False leaves the archive for later (`hold` + `package_held`), so the page can show results first.
+    An explicit resolution runs every method on the whole image at that size, in one shared backbone pass;
+    "model default" keeps each method's official protocol and shares the pass among methods whose protocols
+    coincide. package=False leaves the archive for later (`hold` + `package_held`), so the page can show
+    results first.
     """
     rgb, notes = check_image(image)
     words, word_notes = check_words(words)
@@ -245,7 +292,7 @@ def compare(registry, image, words, methods, model: str, threshold=0.0, resoluti
     shifts = check_shifts(shifts)
     refine = check_refine(refine)
     load_model(registry, model)
-    panels = [run_method(registry, model, m, rgb, words, background, size, shifts, refine) for m in methods]
+    panels = run_methods(registry, model, methods, rgb, words, background, size, shifts, refine)
     notes = word_notes + notes + [p.status.replace("**", "") for p in panels if not p.ok]
     table = [row for p in panels if p.ok for row in table_rows(p)]
     settings = {"model": model, "image_size": size, "background_threshold": background[1] if background else 0.0,
@@ -304,13 +351,15 @@ def package_held(token: str | None) -> str | None:
 
 
 def package_results(panels: list[Panel], table: list[list], info: dict) -> str:
-    """A zip: summary.csv, and per method overlay.png, mask.png, heatmap_*.png and result.json."""
+    """A zip: summary.csv, and per method overlay.png, mask.png, heatmap_*.png (the display-size ones the page
+    shows) and result.json; PNGs at a fast zlib level."""
     folder = downloads_dir()
     archive = folder / f"pacl-results-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.zip"
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         root = Path(tmp)
         for i, p in enumerate(panels):
-            write_outputs(root / slug(p.method, i + 1), p.segmentation, dict(info, method_title=p.title, notes=[]))
+            write_outputs(root / slug(p.method, i + 1), p.segmentation, dict(info, method_title=p.title, notes=[]),
+                          heatmaps=[(word, img) for img, word in p.heatmaps], compression=ARCHIVE_PNG_COMPRESSION)
         with open(root / "summary.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(TABLE_HEADERS)
@@ -318,8 +367,9 @@ def package_results(panels: list[Panel], table: list[list], info: dict) -> str:
         (root / "settings.json").write_text(json.dumps(info, indent=2))
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
             for path in sorted(root.rglob("*")):
-                if path.is_file():
-                    zf.write(path, path.relative_to(root).as_posix())
+                if path.is_file():  # PNGs are compressed already: stored as they are
+                    kind = zipfile.ZIP_STORED if path.suffix == ".png" else zipfile.ZIP_DEFLATED
+                    zf.write(path, path.relative_to(root).as_posix(), compress_type=kind)
     return str(archive)
 
 

@@ -168,13 +168,17 @@ class ModelRegistry:
 
     def segmenter(self, label: str, method: str, image_size: int | None = None, shifts: int = 1,
                   refine: str | None = None):
-        """A Segmenter for this model and method (PACLError, e.g. 'pacl' without a head); cached."""
+        """A Segmenter for this model and method (PACLError, e.g. 'pacl' without a head); cached.
+
+        image_size None keeps the method's official protocol (e.g. SCLIP's sliding windows); a size runs every
+        method on the whole image at that size, so all of them share one backbone trunk."""
         choice = self.choice(label)
         key = (label, method, image_size, shifts, refine)
         if key not in self._segmenters:
             backbone = self.backbone(label)
             seg = Segmenter(backbone, method=method, head=choice.head if method == "pacl" else None,
-                            image_size=image_size, shifts=shifts, refine=refine)
+                            image_size=image_size, mode=None if image_size is None else "whole", shifts=shifts,
+                            refine=refine)
             with self._guard:
                 if len(self._segmenters) >= SEGMENTER_CACHE_SIZE:
                     self._segmenters.pop(next(iter(self._segmenters)))

@@ -11,9 +11,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import gradio as gr
+from gradio import processing_utils
 
 from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
@@ -23,8 +26,38 @@ from .models import ModelRegistry, default_registry, pick_default
 
 log = logging.getLogger(__name__)
 
+
+def _save_pil_to_cache_atomically(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """Gradio's processing_utils.save_pil_to_cache, but written under a temporary name and renamed into place,
+    and not rewritten when the same bytes are cached already.
+
+    Gradio 6.31 rewrites each output image in place at a path named by its content hash, so identical images
+    of concurrent requests (the same photo or mask under several clients) were truncated while being served:
+    4 of 32 simultaneous clients lost their response with "Too little data for declared Content-Length".
+    """
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    path = (folder / f"{name}.{format}").resolve()
+    if path.exists():
+        os.utime(path)  # Gradio's delete_cache ages files by their time stamps
+        return str(path)
+    fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return str(path)
+
+
+processing_utils.save_pil_to_cache = _save_pil_to_cache_atomically  # used by every image output component
+
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
-QUEUE_SIZE = 16  # requests waiting beyond this are turned away with Gradio's "queue is full" message
+QUEUE_SIZE = 64  # requests waiting beyond this are turned away with Gradio's "queue is full" message; a burst of
+# 32 clients (each also fetching its archive afterwards) fits
 CONCURRENCY = 2  # requests running at once; inference on one model is serialised by the registry anyway
 MAX_FILE_SIZE = "25mb"
 
@@ -111,9 +144,11 @@ def _slot(method: str, visible: bool) -> dict:
     """One method's column: a status line, the labelled overlay and the per-word heatmaps."""
     with gr.Column(visible=visible, min_width=340, elem_classes="method-col") as col:
         status = gr.Markdown(f"**{h.method_title(method)}**", elem_classes="method-status")
-        overlay = gr.AnnotatedImage(label=f"{h.method_title(method)}: segmentation", show_legend=True, height=360)
+        # JPEG for the photo and the heatmaps: encoding them as WebP took most of a toy request's time
+        overlay = gr.AnnotatedImage(label=f"{h.method_title(method)}: segmentation", show_legend=True, height=360,
+                                    format="jpeg")
         gallery = gr.Gallery(label=f"{h.method_title(method)}: per-word heatmaps", columns=4, height=190,
-                             object_fit="contain", allow_preview=True)
+                             object_fit="contain", allow_preview=True, format="jpeg")
     return {"column": col, "status": status, "overlay": overlay, "gallery": gallery}
 
 
@@ -258,7 +293,8 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
                                   [image, words, methods, model_box, threshold, resolution, shifts, refine],
                                   [*slot_outputs, table, download, word, token], api_name="segment",
                                   preprocess=False)
-        run_event.success(make_download, token, download, api_name="download", preprocess=False)
+        run_event.success(make_download, token, download, api_name="download", preprocess=False,
+                          concurrency_id="download", concurrency_limit=1)  # its own worker: never delays a Segment
         lesson_fn, refresh = make_lesson(registry), make_lesson_if_open(registry)
         tab = gr.State("compare")
         compare_tab.select(lambda: "compare", None, tab, api_visibility="private", queue=False)

@@ -3,6 +3,8 @@
 `load_backbone("vit-b-16")` gives OpenAI's ViT-B/16 (QuickGELU), `load_backbone("ViT-B-16-quickgelu:none")`
 the same architecture with random weights. Other named models plug in through `register_model_loader(name, fn)`:
 the toy world registers "toy" (pacl_core.toy.model), so the core never names it.
+`Backbone.trunk(images, keep)` runs the part every method shares (patch embedding, blocks 1..L-1, and the outputs
+of any blocks asked for); `Backbone.finish(trunk, method)` adds one method's last block and ln_post.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -26,7 +29,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .errors import PACLError
 from .inputs import check_pixels
-from .methods import layers_needed, run_last_block
+from .methods import LAST_BLOCK, check_method, layers_needed, run_last_block
 from .prompts import get_templates
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -204,6 +207,13 @@ def normalize_uint8(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float, scaled to [0, 1] then normalised per channel."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
     return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+@dataclass
+class Trunk:
+    """Blocks 1..L-1 of one batch: what every method's last block reads."""
+
+    x: torch.Tensor  # (B, 1 + T + R, W) the output of block L-1, the last block's input
+    grid: tuple[int, int]  # (h, w) patches
+    feats: dict[int, torch.Tensor] = field(default_factory=dict)  # block i (1-indexed) -> its output (B, 1+T+R, W)
 
 
 class Backbone:
@@ -283,22 +293,56 @@ class Backbone:
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, W)
         return visual.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding(grid).to(x.dtype)), grid
 
+    @property
+    def depth(self) -> int:
+        """L, the number of transformer blocks."""
+        return len(self.model.visual.transformer.resblocks)
+
+    def trunk(self, images: torch.Tensor, keep=()) -> Trunk:
+        """Normalised images (B, 3, H, W) -> the shared part of every method's forward: blocks 1..L-1.
+
+        Returns x, the output of block L-1 (B, 1 + T + R, W), the grid, and the outputs of the blocks in `keep`
+        (1-indexed, each below L): exactly those, so a method's declared layers cost memory only when asked for.
+        """
+        keep = set(keep)
+        if any(not 1 <= i < self.depth for i in keep):
+            raise PACLError(f"can keep the outputs of blocks 1..{self.depth - 1} only, not {sorted(keep)}")
+        x, grid = self.embed(images)  # (B, 1 + T + R, W)
+        feats = {}
+        for i, block in enumerate(self.model.visual.transformer.resblocks[:-1], start=1):
+            x = block(x)  # (B, 1 + T + R, W)
+            if i in keep:
+                feats[i] = x
+        return Trunk(x, grid, feats)
+
+    def finish(self, trunk: Trunk, method: str = "vanilla") -> torch.Tensor:
+        """A trunk through `method`'s last block (pacl_core.methods) and ln_post -> (B, 1 + T, D_v), CLS first."""
+        need = layers_needed(method, self.depth)
+        missing = [i for i in need if i not in trunk.feats]
+        if missing:
+            raise PACLError(f"method '{method}' reads blocks {missing}, which this trunk did not keep")
+        feats = {i: trunk.feats[i] for i in need}  # exactly the blocks the method declares
+        x = run_last_block(self.model.visual.transformer.resblocks[-1], trunk.x, trunk.grid, method,
+                           feats)  # (B, 1 + T + R, W)
+        x = x[:, :x.shape[1] - self.n_registers]  # (B, 1 + T, W): registers dropped
+        return self.model.visual.ln_post(x)  # (B, 1 + T, D_v)
+
+    def finish_many(self, trunk: Trunk, methods) -> dict[str, torch.Tensor]:
+        """{method: finish(trunk, method)}; methods that share a last block (vanilla, pacl) share its output."""
+        by_block: dict = {}
+        for m in methods:
+            fn = LAST_BLOCK[check_method(m)]
+            if fn not in by_block:
+                by_block[fn] = self.finish(trunk, m)  # (B, 1 + T, D_v)
+        return {m: by_block[LAST_BLOCK[m]] for m in methods}
+
     def tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised images (B, 3, H, W) -> all output tokens after ln_post, CLS first: (B, 1 + T, D_v).
 
         `method` picks how the last transformer block runs (see pacl_core.methods); the model is never modified.
         """
-        x, grid = self.embed(images)  # (B, 1 + T + R, W)
-        blocks = self.model.visual.transformer.resblocks
-        needed = layers_needed(method, len(blocks))
-        feats = {}  # {i: block i's output (B, 1 + T + R, W)} for the blocks the method reads
-        for i, block in enumerate(blocks[:-1], start=1):
-            x = block(x)
-            if i in needed:
-                feats[i] = x
-        x = run_last_block(blocks[-1], x, grid, method, feats)  # (B, 1 + T + R, W)
-        x = x[:, :x.shape[1] - self.n_registers]  # (B, 1 + T, W): registers dropped
-        return self.model.visual.ln_post(x), grid  # (B, 1 + T, D_v)
+        trunk = self.trunk(images, keep=layers_needed(method, self.depth))
+        return self.finish(trunk, method), trunk.grid  # (B, 1 + T, D_v)
 
     def patch_tokens(self, images: torch.Tensor, method: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised images (B, 3, H, W) -> patch tokens after ln_post, before the projection (B, T, D_v)."""

@@ -28,7 +28,7 @@ from .errors import PACLError
 from .methods import TRAINING_FREE, method_defaults
 from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from .prompts import get_templates
-from .segment import Segmenter
+from .segment import Segmenter, segment_many
 
 TRAINING_FREE_TEMPLATES = "imagenet80"  # MaskCLIP, SCLIP, ClearCLIP and NACLIP all use CLIP's 80 ImageNet prompts
 
@@ -115,7 +115,7 @@ def make_segmenter(backbone, method: str, proto: dict, head=None, num_words: int
     kwargs = dict(method=method, head=head, image_size=proto["image_size"], mode=proto["mode"],
                   window=proto["window"], stride=proto["stride"], background=proto["background"],
                   logit_scale=proto["logit_scale"], max_words=max(num_words, 1), shifts=proto.get("shifts") or 1,
-                  area_threshold=proto.get("area_threshold"))
+                  area_threshold=proto.get("area_threshold"), templates=proto.get("templates"))
     if proto.get("refine"):
         kwargs["refine"] = proto["refine"]
     return Segmenter(backbone, **kwargs)
@@ -141,15 +141,24 @@ def evaluate_dataset(dataset: SegDataset, segmenter, words: list[str], word_clas
                      progress: bool = True, desc: str = "evaluate") -> dict:
     """Segment every image of the dataset (this process's share under torchrun); return the confusion matrix,
     summed over the processes, and the metrics computed from it."""
+    return evaluate_dataset_many(dataset, [segmenter], words, word_class, progress, desc)[segmenter.method]
+
+
+def evaluate_dataset_many(dataset: SegDataset, segmenters, words: list[str], word_class: np.ndarray,
+                          progress: bool = True, desc: str = "evaluate") -> dict:
+    """{method: metrics} for several segmenters (one per method) in one pass over this process's share of the
+    dataset: each image is read once and segmented by all of them with segment_many, which runs the backbone's
+    trunk once per input geometry; under torchrun the confusion matrices are summed over the processes."""
     K = dataset.spec.num_classes
-    conf = np.zeros((K, K), dtype=np.int64)
+    conf = {s.method: np.zeros((K, K), dtype=np.int64) for s in segmenters}
+    groups = np.where(word_class == 0, -1, word_class) if dataset.spec.background else word_class
     for i in tqdm(shard_indices(len(dataset)), desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
         _, image, label = dataset[i]
-        groups = np.where(word_class == 0, -1, word_class) if dataset.spec.background else word_class
-        seg = segmenter(image, words, groups=groups)  # for the area threshold: synonyms are one class, background none
-        assert len(seg.words) == len(words), "the segmenter dropped or merged class names"
-        conf += confusion_matrix(mask_to_classes(seg.mask, word_class, label.shape), label, K)
-    return metrics_from_confusion(reduce_confusion(conf), dataset.spec.classes)
+        # groups, for the area threshold: synonyms are one class, background words none
+        for method, seg in segment_many(segmenters, image, words, groups=groups).items():
+            assert len(seg.words) == len(words), "the segmenter dropped or merged class names"
+            conf[method] += confusion_matrix(mask_to_classes(seg.mask, word_class, label.shape), label, K)
+    return {m: metrics_from_confusion(reduce_confusion(c), dataset.spec.classes) for m, c in conf.items()}
 
 
 def metrics_from_confusion(conf: np.ndarray, classes) -> dict:
@@ -166,20 +175,21 @@ def metrics_from_confusion(conf: np.ndarray, classes) -> dict:
 
 def evaluate_methods(dataset: SegDataset, backbone, methods: list[str], user: dict, head=None, names_file=None,
                      progress: bool = True) -> dict:
-    """{method: result} for each method on one dataset, the backbone loaded once."""
+    """{method: result} for each method on one dataset: the backbone loaded once, each image read once, and
+    the backbone's trunk shared by the methods whose protocols give the same input geometry."""
     words, word_class = class_words(dataset.spec, names_file)
-    results = {}
+    segmenters, protos = [], {}
     for method in methods:
         proto = resolve_protocol(dataset.spec, method, backbone, user)
         segmenter = make_segmenter(backbone, method, proto, head=head, num_words=len(words))
         proto.update(image_size=segmenter.image_size, mode=segmenter.mode, window=segmenter.window,
                      stride=segmenter.stride, logit_scale=segmenter.logit_scale)
-        desc = f"{dataset.spec.name} {method}"
-        with using_templates(backbone, proto["templates"]):
-            res = evaluate_dataset(dataset, segmenter, words, word_class, progress, desc=desc)
-        results[method] = dict(res, dataset=dataset.spec.name, split=dataset.split, images=len(dataset),
-                               method=method, protocol=proto)
-    return results
+        segmenters.append(segmenter)
+        protos[method] = proto
+    desc = f"{dataset.spec.name} {','.join(methods)}"
+    metrics = evaluate_dataset_many(dataset, segmenters, words, word_class, progress, desc=desc)
+    return {m: dict(metrics[m], dataset=dataset.spec.name, split=dataset.split, images=len(dataset), method=m,
+                    protocol=protos[m]) for m in methods}
 
 
 # ---- reports ------------------------------------------------------------------------------------------

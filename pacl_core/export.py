@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .viz import draw_heatmaps, draw_overlay
+from .viz import draw_heatmaps, draw_overlay, save_png
+
+PNG_COMPRESSION = 3  # OpenCV's default zlib level
 
 
 def slug(text: str, index: int) -> str:
@@ -21,13 +22,16 @@ def slug(text: str, index: int) -> str:
     return f"{index:02d}-{s}" if s else f"{index:02d}-word"
 
 
-def write_outputs(folder: Path, seg, info: dict) -> None:
-    """overlay.png, mask.png (0 = background, k = k-th word), heatmap_NN-word.png, result.json."""
+def write_outputs(folder: Path, seg, info: dict, heatmaps=None, compression: int = PNG_COMPRESSION) -> None:
+    """overlay.png, mask.png (0 = background, k = k-th word), heatmap_NN-word.png, result.json.
+
+    heatmaps: already drawn [(word, image)] to write instead of drawing them at full resolution;
+    compression: the PNG zlib level (the demo's archive uses 1, fast)."""
     folder.mkdir(parents=True)
-    Image.fromarray(draw_overlay(seg)).save(folder / "overlay.png")
-    Image.fromarray((seg.mask.astype(np.int32) + 1).astype(np.uint8)).save(folder / "mask.png")
-    for i, (word, img) in enumerate(draw_heatmaps(seg)):
-        Image.fromarray(img).save(folder / f"heatmap_{slug(word, i + 1)}.png")
+    save_png(folder / "overlay.png", draw_overlay(seg), compression)
+    save_png(folder / "mask.png", (seg.mask.astype(np.int32) + 1).astype(np.uint8), compression)
+    for i, (word, img) in enumerate(heatmaps if heatmaps is not None else draw_heatmaps(seg)):
+        save_png(folder / f"heatmap_{slug(word, i + 1)}.png", img, compression)
     rows = seg.summary()
     result = dict(info, words=seg.words, mask_labels=["background"] + seg.words,
                   pixel_share={r["word"]: r["pixel_share"] for r in rows},

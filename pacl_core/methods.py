@@ -12,12 +12,14 @@
   last block whose attention averages softmax(mid-level cosine prior) and softmax(k·kᵀ), no residual, no FFN,
   plus 0.3 × the CLS token; a multi-level branch (the sum of the intermediate blocks) through the same path, added.
 
-Every variant is a function (block, x (B, 1+T, W), grid (h, w), feats) -> (B, 1+T, W) that reads the block's
-parameters (a toy model's R register tokens, if any, follow the patches: N = 1+T+R) and never modifies them, so one
-loaded backbone serves every method. x is the output of block L-1; feats maps a block number i (1-indexed) to the
-output of block i (B, N, W) for exactly the blocks `layers_needed(method, depth)` declares (none for most methods).
-The key idea of each method is one short function: `maskclip_attention`, `sclip_weights`, `clearclip_weights`,
-`naclip_weights`, `scclip_heads` (with its prior, `scclip_prior`).
+Every variant is a function (block, x (B, N, W), grid (h, w), feats) -> (B, N, W) that reads the block's parameters
+(N = 1+T+R: a toy model's R register tokens, if any, follow the patches) and never modifies them, so one loaded
+backbone serves every method. x is the output of block L-1 (the last block's input); feats maps a 1-indexed block
+number i to the output of block i, (B, N, W), for exactly the blocks `layers_needed(method, depth)` declares (none
+for most methods). The backbone's trunk (blocks 1..L-1) is shared by every method at one input geometry
+(pacl_core.backbone.Backbone.trunk); only this last block differs. The key idea of each method is one short
+function: `maskclip_attention`, `sclip_weights`, `clearclip_weights`, `naclip_weights`, `scclip_heads` (with its
+prior, `scclip_prior`).
 """
 
 from __future__ import annotations
@@ -275,15 +277,9 @@ LAST_BLOCK = {"vanilla": vanilla_block, "pacl": vanilla_block, "maskclip": maskc
               "clearclip": clearclip_block, "naclip": naclip_block, "scclip": scclip_block}
 METHODS = tuple(LAST_BLOCK)
 TRAINING_FREE = ("maskclip", "sclip", "clearclip", "naclip", "scclip")
-# The intermediate block outputs each method reads (1-indexed), for a 12-block ViT-B/16; absent = none.
-LAYERS_NEEDED: dict[str, tuple[int, ...]] = {"scclip": scclip_layers(SCCLIP_DEPTH)}
-
-
-def layers_needed(method: str, depth: int) -> tuple[int, ...]:
-    """The blocks (1-indexed, all before the last) whose outputs `method` reads on a `depth`-block ViT."""
-    if check_method(method) == "scclip":
-        return scclip_layers(depth)
-    return LAYERS_NEEDED.get(method, ())
+# Blocks (1-indexed, each < the depth L) whose outputs a method's last block reads besides x; absent = none.
+# A value may also be a function depth -> blocks, for methods defined relative to the model's depth (SC-CLIP).
+LAYERS_NEEDED: dict = {"scclip": scclip_layers}
 
 # Inference settings each method's official code uses; vanilla / pacl keep the model's own. Pixel sizes are for a
 # 224-px-native backbone (ViT-B/16) and scale with the backbone's native size. image_size is the short side the
@@ -339,6 +335,12 @@ def default_method(has_head: bool) -> str:
     """The method shown beside vanilla CLIP when none is asked for (the demo's comparison, `segment`'s --method):
     PACL when a trained head is at hand, else SC-CLIP, the strongest one here that needs nothing but CLIP."""
     return "pacl" if has_head else "scclip"
+def parse_methods(spec: str) -> list[str]:
+    """'vanilla, pacl,sclip' -> ['vanilla', 'pacl', 'sclip']: each checked, duplicates dropped, order kept."""
+    methods = list(dict.fromkeys(m.strip() for m in str(spec).split(",") if m.strip()))
+    if not methods:
+        raise PACLError("--method is empty; give one method or a comma-separated list, e.g. vanilla,pacl")
+    return [check_method(m) for m in methods]
 
 
 def check_method(method: str) -> str:
@@ -347,6 +349,16 @@ def check_method(method: str) -> str:
     return method
 
 
+def layers_needed(method: str, depth: int) -> tuple[int, ...]:
+    """The 1-indexed blocks (of a depth-L trunk) whose outputs `method` reads, sorted; () for most methods."""
+    need = LAYERS_NEEDED.get(check_method(method), ())
+    need = tuple(sorted(set(need(depth) if callable(need) else need)))
+    if any(not 1 <= i < depth for i in need):
+        raise PACLError(f"method '{method}' needs blocks {list(need)}, but this model has only {depth} blocks "
+                        f"(outputs of blocks 1..{depth - 1} can be kept)")
+    return need
+
+
 def run_last_block(block, x: torch.Tensor, grid, method: str, feats: dict | None = None) -> torch.Tensor:
-    """The last block as `method` runs it: x the output of block L-1 (B, N, W), feats {i: block i's output}."""
+    """The last block of `method` on x (B, N, W), the output of block L-1; feats: {block i: its output}."""
     return LAST_BLOCK[check_method(method)](block, x, grid, feats or {})

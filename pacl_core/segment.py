@@ -9,6 +9,8 @@ shifted by fractions of a patch (`shifted_scores`): a test-time augmentation tha
 pacl_core.affinity; per pass, before upsampling) or "pamr" (guided by the image's colours, after upsampling).
 `area_threshold=a` is SCLIP's / SC-CLIP's area_thd: a class that is the best word at no more than a share a of the
 pixels falls away, and its pixels take the next best word (or background) - `area_keep`.
+`segment_many(segmenters, image, words)` runs several methods on one image: those of one input geometry share
+the backbone's trunk (patch embedding and blocks 1..L-1) and differ only in their last block and scoring.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from .affinity import affinity_refine
 from .checkpoint import load_head
 from .errors import PACLError
 from .inputs import MAX_WORDS, check_pixels, parse_words, to_rgb_array
-from .methods import check_method, method_defaults
+from .methods import check_method, layers_needed, method_defaults
 from .pacl import VisionEmbedder, patch_similarity
 from .pamr import pamr_rgb
+from .prompts import get_templates
 
 MODES = ("whole", "slide")
 BACKGROUND_RULES = ("score", "entropy", "prob")
@@ -159,6 +162,14 @@ def shifted_scores(patch_logits, images: torch.Tensor, patch: int, shifts: int,
     s̄ = (mean log-normaliser + log mean probability) / logit_scale. So softmax(logit_scale · s̄) is the mean
     probability, and s̄ is the plain cosine wherever the passes (and neighbouring patches) agree.
     """
+    return shifted_scores_many(lambda v: [patch_logits(v)], images, patch, shifts, [logit_scale])[0]
+
+
+def shifted_scores_many(patch_logits, images: torch.Tensor, patch: int, shifts: int,
+                        logit_scales: list) -> list[torch.Tensor]:
+    """shifted_scores for several score maps from the same passes: patch_logits (B, 3, H, W) -> a list of
+    (B, K_i, h, w), one per entry of logit_scales (each None or a number, as in shifted_scores) -> a list of
+    (B, K_i, H, W). Each shifted view goes through patch_logits once, whatever the number of maps."""
     H, W = images.shape[-2:]
     offsets = shift_offsets(patch, shifts)
     pad = max(abs(o) for o in offsets)  # at most patch / 2, so below H and W as reflect padding needs
@@ -169,22 +180,27 @@ def shifted_scores(patch_logits, images: torch.Tensor, patch: int, shifts: int,
         up = F.interpolate(low, size=(H, W), mode="bilinear", align_corners=False)  # (B, C, H, W)
         return F.pad(up, (pad, pad, pad, pad), mode="replicate")[:, :, pad - dy:pad - dy + H, pad - dx:pad - dx + W]
 
-    total, norm = 0.0, 0.0
+    n_maps = len(logit_scales)
+    total, norm = [0.0] * n_maps, [0.0] * n_maps
     for dy in offsets:
         for dx in offsets:
             view = padded[:, :, pad + dy:pad + dy + H, pad + dx:pad + dx + W]  # (B, 3, H, W): image[y + dy, x + dx]
-            low = patch_logits(view)  # (B, K, h, w)
-            if logit_scale is None:
-                total = total + put_back(low, dy, dx)  # (B, K, H, W)
-            else:
-                z = logit_scale * low  # (B, K, h, w)
-                total = total + put_back(torch.softmax(z, dim=1), dy, dx)  # (B, K, H, W)
-                norm = norm + put_back(torch.logsumexp(z, dim=1, keepdim=True), dy, dx)  # (B, 1, H, W)
+            for i, (low, scale) in enumerate(zip(patch_logits(view), logit_scales)):  # (B, K, h, w) each
+                if scale is None:
+                    total[i] = total[i] + put_back(low, dy, dx)  # (B, K, H, W)
+                else:
+                    z = scale * low  # (B, K, h, w)
+                    total[i] = total[i] + put_back(torch.softmax(z, dim=1), dy, dx)  # (B, K, H, W)
+                    norm[i] = norm[i] + put_back(torch.logsumexp(z, dim=1, keepdim=True), dy, dx)  # (B, 1, H, W)
     n = shifts ** 2
-    if logit_scale is None:
-        return total / n
-    tiny = torch.finfo(total.dtype).tiny  # a word no pass gives any probability stays finite
-    return (norm / n + torch.log((total / n).clamp_min(tiny))) / logit_scale  # (B, K, H, W)
+    out = []
+    for t, z, scale in zip(total, norm, logit_scales):
+        if scale is None:
+            out.append(t / n)
+        else:
+            tiny = torch.finfo(t.dtype).tiny  # a word no pass gives any probability stays finite
+            out.append((z / n + torch.log((t / n).clamp_min(tiny))) / scale)  # (B, K, H, W)
+    return out
 
 
 def best_word_counts(blocks, K: int) -> torch.Tensor:
@@ -233,9 +249,24 @@ class Segmentation:
     @cached_property
     def heatmaps(self) -> np.ndarray:
         """(K, H, W) in [0, 1]: the word distribution for K > 1; for a single word its min-max scaled cosine."""
+        return self.heatmaps_at(self.image.shape[:2])
+
+    def scores_at(self, size: tuple[int, int]) -> np.ndarray:
+        """(K, h, w) float32 scores at another resolution (e.g. a display size), made from the low-resolution
+        scores directly rather than from the full-resolution ones."""
+        if tuple(size) == self.image.shape[:2]:
+            return self.scores
+        if self.refined is not None:
+            full = torch.from_numpy(self.refined)[None]  # (1, K, H, W)
+            out = F.interpolate(full, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+            return out[0].numpy()  # (K, h, w)
+        return upsample_scores(torch.from_numpy(self.low_logits), tuple(size)).numpy()
+
+    def heatmaps_at(self, size: tuple[int, int]) -> np.ndarray:
+        """`heatmaps` at another resolution (K, h, w) in [0, 1]."""
+        s = self.scores_at(size)
         if len(self.words) > 1:
-            return self.probs
-        s = self.scores
+            return self.probs if s is self.scores else scores_to_probs(torch.from_numpy(s), self.logit_scale).numpy()
         lo, hi = float(s.min()), float(s.max())
         return ((s - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(s)
 
@@ -283,8 +314,9 @@ class Segmenter:
                  image_size: int | None = None, mode: str | None = None, window: int | None = None,
                  stride: int | None = None, background=None, logit_scale: float | None = None,
                  max_words: int = MAX_WORDS, refine: str | None = None, shifts: int = 1,
-                 area_threshold: float | None = None):
+                 area_threshold: float | None = None, templates=None):
         self.backbone, self.method = backbone, check_method(method)
+        layers_needed(method, backbone.depth)  # a method that needs more blocks than the model has fails here
         # settings left unset (None) take the method's official defaults (pacl_core.methods.METHOD_DEFAULTS)
         defaults = method_defaults(method, native_size=backbone.native_size)
         mode = mode or defaults.get("mode", "whole")
@@ -313,6 +345,7 @@ class Segmenter:
         self.background = parse_background(background)
         self.area_threshold = check_area_threshold(area_threshold)
         self.max_words = max_words
+        self.templates = None if templates is None else get_templates(templates)  # None: the backbone's own
         head_scale = (getattr(self.head, "meta", None) or {}).get("logit_scale") if self.head is not None else None
         self.logit_scale = float(logit_scale or defaults.get("logit_scale") or head_scale or backbone.logit_scale)
 
@@ -328,13 +361,17 @@ class Segmenter:
         return head.to(self.backbone.device).eval()
 
     # ---- the patch level: the same numbers for every method -----------------------------------
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens after ln_post (B, T, D_v) -> this method's patch embeddings (B, T, D) in the joint space."""
+        if self.method == "pacl":
+            return self.head(tokens.to(self.head.linear.weight.dtype))  # (B, T, D)
+        return self.backbone.vanilla_patch_embeddings(tokens)  # (B, T, D)
+
     @torch.no_grad()
     def patch_embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised images (B, 3, H, W) -> this method's patch embeddings (B, T, D) in the joint space."""
         tokens, grid = self.backbone.patch_tokens(images, self.method)  # (B, T, D_v)
-        if self.method == "pacl":
-            return self.head(tokens.to(self.head.linear.weight.dtype)), grid  # (B, T, D)
-        return self.backbone.vanilla_patch_embeddings(tokens), grid  # (B, T, D)
+        return self.embed_tokens(tokens), grid  # (B, T, D)
 
     @torch.no_grad()
     def scores_from_embeddings(self, emb: torch.Tensor, grid: tuple[int, int], text_emb: torch.Tensor) -> torch.Tensor:
@@ -345,63 +382,33 @@ class Segmenter:
             s = affinity_refine(emb, s)  # (B, K, T)
         return s.view(s.shape[0], s.shape[1], *grid)  # (B, K, h, w)
 
-    @torch.no_grad()
     def patch_logits(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """Cosine of every patch with every word: (B, 3, H, W), (K, D) -> (B, K, h, w)."""
-        emb, grid = self.patch_embeddings(images)  # (B, T, D)
-        return self.scores_from_embeddings(emb, grid, text_emb)  # (B, K, h, w)
+        return patch_logits_many([self], images, [text_emb])[0]  # (B, K, h, w)
 
-    @torch.no_grad()
     def pixel_scores(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """Cosines at the input's pixels, (B, 3, H, W), (K, D) -> (B, K, H, W); with shifts > 1 the passes are
         averaged as word probabilities at the segmenter's logit scale (shifted_scores)."""
-        scale = self.logit_scale if self.shifts > 1 else None  # one pass: plain upsampled cosines, as in the paper
-        return shifted_scores(lambda x: self.patch_logits(x, text_emb), images, self.backbone.patch_size,
-                              self.shifts, scale)
+        return pixel_scores_many([self], images, [text_emb])[0]  # (B, K, H, W)
 
     # ---- the image level ----------------------------------------------------------------------
-    def _logits_whole(self, image: np.ndarray, text: torch.Tensor) -> torch.Tensor:
-        """The patch grid (K, h, w), or with shifts the pixel-level average (K, S, S)."""
-        S = self.image_size
-        x = self.backbone.preprocess(image, (S, S))  # (1, 3, S, S)
-        if self.shifts > 1:
-            return self.pixel_scores(x, text)[0]  # (K, S, S)
-        return self.patch_logits(x, text)[0]  # (K, h, w)
+    @property
+    def geometry(self) -> tuple:
+        """What the backbone sees: segmenters with equal geometry on one backbone share every trunk pass."""
+        if self.mode == "whole":
+            return (id(self.backbone), "whole", self.image_size, self.shifts)
+        return (id(self.backbone), "slide", self.image_size, self.window, self.stride, self.shifts)
 
-    def _logits_slide(self, image: np.ndarray, text: torch.Tensor) -> torch.Tensor:
-        """Average of per-window logits over a grid of windows covering the resized image -> (K, H', W')."""
-        H, W = image.shape[:2]
-        p, win, stride = self.backbone.patch_size, self.window, self.stride
-        scale = self.image_size / min(H, W)
-        Hs, Ws = max(win, _round_to(H * scale, p)), max(win, _round_to(W * scale, p))
-        x = self.backbone.preprocess(image, (Hs, Ws))  # (1, 3, Hs, Ws)
-        K = text.shape[0]
-        total = torch.zeros(K, Hs, Ws, device=x.device)
-        count = torch.zeros(1, Hs, Ws, device=x.device)
-        boxes = [(y, x0) for y in _window_starts(Hs, win, stride) for x0 in _window_starts(Ws, win, stride)]
-        per_batch = max(1, 16 // self.shifts ** 2)  # windows per backbone batch; each holds (K, win, win) scores
-        for i in range(0, len(boxes), per_batch):
-            batch = boxes[i:i + per_batch]
-            crops = torch.cat([x[:, :, y:y + win, x0:x0 + win] for y, x0 in batch])  # (b, 3, win, win)
-            logits = self.pixel_scores(crops, text)  # (b, K, win, win)
-            for (y, x0), lg in zip(batch, logits):
-                total[:, y:y + win, x0:x0 + win] += lg
-                count[:, y:y + win, x0:x0 + win] += 1
-        return total / count  # (K, Hs, Ws)
+    def text(self, words: list[str]) -> torch.Tensor:
+        """(K, D) prompt-ensembled embeddings of the words with this segmenter's templates (cached)."""
+        return self.backbone.text_embeddings(words, self.templates)
 
-    def _pamr(self, image: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
-        """PAMR-refined scores (K, H, W), guided by the image's colours (as SCLIP / NACLIP do)."""
-        return pamr_rgb(image[None], scores[None])[0]  # (K, H, W)
-
-    def __call__(self, image, words, background="default", groups=None) -> Segmentation:
-        """Segment one image (PIL, numpy or path; any size) with words ('dog, sky' or a list). groups: a class
-        id per word for the area threshold (see area_keep); by default each word is its own class."""
-        image = to_rgb_array(image)  # (H, W, 3) uint8
-        words, notes = parse_words(words, self.max_words)
+    def finish(self, image: np.ndarray, words: list[str], low: torch.Tensor, background="default",
+               notes=(), groups=None) -> Segmentation:
+        """The low-resolution scores (K, h', w') of one image -> its Segmentation (refinement, mask, patch level).
+        groups: a class id per word for the area threshold (see area_keep); by default each word is its own class."""
         background = self.background if background == "default" else parse_background(background)
-        text = self.backbone.text_embeddings(words)  # (K, D)
         H, W = image.shape[:2]
-        low = self._logits_whole(image, text) if self.mode == "whole" else self._logits_slide(image, text)
         if groups is not None and len(groups) != len(words):
             raise PACLError(f"{len(groups)} class ids for {len(words)} words")
         refined = None
@@ -417,7 +424,107 @@ class Segmenter:
         # patch level: the grid itself (whole), or the pixel-level scores (slide, shifts) pooled back to patches
         pixel_level = self.mode == "slide" or self.shifts > 1
         patch = F.avg_pool2d(low[None], self.backbone.patch_size)[0] if pixel_level else low
-        return Segmentation(words=words, image=image, mask=mask.to(torch.int16).cpu().numpy(),
+        return Segmentation(words=list(words), image=image, mask=mask.to(torch.int16).cpu().numpy(),
                             patch_logits=patch.float().cpu().numpy(), low_logits=low.float().cpu().numpy(),
-                            method=self.method, logit_scale=self.logit_scale, background=background, notes=notes,
-                            refined=refined)
+                            method=self.method, logit_scale=self.logit_scale, background=background,
+                            notes=list(notes), refined=refined)
+
+    def _pamr(self, image: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
+        """PAMR-refined scores (K, H, W), guided by the image's colours (as SCLIP / NACLIP do)."""
+        return pamr_rgb(image[None], scores[None])[0]  # (K, H, W)
+
+    def __call__(self, image, words, background="default", groups=None) -> Segmentation:
+        """Segment one image (PIL, numpy or path; any size) with words ('dog, sky' or a list). groups: a class
+        id per word for the area threshold (see area_keep); by default each word is its own class."""
+        return segment_many([self], image, words, background, groups)[self.method]
+
+
+# ---- several methods, one trunk per input geometry ---------------------------------------------------------
+@torch.no_grad()
+def patch_logits_many(segmenters: list[Segmenter], images: torch.Tensor, texts: list) -> list[torch.Tensor]:
+    """Cosines of every patch with every word for segmenters of one backbone, (B, 3, H, W) -> [(B, K, h, w)].
+
+    Blocks 1..L-1 run once for all of them (keeping the union of the blocks their methods read); each method
+    then runs its own last block, and methods sharing a last block (vanilla, pacl) share that too.
+    """
+    backbone = segmenters[0].backbone
+    keep = sorted({i for s in segmenters for i in layers_needed(s.method, backbone.depth)})
+    trunk = backbone.trunk(images, keep)  # x: (B, 1 + T + R, W)
+    tokens = backbone.finish_many(trunk, [s.method for s in segmenters])  # method -> (B, 1 + T, D_v)
+    return [s.scores_from_embeddings(s.embed_tokens(tokens[s.method][:, 1:]), trunk.grid, t)  # (B, K, h, w)
+            for s, t in zip(segmenters, texts)]
+
+
+@torch.no_grad()
+def pixel_scores_many(segmenters: list[Segmenter], images: torch.Tensor, texts: list) -> list[torch.Tensor]:
+    """Segmenter.pixel_scores for segmenters of one geometry, each shifted view through the trunk once."""
+    scales = [s.logit_scale if s.shifts > 1 else None for s in segmenters]  # one pass: plain upsampled cosines
+    return shifted_scores_many(lambda v: patch_logits_many(segmenters, v, texts), images,
+                               segmenters[0].backbone.patch_size, segmenters[0].shifts, scales)
+
+
+def _logits_whole(segmenters: list[Segmenter], image: np.ndarray, texts: list) -> list[torch.Tensor]:
+    """Per segmenter the patch grid (K, h, w), or with shifts the pixel-level average (K, S, S)."""
+    first = segmenters[0]
+    S = first.image_size
+    x = first.backbone.preprocess(image, (S, S))  # (1, 3, S, S)
+    if first.shifts > 1:
+        return [lg[0] for lg in pixel_scores_many(segmenters, x, texts)]  # (K, S, S) each
+    return [lg[0] for lg in patch_logits_many(segmenters, x, texts)]  # (K, h, w) each
+
+
+def _logits_slide(segmenters: list[Segmenter], image: np.ndarray, texts: list) -> list[torch.Tensor]:
+    """Per segmenter the average of per-window logits over a grid of windows covering the resized image
+    -> (K, H', W'); every window goes through the trunk once for all segmenters."""
+    first = segmenters[0]
+    H, W = image.shape[:2]
+    p, win, stride = first.backbone.patch_size, first.window, first.stride
+    scale = first.image_size / min(H, W)
+    Hs, Ws = max(win, _round_to(H * scale, p)), max(win, _round_to(W * scale, p))
+    x = first.backbone.preprocess(image, (Hs, Ws))  # (1, 3, Hs, Ws)
+    totals = [torch.zeros(t.shape[0], Hs, Ws, device=x.device) for t in texts]  # (K, Hs, Ws) each
+    count = torch.zeros(1, Hs, Ws, device=x.device)
+    boxes = [(y, x0) for y in _window_starts(Hs, win, stride) for x0 in _window_starts(Ws, win, stride)]
+    per_batch = max(1, 16 // first.shifts ** 2)  # windows per backbone batch; each holds (K, win, win) scores
+    for i in range(0, len(boxes), per_batch):
+        batch = boxes[i:i + per_batch]
+        crops = torch.cat([x[:, :, y:y + win, x0:x0 + win] for y, x0 in batch])  # (b, 3, win, win)
+        for total, logits in zip(totals, pixel_scores_many(segmenters, crops, texts)):  # (b, K, win, win)
+            for (y, x0), lg in zip(batch, logits):
+                total[:, y:y + win, x0:x0 + win] += lg
+        for y, x0 in batch:
+            count[:, y:y + win, x0:x0 + win] += 1
+    return [total / count for total in totals]  # (K, Hs, Ws) each
+
+
+def group_by_geometry(segmenters) -> list[list[Segmenter]]:
+    """Segmenters grouped by input geometry (backbone, mode, size, window, stride, shifts), first-seen order:
+    each group shares one trunk pass per window and shifted view."""
+    groups: dict[tuple, list] = {}
+    for s in segmenters:
+        groups.setdefault(s.geometry, []).append(s)
+    return list(groups.values())
+
+
+def segment_many(segmenters, image, words, background="default", groups=None) -> dict[str, Segmentation]:
+    """Segment one image with several segmenters (one per method) -> {method: Segmentation}.
+
+    Segmenters of one input geometry share the patch embedding and blocks 1..L-1 (pacl_core.backbone.Trunk);
+    each then runs its own last block, scores and refinement. The results equal calling each segmenter alone.
+    groups: a class id per word for the area threshold (Segmenter.finish).
+    """
+    segmenters = list(segmenters)
+    methods = [s.method for s in segmenters]
+    if len(set(methods)) != len(methods):
+        raise PACLError(f"each method can be segmented once per call, got {', '.join(methods)}")
+    if not segmenters:
+        return {}
+    image = to_rgb_array(image)  # (H, W, 3) uint8
+    words, notes = parse_words(words, min(s.max_words for s in segmenters))
+    out = {}
+    for group in group_by_geometry(segmenters):
+        texts = [s.text(words) for s in group]  # (K, D) each
+        lows = (_logits_whole if group[0].mode == "whole" else _logits_slide)(group, image, texts)
+        for s, low in zip(group, lows):
+            out[s.method] = s.finish(image, words, low, background, notes, groups)
+    return {m: out[m] for m in methods}

@@ -21,6 +21,13 @@ BACKGROUND_COLOR = (0, 0, 0)
 MIN_DISPLAY_SIDE = 320  # overlays of smaller images are enlarged (nearest) so the legend stays legible
 
 
+def save_png(path, image: np.ndarray, compression: int) -> None:
+    """Write an (H, W, 3) RGB or (H, W) grey uint8 array as PNG with this zlib level (0-9; 1 is fast)."""
+    bgr = image[..., ::-1] if image.ndim == 3 else image
+    if not cv2.imwrite(str(path), np.ascontiguousarray(bgr), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]):
+        raise OSError(f"could not write {path}")
+
+
 def palette(k: int) -> np.ndarray:
     """(k, 3) uint8 colours: the same word index always gets the same colour."""
     colors = list(_BASE[:k])
@@ -104,12 +111,30 @@ def draw_overlay(seg, legend: bool = True) -> np.ndarray:
     return add_legend(img, labels, colors)
 
 
+@lru_cache(maxsize=8)
+def colormap_lut(cmap: str) -> np.ndarray:
+    """(N, 3) uint8 RGB: the N entries of a matplotlib colormap (256 for turbo, magma, ...)."""
+    cm = colormaps[cmap]
+    return (cm(np.arange(cm.N))[:, :3] * 255.0).round().astype(np.uint8)
+
+
+def apply_colormap(heat: np.ndarray, cmap: str = "turbo") -> np.ndarray:
+    """(H, W) in [0, 1] -> (H, W, 3) uint8 colours by table look-up, the entries matplotlib itself picks."""
+    lut = colormap_lut(cmap)
+    index = np.minimum(np.clip(heat, 0, 1) * len(lut), len(lut) - 1).astype(np.int32)  # (H, W): int(x · N)
+    if len(lut) == 256:  # OpenCV's per-channel table look-up, several times faster than numpy indexing
+        index = index.astype(np.uint8)
+        return cv2.LUT(cv2.merge([index, index, index]), lut[:, None, :])  # (H, W, 3)
+    return lut[index]  # (H, W, 3)
+
+
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, cmap: str = "turbo", alpha: float = 0.5,
-                    title: str | None = None) -> np.ndarray:
-    """A (H, W) map in [0, 1] coloured with a matplotlib colormap and blended on the image."""
-    colored = colormaps[cmap](np.clip(heat, 0, 1))[..., :3] * 255.0  # (H, W, 3)
-    out = ((1 - alpha) * image.astype(np.float32) + alpha * colored).clip(0, 255).astype(np.uint8)
-    out = enlarge(out, nearest=False)
+                    title: str | None = None, min_side: int = MIN_DISPLAY_SIDE) -> np.ndarray:
+    """A (H, W) map in [0, 1] coloured with a matplotlib colormap and blended on the image (enlarged when its
+    shorter side is below min_side)."""
+    colored = apply_colormap(heat, cmap)  # (H, W, 3)
+    out = cv2.addWeighted(np.ascontiguousarray(image, np.uint8), 1 - alpha, colored, alpha, 0.0)  # (H, W, 3)
+    out = enlarge(out, min_side, nearest=False)
     if title:
         pil = Image.fromarray(out)
         draw = ImageDraw.Draw(pil)
@@ -120,6 +145,24 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, cmap: str = "turbo", al
     return out
 
 
-def draw_heatmaps(seg, cmap: str = "turbo") -> list[tuple[str, np.ndarray]]:
-    """One blended heatmap image per word, titled with the word."""
-    return [(w, heatmap_overlay(seg.image, seg.heatmaps[k], cmap, title=w)) for k, w in enumerate(seg.words)]
+def display_size(shape, max_side: int | None, min_side: int = MIN_DISPLAY_SIDE) -> tuple[int, int]:
+    """(H, W) scaled so the shorter side is at least min_side and the longer at most max_side (None: no
+    limit; the longer side wins when both cannot hold)."""
+    h, w = shape[:2]
+    f = max(1.0, min_side / max(1, min(h, w)))
+    if max_side is not None:
+        f = min(f, max_side / max(h, w))
+    return (h, w) if f == 1.0 else (max(1, round(h * f)), max(1, round(w * f)))
+
+
+def draw_heatmaps(seg, cmap: str = "turbo", max_side: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """One blended heatmap image per word, titled with the word; with max_side the maps are computed and drawn
+    at that display size, not at the image's full resolution."""
+    size = seg.image.shape[:2] if max_side is None else display_size(seg.image.shape, max_side)
+    image = seg.image
+    if size != image.shape[:2]:
+        shrink = size[0] <= image.shape[0]
+        image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    heat = seg.heatmaps_at(size)  # (K, h, w)
+    min_side = MIN_DISPLAY_SIDE if max_side is None else 0  # else the size is chosen already
+    return [(w, heatmap_overlay(image, heat[k], cmap, title=w, min_side=min_side)) for k, w in enumerate(seg.words)]

@@ -88,7 +88,28 @@ def test_segment_writes_every_output(tmp_path, images, capsys):
     assert not [f for f in tmp_path.iterdir() if "staging" in f.name]
 
 
+def test_segment_several_methods_writes_one_folder_per_method(tmp_path, images, capsys):
+    out = tmp_path / "out"
+    torch.manual_seed(0)  # the same random weights for every run below
+    code = main(["segment", *map(str, images), "--words", "dog, grass", "--out", str(out),
+                 "--method", "vanilla, sclip,vanilla,naclip", *TINY])
+    assert code == 0 and "wrote 6 result folders" in capsys.readouterr().out
+    assert sorted(f.name for f in out.iterdir()) == ["naclip", "sclip", "vanilla"]
+    for method in ("vanilla", "sclip", "naclip"):
+        alone = tmp_path / f"alone-{method}"
+        torch.manual_seed(0)
+        assert main(["segment", *map(str, images), "--words", "dog, grass", "--out", str(alone),
+                     "--method", method, *TINY]) == 0
+        for p in images:
+            folder = out / method / p.stem
+            assert json.loads((folder / "result.json").read_text())["method"] == method
+            np.testing.assert_array_equal(np.asarray(Image.open(folder / "mask.png")),
+                                          np.asarray(Image.open(alone / p.stem / "mask.png")))
+    assert not [f for f in tmp_path.iterdir() if "staging" in f.name]
+
+
 @pytest.mark.parametrize("case", ["non_image", "corrupt", "empty_words", "too_many_words", "missing", "bad_method",
+                                  "bad_method_in_list", "empty_method_list",
                                   "zero_shifts", "too_many_shifts", "zero_image_size", "huge_image_size",
                                   "too_many_patches", "zero_window", "bad_device", "bad_templates"])
 def test_bad_input_exits_nonzero_with_one_line_and_no_files(tmp_path, images, case):
@@ -112,6 +133,10 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_files(tmp_path, images, ca
         imgs = [tmp_path / "nope.jpg"]
     elif case == "bad_method":
         extra = ["--method", "magic"]
+    elif case == "bad_method_in_list":
+        extra = ["--method", "vanilla,magic"]
+    elif case == "empty_method_list":
+        extra = ["--method", " , "]
     elif case == "zero_shifts":
         extra = ["--shifts", "0"]
     elif case == "too_many_shifts":

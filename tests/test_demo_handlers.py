@@ -3,6 +3,7 @@
 import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
@@ -138,6 +139,39 @@ def test_archive_can_wait_until_the_results_are_shown(registry, photo):
     assert h.package_held(token) is None and h.package_held(None) is None
     tokens = [h.hold(result) for _ in range(h.KEEP_HELD + 2)]  # only the newest few are kept
     assert h.package_held(tokens[0]) is None and h.package_held(tokens[-1]) is not None
+
+
+def count_trunks(monkeypatch) -> list:
+    from pacl_core.backbone import Backbone
+
+    calls, real = [], Backbone.trunk
+    monkeypatch.setattr(Backbone, "trunk", lambda self, images, keep=(): calls.append(1) or real(self, images, keep))
+    return calls
+
+
+def test_an_explicit_resolution_runs_every_method_in_one_shared_pass(registry, photo, monkeypatch):
+    calls = count_trunks(monkeypatch)
+    result = h.compare(registry, str(photo), "sky, grass", list(METHODS), MODEL, 0.0, "96")
+    assert len(calls) == 1  # one backbone trunk for all six methods
+    for p in result.panels:
+        assert p.ok and f"one shared pass for {len(METHODS)} methods at the chosen 96 px whole image" in p.status
+        assert p.segmentation.patch_logits.shape[1:] == (12, 12)  # whole image, 96 px, 8 px patches
+        alone = h.compare(registry, str(photo), "sky, grass", [p.method], MODEL, 0.0, "96").panels[0]
+        np.testing.assert_array_equal(alone.segmentation.mask, p.segmentation.mask)
+        np.testing.assert_allclose(alone.segmentation.low_logits, p.segmentation.low_logits, atol=1e-5)
+
+
+def test_model_default_shares_the_pass_among_methods_of_one_protocol(registry, photo, monkeypatch):
+    result = h.compare(registry, str(photo), "sky, grass", list(METHODS), MODEL)
+    status = {p.method: p.status for p in result.panels}
+    assert "shared pass with PACL (same protocol:" in status["vanilla"]
+    assert "shared pass with MaskCLIP, NACLIP (same protocol:" in status["sclip"]
+    assert "short side" in status["sclip"] and "px windows" in status["sclip"]
+    assert "own protocol:" in status["clearclip"] and "shared" not in status["clearclip"]
+    for p in result.panels:
+        alone = h.compare(registry, str(photo), "sky, grass", [p.method], MODEL).panels[0]
+        assert "own protocol" in alone.status or alone.method in ("vanilla", "pacl")
+        np.testing.assert_array_equal(alone.segmentation.mask, p.segmentation.mask)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -308,3 +342,19 @@ def test_app_refuses_a_bad_model_or_port_in_one_line(capsys, monkeypatch):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1], err
+
+
+def test_cached_output_images_are_never_rewritten_in_place(tmp_path):
+    """Concurrent identical outputs must not truncate a file being served: written once, atomically."""
+    from gradio import processing_utils
+
+    from demo import ui
+
+    assert processing_utils.save_pil_to_cache is ui._save_pil_to_cache_atomically
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    first = processing_utils.save_img_array_to_cache(np.asarray(img), str(tmp_path), format="png")
+    inode = Path(first).stat().st_ino
+    again = processing_utils.save_pil_to_cache(img, str(tmp_path), format="png")
+    assert again == first and Path(again).stat().st_ino == inode  # the same file, not rewritten
+    np.testing.assert_array_equal(np.asarray(Image.open(first)), np.asarray(img))
+    assert [p.name for p in Path(first).parent.iterdir()] == ["image.png"]  # no staging file left

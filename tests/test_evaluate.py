@@ -176,3 +176,15 @@ def test_toy_world_with_shifted_passes_says_so(tmp_path, capsys):
                "--shifts", "2", "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0 and "masks from 2x2 shifted passes" in out and "vanilla: miou" in out, out
+
+
+def test_several_methods_in_one_pass_equal_each_method_alone(tmp_path, backbone):
+    root, _ = write_layout(tmp_path, "voc", n=2)
+    head = save_head(tmp_path / "head", VisionEmbedder(backbone.width, backbone.embed_dim), backbone)
+    ds = SegDataset("voc21", root)
+    together = evaluate_methods(ds, backbone, list(METHODS), {}, head=head, progress=False)
+    assert list(together) == list(METHODS)
+    for m in METHODS:
+        alone = evaluate_methods(ds, backbone, [m], {}, head=head, progress=False)[m]
+        assert together[m]["protocol"] == alone["protocol"], m
+        np.testing.assert_array_equal(np.asarray(together[m]["confusion"]), np.asarray(alone["confusion"]), m)

@@ -42,3 +42,31 @@ def test_overlay_with_legend_and_heatmaps(tiny, rng):
     hot = heatmap_overlay(np.zeros((400, 400, 3), np.uint8), np.ones((400, 400)), alpha=1.0)
     cold = heatmap_overlay(np.zeros((400, 400, 3), np.uint8), np.zeros((400, 400)), alpha=1.0)
     assert hot[..., 0].mean() > cold[..., 0].mean() and cold[..., 2].mean() > hot[..., 2].mean()
+
+
+def test_colormap_table_equals_matplotlib():
+    from matplotlib import colormaps
+
+    from pacl_core.viz import apply_colormap
+
+    heat = np.concatenate([np.random.default_rng(0).random(5000), [0.0, 1.0, 0.5, 255 / 256, -0.2, 1.3]])[None]
+    for cmap in ("turbo", "magma"):
+        ref = (colormaps[cmap](np.clip(heat, 0, 1))[..., :3] * 255.0).round().astype(np.uint8)
+        np.testing.assert_array_equal(apply_colormap(heat, cmap), ref)
+
+
+def test_heatmaps_at_display_size(tiny):
+    from pacl_core.segment import Segmenter
+    from pacl_core.viz import display_size, draw_heatmaps
+
+    img = np.random.default_rng(1).integers(0, 256, (600, 900, 3), dtype=np.uint8)
+    seg = Segmenter(tiny, image_size=32)(img, "sky, grass")
+    small = draw_heatmaps(seg, max_side=300)
+    assert [w for w, _ in small] == ["sky", "grass"] and all(im.shape == (200, 300, 3) for _, im in small)
+    assert draw_heatmaps(seg)[0][1].shape == (600, 900, 3)  # full resolution without max_side
+    # the display-size maps are the full-resolution ones, resized (up to interpolation)
+    full = seg.heatmaps  # (K, 600, 900)
+    shrunk = seg.heatmaps_at((200, 300))
+    ref = full.reshape(2, 200, 3, 300, 3).mean(axis=(2, 4))
+    assert np.abs(shrunk - ref).max() < 0.05
+    assert display_size((100, 50), 1000) == (640, 320) and display_size((2000, 1000), 500) == (500, 250)

@@ -17,6 +17,7 @@ from ..distributed import env_world, init_distributed, shutdown
 from ..errors import PACLError
 from ..evaluate import evaluate_methods, iou_table, summary_json, write_reports
 from ..inputs import check_out_folder
+from ..methods import parse_methods
 from ..segment import REFINERS, check_area_threshold
 from ..toyeval import evaluate_toy, object_patch_probe
 from .args import HEAD_HELP, add_model_args, add_shifts_arg, backbone_from_args, check_head_arg, check_shifts_arg
@@ -74,12 +75,7 @@ def add_parser(sub) -> None:
 
 
 def _methods(spec: str | None) -> list[str] | None:
-    if spec is None:
-        return None
-    methods = list(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
-    if not methods:
-        raise PACLError("--method is empty")
-    return methods
+    return None if spec is None else parse_methods(spec)
 
 
 def run(args) -> int:

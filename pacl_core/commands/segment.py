@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from ..export import write_outputs
 from ..inputs import MAX_SIDE, check_image_file, check_out_folder, load_image, parse_words
-from ..methods import check_method, default_method
-from ..segment import REFINERS, Segmenter
+from ..methods import default_method, parse_methods
+from ..segment import REFINERS, Segmenter, segment_many
 from .args import HEAD_HELP, add_model_args, add_shifts_arg, backbone_from_args, check_head_arg, check_shifts_arg
 
 
@@ -25,9 +25,10 @@ def add_parser(sub) -> None:
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--words", required=True, help='comma-separated words, e.g. "dog, grass, sky"')
     p.add_argument("--method", default=None,
-                   help="vanilla, pacl, or a training-free method: maskclip, sclip, clearclip, naclip, scclip "
-                        "(default: pacl when the model has a PACL head (--head, or the toy model's own), else "
-                        "scclip)")
+                   help="vanilla, pacl, or a training-free method: maskclip, sclip, clearclip, naclip, scclip; "
+                        "comma-separated for several (one backbone pass per input geometry, one output folder "
+                        "per method: OUT/METHOD/IMAGE) (default: pacl when the model has a PACL head (--head, or "
+                        "the toy model's own), else scclip)")
     p.add_argument("--head", default=None, help=HEAD_HELP + "; default: the one shipped with --model")
     p.add_argument("--mode", default=None, choices=("whole", "slide"),
                    help="whole-image or sliding-window (default: the method's own; whole for vanilla and pacl)")
@@ -58,44 +59,48 @@ def _unique_stems(paths: list[Path]) -> list[str]:
 
 def run(args) -> int:
     words, notes = parse_words(args.words)
-    if args.method is not None:
-        check_method(args.method)  # an unknown method fails before any model loads
+    methods = None if args.method is None else parse_methods(args.method)  # unknown methods fail before loading
     check_shifts_arg(args.shifts)
     check_head_arg(args.head)
     out = check_out_folder(args.out)
     paths = [Path(p) for p in args.images]
     sizes = [check_image_file(p) for p in paths]  # fail on bad files before loading any model
     backbone = backbone_from_args(args)
-    method = args.method
-    if method is None:
-        method = default_method(args.head is not None or backbone.default_head is not None)
-        if method != "pacl":
-            notes.append(f"method {method}: this model has no PACL head (pass --head FILE.safetensors for pacl)")
-    segmenter = Segmenter(backbone, method=method, head=args.head, mode=args.mode, window=args.window,
-                          stride=args.stride, background=args.background, image_size=args.image_size,
-                          refine=None if args.refine == "none" else args.refine, shifts=args.shifts)
+    if methods is None:
+        methods = [default_method(args.head is not None or backbone.default_head is not None)]
+        if methods[0] != "pacl":
+            notes.append(f"method {methods[0]}: this model has no PACL head (pass --head FILE.safetensors for pacl)")
+    segmenters = [Segmenter(backbone, method=m, head=args.head if m == "pacl" else None, mode=args.mode,
+                            window=args.window, stride=args.stride, background=args.background,
+                            image_size=args.image_size, refine=None if args.refine == "none" else args.refine,
+                            shifts=args.shifts) for m in methods]
     for n in notes:
         print(f"note: {n}")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    several = len(methods) > 1
     try:
         jobs = list(zip(paths, _unique_stems(paths), sizes))
         for path, stem, original in tqdm(jobs, desc="segmenting", unit="img", disable=len(paths) < 2 or None):
             image = load_image(path)
-            seg = segmenter(image, words)
-            info = {"image": str(path), "original_size": original, "model": args.model,
-                    "backbone": backbone.name, "pretrained": backbone.pretrained, "shifts": segmenter.shifts,
-                    "refine": segmenter.refine or "none", "notes": []}
-            if max(original) > MAX_SIDE:
-                info["notes"].append(f"downscaled from {original[0]}x{original[1]} to at most {MAX_SIDE} px")
-            write_outputs(staging / stem, seg, info)
-        out.mkdir(exist_ok=True)
-        for folder in sorted(staging.iterdir()):
-            target = out / folder.name
+            results = segment_many(segmenters, image, words)
+            for segmenter in segmenters:
+                info = {"image": str(path), "original_size": original, "model": args.model,
+                        "backbone": backbone.name, "pretrained": backbone.pretrained, "shifts": segmenter.shifts,
+                        "refine": segmenter.refine or "none", "notes": []}
+                if max(original) > MAX_SIDE:
+                    info["notes"].append(f"downscaled from {original[0]}x{original[1]} to at most {MAX_SIDE} px")
+                folder = staging / segmenter.method / stem if several else staging / stem
+                write_outputs(folder, results[segmenter.method], info)
+        for folder in sorted(staging.glob("*/*" if several else "*")):  # one result folder per (method,) image
+            target = out / folder.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
                 shutil.rmtree(target)
             folder.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"wrote {len(paths)} result folder{'s' if len(paths) > 1 else ''} to {out}")
+    n = len(paths) * len(methods)
+    print(f"wrote {n} result folder{'s' if n > 1 else ''} to {out}"
+          + (f" ({', '.join(methods)}: one folder per method)" if several else ""))
     return 0
