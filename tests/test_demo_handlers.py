@@ -165,7 +165,7 @@ def test_model_default_shares_the_pass_among_methods_of_one_protocol(registry, p
     result = h.compare(registry, str(photo), "sky, grass", list(METHODS), MODEL)
     status = {p.method: p.status for p in result.panels}
     assert "shared pass with PACL (same protocol:" in status["vanilla"]
-    assert "shared pass with MaskCLIP, NACLIP (same protocol:" in status["sclip"]
+    assert "shared pass with MaskCLIP, NACLIP, SC-CLIP (same protocol:" in status["sclip"]
     assert "short side" in status["sclip"] and "px windows" in status["sclip"]
     assert "own protocol:" in status["clearclip"] and "shared" not in status["clearclip"]
     for p in result.panels:

@@ -210,7 +210,7 @@ def test_replacement_on_a_hand_made_grid():
 
 # ---- layers, defaults, wiring ------------------------------------------------------------------
 def test_layer_choices():
-    assert LAYERS_NEEDED["scclip"] == (4, 5, 6, 7, 8, 9, 10) == layers_needed("scclip", 12)  # official, 1-indexed
+    assert LAYERS_NEEDED["scclip"](12) == (4, 5, 6, 7, 8, 9, 10) == layers_needed("scclip", 12)  # official, 1-indexed
     assert scclip_layers(24) == tuple(range(8, 21))
     assert scclip_layers(3) == (1, 2) and scclip_layers(2) == (1,)
     assert layers_needed("sclip", 12) == () and layers_needed("vanilla", 24) == ()

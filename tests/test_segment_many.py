@@ -60,7 +60,7 @@ def test_trunk_keeps_exactly_the_blocks_asked_for(deep):
 def test_finish_equals_tokens_and_vanilla_pacl_share_the_last_block(deep, monkeypatch):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        trunk = deep.trunk(x)
+        trunk = deep.trunk(x, keep=sorted({i for m in M.METHODS for i in M.layers_needed(m, deep.depth)}))
         calls = []
         real = M.LAST_BLOCK["vanilla"]
         monkeypatch.setitem(M.LAST_BLOCK, "vanilla", lambda *a: calls.append(1) or real(*a))
@@ -140,7 +140,7 @@ def test_segment_many_equals_one_method_at_a_time(deep, head, monkeypatch, mode,
 def test_methods_group_by_geometry(deep, head):
     defaults = {m: Segmenter(deep, m, head=head if m == "pacl" else None) for m in M.METHODS}  # official protocols
     groups = [[s.method for s in g] for g in group_by_geometry(defaults.values())]
-    assert groups == [["vanilla", "pacl"], ["maskclip", "sclip", "naclip"], ["clearclip"]]
+    assert groups == [["vanilla", "pacl"], ["maskclip", "sclip", "naclip", "scclip"], ["clearclip"]]
     one = [Segmenter(deep, m, head=head if m == "pacl" else None, image_size=48, mode="whole") for m in M.METHODS]
     assert len(group_by_geometry(one)) == 1
     image = random_image(np.random.default_rng(2), 50, 40)
