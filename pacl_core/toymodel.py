@@ -108,12 +108,22 @@ def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=N
                       templates=None):
     """The toy CLIP as a Backbone (native 96 px input unless image_size), with its PACL head as default_head.
     templates: a prompt template set to use instead of the ones it was trained with (`toy_clip.json`)."""
-    from .checkpoint import load_tensors
-
     path = clip_path(root)
     if not path.is_file():
         raise PACLError(f"toy model weights are missing ({path}); train them with "
                         "`python -m pacl_core toy train --out assets/toy`")
+    backbone = load_toy_tower(path, image_size, device, templates)
+    if with_head and head_path(root).is_file():
+        backbone.default_head = head_path(root)
+    return backbone
+
+
+def load_toy_tower(path, image_size: int | None = None, device: str = "cpu", templates=None):
+    """A toy CLIP file (toy_clip.safetensors + its JSON, any name) as a Backbone without a head; every problem
+    with the file, e.g. one that is not a toy tower, is a one-line PACLError."""
+    from .checkpoint import load_tensors
+
+    path = Path(path)
     state, meta = load_tensors(path, CLIP_FORMAT)
     if meta.get("config") != CONFIG_NAME:
         raise PACLError(f"{path}: made for config '{meta.get('config')}', expected '{CONFIG_NAME}'")
@@ -125,12 +135,10 @@ def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=N
         raise PACLError(f"{path}: its JSON says {registers} register tokens, its weights hold {held}")
     try:
         model = create_toy_clip(state, registers=registers)
-    except AssertionError as e:
-        raise PACLError(f"{path}: {e}") from None
+    except (AssertionError, RuntimeError) as e:  # missing / unexpected keys, or tensors of the wrong shape
+        raise PACLError(f"{path}: {str(e).splitlines()[0]}") from None
     templates = templates or tuple(meta.get("templates") or TOY_TEMPLATES)
     backbone = toy_backbone(model, str(path), image_size, device, templates)
-    if with_head and head_path(root).is_file():
-        backbone.default_head = head_path(root)
     backbone.toy_meta = meta
     return backbone
 

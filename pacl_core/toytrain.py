@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from . import toymodel, toyworld
 from .checkpoint import save_head
+from .errors import PACLError
 from .loss import PACLLoss
 from .pacl import VisionEmbedder
 
@@ -249,40 +250,77 @@ def _caption_embeddings(backbone, captions: list[str], batch: int = 512) -> torc
     return torch.cat(out)  # (N, D)
 
 
+@dataclass
+class PaclStep:
+    """One step of stage 2 as `pacl_training` yields it."""
+
+    step: int  # steps done so far, 1..total
+    total: int
+    loss: float
+    head: VisionEmbedder  # the head being trained, live: copy it (copy.deepcopy) to keep this state
+
+
+def new_head(backbone, cfg: ToyTrainConfig) -> VisionEmbedder:
+    """Stage 2's starting e_v: random (seeded by cfg.seed + 1), or CLIP's own patch projection."""
+    torch.manual_seed(cfg.seed + 1)
+    head = VisionEmbedder(backbone.width, backbone.embed_dim)
+    if cfg.pacl_init_from_projection:
+        head.init_from_projection(backbone.model.visual.proj.detach().float().cpu())
+    return head
+
+
+def stage2_inputs(backbone, images: np.ndarray, captions: list, progress: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2 reads only frozen features: patch tokens (N, T, D_v) float16 and caption embeddings (draws, N, D).
+
+    captions: one per image, or several lists of one per image (draws)."""
+    tokens = _patch_tokens(backbone, images, progress=progress)  # (N, T, D_v)
+    draws = [captions] if isinstance(captions[0], str) else list(captions)
+    assert all(len(d) == len(images) for d in draws), "one caption per image in every draw"
+    text = torch.stack([_caption_embeddings(backbone, d) for d in draws])  # (draws, N, D)
+    return tokens, text
+
+
+def pacl_training(head: VisionEmbedder, tokens: torch.Tensor, text: torch.Tensor, logit_scale: float,
+                  cfg: ToyTrainConfig, progress: bool = True):
+    """Stage 2 step by step: trains `head` in place on frozen tokens (N, T, D_v) and captions (draws, N, D),
+    each epoch using the next draw in turn, and yields a PaclStep after every step. Stop iterating to stop."""
+    n = len(tokens)
+    per_epoch = steps_per_epoch(n, cfg.pacl_batch, cfg.variants)
+    loss_fn = PACLLoss(tau=cfg.pacl_tau)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.pacl_lr, weight_decay=cfg.weight_decay)
+    losses = []
+    bar = tqdm(enumerate(_batches(n, cfg.pacl_batch, cfg.pacl_steps, cfg.seed + 1, cfg.variants)),
+               total=cfg.pacl_steps, desc="stage 2: PACL", unit="step", disable=not progress)
+    head.train().requires_grad_(True)
+    try:
+        for step, idx in bar:
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, cfg.pacl_steps, cfg.clip_warmup, cfg.pacl_lr)
+            idx_t = torch.from_numpy(idx)
+            emb = head(tokens[idx_t].float())  # (B, T, D)
+            loss = loss_fn(emb, text[(step // per_epoch) % len(text)][idx_t], logit_scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            yield PaclStep(step + 1, cfg.pacl_steps, losses[-1], head)
+    finally:
+        bar.close()
+        head.eval().requires_grad_(False)
+
+
 def train_pacl(backbone, images: np.ndarray, captions: list, cfg: ToyTrainConfig,
                progress: bool = True) -> tuple[VisionEmbedder, list[float]]:
     """Stage 2: e_v on the frozen backbone's patch tokens with PACLLoss on captions. Returns (head, losses).
 
     captions: one per image, or several lists of one per image (draws), each epoch using the next draw in turn.
     """
-    torch.manual_seed(cfg.seed + 1)
-    head = VisionEmbedder(backbone.width, backbone.embed_dim)
-    if cfg.pacl_init_from_projection:
-        head.init_from_projection(backbone.model.visual.proj.detach().float().cpu())
-    tokens = _patch_tokens(backbone, images, progress=progress)  # (N, T, D_v)
-    draws = [captions] if isinstance(captions[0], str) else list(captions)
-    assert all(len(d) == len(images) for d in draws), "one caption per image in every draw"
-    text = torch.stack([_caption_embeddings(backbone, d) for d in draws])  # (draws, N, D)
-    per_epoch = steps_per_epoch(len(images), cfg.pacl_batch, cfg.variants)
-    loss_fn = PACLLoss(tau=cfg.pacl_tau)
-    scale = backbone.logit_scale
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.pacl_lr, weight_decay=cfg.weight_decay)
-    losses = []
-    bar = tqdm(enumerate(_batches(len(images), cfg.pacl_batch, cfg.pacl_steps, cfg.seed + 1, cfg.variants)),
-               total=cfg.pacl_steps, desc="stage 2: PACL", unit="step", disable=not progress)
-    head.train()
-    for step, idx in bar:
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, cfg.pacl_steps, cfg.clip_warmup, cfg.pacl_lr)
-        idx_t = torch.from_numpy(idx)
-        emb = head(tokens[idx_t].float())  # (B, T, D)
-        loss = loss_fn(emb, text[(step // per_epoch) % len(draws)][idx_t], scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    return head.eval().requires_grad_(False), losses
+    head = new_head(backbone, cfg)
+    tokens, text = stage2_inputs(backbone, images, captions, progress)  # (N, T, D_v), (draws, N, D)
+    losses = [s.loss for s in pacl_training(head, tokens, text, backbone.logit_scale, cfg, progress)]
+    return head, losses
 
 
 def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, evaluate_n: int = 200) -> dict:
@@ -332,13 +370,68 @@ EVAL_SEED = 1000  # the held-out scenes measured after training: `toy generate -
 
 def evaluate_fresh(root, n: int, seed: int, progress: bool = True) -> dict:
     """Generate a held-out test split and evaluate the model saved in `root` on it."""
+    return evaluate_held_out(toymodel.load_toy_backbone(root=root), None, n, seed, progress)
+
+
+def evaluate_held_out(backbone, head, n: int, seed: int, progress: bool = True) -> dict:
+    """Generate a held-out test split and evaluate a toy backbone with `head` (None: its default head) on it."""
     import tempfile
 
     from .toyeval import evaluate_toy
 
-    backbone = toymodel.load_toy_backbone(root=root)
     with tempfile.TemporaryDirectory() as tmp:
         toyworld.write_split(tmp, "test", seed=seed, n=n, size=backbone.native_size)
-        result = evaluate_toy(tmp, backbone, progress=progress)
+        result = evaluate_toy(tmp, backbone, head=head, progress=progress, roc_png=False)
     result["test_split"] = {"seed": seed, "n": n}
     return result
+
+
+# ---- stage 2 alone, on a given tower --------------------------------------------------------------------------
+def stage2_pool(cfg: ToyTrainConfig, progress: bool = True) -> tuple[np.ndarray, list]:
+    """The scenes (N, H, W, 3) and captions stage 2 trains on: the last stage-1 phase's pool, exactly as
+    `train_toy` makes it (seed cfg.seed + that phase's index; mention draws, or the scene captions)."""
+    k = len(cfg.clip_phases) - 1
+    size, _, pool = cfg.clip_phases[k]
+    mentions = cfg.pacl_captions == "mentions"
+    images, captions, draws = make_pool(cfg.seed + k, pool, size, cfg.variants, progress,
+                                        cfg.mention_draws if mentions else 0, workers=cfg.threads)
+    return images, draws if mentions else captions
+
+
+def file_sha256(path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def train_head(out, clip, cfg: ToyTrainConfig | None = None, progress: bool = True, evaluate_n: int = 200) -> dict:
+    """Stage 2 alone: freeze the toy tower `clip` (a toy_clip.safetensors), train a PACL head from a random start
+    with cfg's stage-2 recipe on the pool `train_toy` would give it, save out/toy_pacl_head.* and measure it on
+    held-out scenes. With the shipped tower and seed 0 this is the shipped head's own recipe."""
+    cfg = cfg or ToyTrainConfig()
+    out = Path(out)
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    backbone = toymodel.load_toy_tower(clip)  # PACLError for anything that is not a toy tower
+    if backbone.native_size != cfg.image_size:
+        raise PACLError(f"{clip}: a {backbone.native_size} px tower, but stage 2 trains on {cfg.image_size} px scenes")
+    images, captions = stage2_pool(cfg, progress)
+    seconds = {"data": round(time.time() - t0, 1)}
+    t = time.time()
+    head, losses = train_pacl(backbone, images, captions, cfg, progress)
+    seconds["pacl"] = round(time.time() - t, 1)
+    seconds["total"] = round(time.time() - t0, 1)
+    info = {"config": toymodel.CONFIG_NAME, "stage": "pacl only", "tower": str(clip),
+            "tower_sha256": file_sha256(clip), "train": asdict(cfg),
+            "pacl_loss": {"first": float(np.mean(losses[:10])), "last": float(np.mean(losses[-10:]))},
+            "seconds": seconds, "threads": cfg.threads, "torch": torch.__version__, "open_clip": open_clip.__version__}
+    path = save_head(out / toymodel.HEAD_FILE, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale,
+                     training=info)
+    if evaluate_n:
+        info["eval"] = evaluate_held_out(backbone, head, evaluate_n, EVAL_SEED, progress)
+        save_head(path, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale, training=info)
+    return info

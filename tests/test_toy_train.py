@@ -153,3 +153,61 @@ def test_pacl_stage_uses_the_next_draw_each_epoch(tiny_run):
     assert one == same
     assert two[:2] == one[:2], "the first epoch uses the first draw"
     assert two[2:4] != one[2:4], "the second epoch uses the second"
+
+
+# ---- stage 2 alone on a given tower (`toy train --clip`) ----------------------------------------------------
+def test_stage2_alone_trains_only_the_head_on_the_frozen_tower(tmp_path, capsys):
+    """Reference: the same stage 2 run by hand on the tower and the pool train_toy would give it."""
+    import copy
+
+    from pacl_core.toytrain import file_sha256, stage2_pool
+
+    tower = toymodel.clip_path()
+    before = file_sha256(tower)
+    out = tmp_path / "head"
+    code = main(["toy", "train", "--out", str(out), "--clip", str(tower), "--pacl-steps", "3", "--pool", "32",
+                 "--threads", "1", "--eval-n", "3", "--seed", "4"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["toy_pacl_head.json", "toy_pacl_head.safetensors"]
+    assert file_sha256(tower) == before, "the tower is frozen"
+    backbone = toymodel.load_toy_backbone()
+    head = load_head(out / toymodel.HEAD_FILE, backbone)
+    info = head.meta["training"]
+    assert info["stage"] == "pacl only" and info["tower_sha256"] == before and info["train"]["seed"] == 4
+    assert 0 <= info["eval"]["pacl"]["miou"] <= 1 and info["eval"]["n_images"] == 3
+
+    cfg = ToyTrainConfig(seed=4, pacl_steps=3, threads=1,
+                         clip_phases=(ToyTrainConfig().clip_phases[0], (96, 250, 32)))
+    images, draws = stage2_pool(cfg, progress=False)
+    assert images.shape == (32, 96, 96, 3) and len(draws) == cfg.mention_draws
+    want, _ = train_pacl(copy.deepcopy(toymodel.load_toy_tower(tower)), images, draws, cfg, progress=False)
+    for k, v in want.state_dict().items():
+        assert torch.equal(head.state_dict()[k], v), k
+
+    split = tmp_path / "split"
+    assert main(["toy", "generate", "--split", "test", "--seed", "1000", "--n", "2", "--out", str(split)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--dataset", "toy", "--root", str(split), "--model", "toy", "--json",
+                 "--head", str(out / toymodel.HEAD_FILE)]) == 0, "--head takes it"
+    assert json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("a head, not a tower", "is a 'pacl-head' checkpoint, expected 'pacl-toy-clip'"),
+    ("no such file", "no such checkpoint file"),
+    ("stage-1 option", "--clip-steps sets stage 1, which --clip skips"),
+    ("two pools", "--pool needs 1 comma-separated integers"),
+])
+def test_stage2_alone_refuses_bad_input_in_one_line(tmp_path, capsys, kind, message):
+    args = ["--clip", str(toymodel.head_path())]
+    if kind == "no such file":
+        args = ["--clip", str(tmp_path / "missing.safetensors")]
+    elif kind == "stage-1 option":
+        args = ["--clip", str(toymodel.clip_path()), "--clip-steps", "2,2"]
+    elif kind == "two pools":
+        args = ["--clip", str(toymodel.clip_path()), "--pool", "32,32"]
+    out = tmp_path / "out"
+    assert main(["toy", "train", "--out", str(out), "--eval-n", "0", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists(), "nothing written"
