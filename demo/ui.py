@@ -19,6 +19,7 @@ from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
 
 from . import handlers as h
+from . import training as tr
 from .models import ModelRegistry, default_registry, pick_default
 
 log = logging.getLogger(__name__)
@@ -181,8 +182,10 @@ def show_slots(methods):
     return [gr.Column(visible=m in chosen) for m in METHODS]
 
 
-def build_demo(model: str | None = None, registry: ModelRegistry | None = None) -> gr.Blocks:
-    """The whole page. `model` picks the initial model ('toy', 'vit-b-16', a head file, ...); None = automatic."""
+def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
+               trainings: tr.Trainings | None = None) -> gr.Blocks:
+    """The whole page. `model` picks the initial model ('toy', 'vit-b-16', a head file, ...); None = automatic.
+    trainings: the live trainings' state (demo/training.py; a fresh one by default)."""
     registry = registry or default_registry()
     default_label, notice = pick_default(registry, model)
     with gr.Blocks(title="PACL explorer: open-vocabulary segmentation", delete_cache=(1800, 3600)) as demo:
@@ -234,6 +237,8 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
                         lesson_table = gr.Dataframe(headers=h.LESSON_HEADERS, interactive=False,
                                                     label="The patch-level score φ̂ next to CLIP's CLS cosine")
                         gr.Markdown(LESSON)
+                    with gr.Tab("Train PACL yourself", id="train"):
+                        train_parts = _train_tab()
         slot_outputs = [c for m in METHODS for c in (slots[m]["status"], slots[m]["overlay"], slots[m]["gallery"])]
         methods.change(show_slots, methods, [slots[m]["column"] for m in METHODS], api_visibility="private",
                        queue=False)
@@ -253,8 +258,102 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
         run_event.success(refresh, [tab, *lesson_inputs], lesson_outputs, api_visibility="private", preprocess=False)
         explain_btn.click(lesson_fn, lesson_inputs, lesson_outputs, api_name="explain", preprocess=False)
         word.input(lesson_fn, lesson_inputs, lesson_outputs, api_visibility="private", preprocess=False)
+        _wire_training(demo, train_parts, registry, trainings or tr.Trainings(), model_box)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
+
+
+# ---- the "Train PACL yourself" tab ----------------------------------------------------------------------------
+TRAIN_INTRO = """
+**Watch PACL learn.** The toy CLIP below is frozen: it was trained to match whole scenes to their captions, and
+its patches say little about *where* things are (vanilla CLIP, right). Press **Train** to train only PACL's
+small vision embedder **e_v** on top of it, from random weights, with PACL's loss on pairs of a scene and a
+short caption that names one thing in it (*"a striped red star"*, *"a dotted background"*). It never sees a
+mask: the masks of the held-out check scenes are used only to measure it. Every few dozen steps the page shows
+the loss, the patch accuracy and mIoU on those check scenes, and redraws one scene's mask and one word's
+heatmap with the head so far. One training runs at a time on this server; others wait their turn.
+"""
+TRAIN_CONCURRENCY_ID = "toy-training"  # one live training per server, whatever the page's other limits
+
+
+def _train_tab() -> dict:
+    """The tab's components (built inside the page's Tabs)."""
+    gr.Markdown(TRAIN_INTRO)
+    with gr.Row():
+        scene = gr.Slider(0, tr.LiveConfig.check - 1, value=0, step=1, label="Check scene to watch",
+                          info="one of the held-out scenes the head is measured on")
+        word = gr.Dropdown(list(tr.CLASSES), value=tr.scene_word(0), label="Word to watch",
+                           info="its heatmap is redrawn as training goes")
+        steps = gr.Slider(50, tr.MAX_STEPS, value=tr.LiveConfig.steps, step=50, label="Training steps",
+                          info=f"batches of {tr.ToyTrainConfig.pacl_batch} scene–caption pairs")
+        with gr.Column(scale=0, min_width=160):
+            train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-button")
+    status = gr.Markdown("", elem_id="train-status")
+    with gr.Row():
+        preview = gr.Image(tr.scene_preview(0), label="The scene", type="numpy", height=240, interactive=False)
+        pacl_mask = gr.Image(label="PACL (training): mask", type="numpy", height=240, elem_id="train-pacl-mask")
+        pacl_heat = gr.Image(label="PACL (training): the word's heatmap", type="numpy", height=240)
+        vanilla_mask = gr.Image(label="Vanilla CLIP: mask (never changes)", type="numpy", height=240)
+        vanilla_heat = gr.Image(label="Vanilla CLIP: the word's heatmap", type="numpy", height=240)
+    with gr.Row():
+        loss = gr.LinePlot(x="step", y="loss", label="PACL loss", height=240)
+        checks = gr.LinePlot(x="step", y="value", color="measure", label="On the held-out check scenes",
+                             y_lim=[0, 1], height=240)
+    files = gr.File(label="Download your trained head (safetensors + JSON)", file_count="multiple",
+                    interactive=False, elem_id="train-files")
+    return {"scene": scene, "word": word, "steps": steps, "train": train_btn, "stop": stop_btn, "status": status,
+            "preview": preview, "views": [pacl_mask, pacl_heat, vanilla_mask, vanilla_heat], "loss": loss,
+            "checks": checks, "files": files}
+
+
+def _guarded_stream(fn):
+    """`_guarded` for a generator handler: problems become a visible gr.Error, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        try:
+            yield from fn(*args)
+        except gr.Error:
+            raise
+        except PACLError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception as e:
+            log.exception("demo handler %s failed", fn.__name__)
+            raise gr.Error(f"something went wrong ({type(e).__name__}); please try again") from None
+
+    return wrapper
+
+
+def _wire_training(demo: gr.Blocks, parts: dict, registry: ModelRegistry, trainings: tr.Trainings,
+                   model_box: gr.Dropdown) -> None:
+    """The tab's events: Train (queued, one at a time per server), Stop, the scene picker, a closed tab."""
+    import pandas as pd
+
+    @_guarded_stream
+    def run(scene, word, steps, request: gr.Request):
+        session = request.session_hash or "anonymous"
+        for view in tr.train(registry, trainings, session, scene, word, steps):
+            model_update = gr.Dropdown(choices=trainings.labels_for(registry, session)) if view.done else gr.skip()
+            yield (view.status, *[v for v in (view.pacl_mask, view.pacl_heat, view.vanilla_mask, view.vanilla_heat)],
+                   pd.DataFrame(view.loss, columns=["step", "loss"]),
+                   pd.DataFrame(view.checks, columns=["step", "measure", "value"]),
+                   view.files if view.done else gr.skip(), model_update)
+
+    def stop(request: gr.Request):
+        if not trainings.stop(request.session_hash or "anonymous"):
+            gr.Info("No training of yours is running.")
+
+    def closed(request: gr.Request):
+        trainings.close(registry, request.session_hash or "anonymous")
+
+    outputs = [parts["status"], *parts["views"], parts["loss"], parts["checks"], parts["files"], model_box]
+    parts["train"].click(run, [parts["scene"], parts["word"], parts["steps"]], outputs, api_name="train",
+                         concurrency_limit=1, concurrency_id=TRAIN_CONCURRENCY_ID)
+    parts["stop"].click(stop, None, None, api_name="stop_training", queue=False)
+    parts["scene"].release(_guarded(lambda k: (tr.scene_preview(k), tr.scene_word(k))), parts["scene"],
+                           [parts["preview"], parts["word"]], api_visibility="private", queue=False)
+    demo.unload(closed)
 
 
 def launch_options() -> dict:
