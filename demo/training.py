@@ -32,7 +32,7 @@ from .handlers import load_model
 from .models import TOY_LABEL, ModelChoice
 
 TRAIN_MODEL = TOY_LABEL  # live training runs on the embedded toy CLIP
-MAX_STEPS = 1000
+MIN_STEPS, MAX_STEPS = 10, 1000
 HEAD_LABEL = "Your PACL head {n} ({steps} steps, check mIoU {miou:.2f}, {tag})"
 
 
@@ -55,7 +55,8 @@ class TrainView:
 class Trainings:
     """The server's live trainings: a stop flag per browser session, and the heads each session trained."""
 
-    def __init__(self):
+    def __init__(self, live: LiveConfig | None = None):
+        self.live = live or LiveConfig()  # the settings of every run but its steps and seed
         self._lock = threading.Lock()
         self._stops: dict[str, threading.Event] = {}
         self._heads: dict[str, list[str]] = {}  # session -> registry labels of its heads
@@ -158,9 +159,9 @@ def check_steps(steps) -> int:
     try:
         n = int(steps)
     except (TypeError, ValueError):
-        raise PACLError(f"training steps '{steps}' must be a whole number from 10 to {MAX_STEPS}") from None
-    if not 10 <= n <= MAX_STEPS:
-        raise PACLError(f"training steps must be from 10 to {MAX_STEPS}, got {n}")
+        raise PACLError(f"training steps '{steps}' must be a whole number from {MIN_STEPS} to {MAX_STEPS}") from None
+    if not MIN_STEPS <= n <= MAX_STEPS:
+        raise PACLError(f"training steps must be from {MIN_STEPS} to {MAX_STEPS}, got {n}")
     return n
 
 
@@ -215,8 +216,8 @@ def train(registry, trainings: Trainings, session: str, scene=0, word=None, step
           live: LiveConfig | None = None):
     """Train a toy PACL head live for one browser session; yields a TrainView at every snapshot. Every input is
     checked before anything runs; the finished (or stopped) head joins this session's Model list.
-    live: the other settings (pool, check scenes, how often to measure); default LiveConfig()."""
-    live = live or LiveConfig()
+    live: the other settings (pool, check scenes, how often to measure); default trainings.live."""
+    live = live or trainings.live
     scene, steps = check_scene_index(scene, live.check), check_steps(steps)
     word = check_word(word or scene_word(scene))
     try:

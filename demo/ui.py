@@ -238,7 +238,8 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
                                                     label="The patch-level score φ̂ next to CLIP's CLS cosine")
                         gr.Markdown(LESSON)
                     with gr.Tab("Train PACL yourself", id="train"):
-                        train_parts = _train_tab()
+                        trainings = trainings or tr.Trainings()
+                        train_parts = _train_tab(trainings.live)
         slot_outputs = [c for m in METHODS for c in (slots[m]["status"], slots[m]["overlay"], slots[m]["gallery"])]
         methods.change(show_slots, methods, [slots[m]["column"] for m in METHODS], api_visibility="private",
                        queue=False)
@@ -258,7 +259,7 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
         run_event.success(refresh, [tab, *lesson_inputs], lesson_outputs, api_visibility="private", preprocess=False)
         explain_btn.click(lesson_fn, lesson_inputs, lesson_outputs, api_name="explain", preprocess=False)
         word.input(lesson_fn, lesson_inputs, lesson_outputs, api_visibility="private", preprocess=False)
-        _wire_training(demo, train_parts, registry, trainings or tr.Trainings(), model_box)
+        _wire_training(demo, train_parts, registry, trainings, model_box)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
 
@@ -276,15 +277,15 @@ heatmap with the head so far. One training runs at a time on this server; others
 TRAIN_CONCURRENCY_ID = "toy-training"  # one live training per server, whatever the page's other limits
 
 
-def _train_tab() -> dict:
-    """The tab's components (built inside the page's Tabs)."""
+def _train_tab(live: tr.LiveConfig) -> dict:
+    """The tab's components (built inside the page's Tabs); `live`: the server's live-training settings."""
     gr.Markdown(TRAIN_INTRO)
     with gr.Row():
-        scene = gr.Slider(0, tr.LiveConfig.check - 1, value=0, step=1, label="Check scene to watch",
+        scene = gr.Slider(0, live.check - 1, value=0, step=1, label="Check scene to watch",
                           info="one of the held-out scenes the head is measured on")
         word = gr.Dropdown(list(tr.CLASSES), value=tr.scene_word(0), label="Word to watch",
                            info="its heatmap is redrawn as training goes")
-        steps = gr.Slider(50, tr.MAX_STEPS, value=tr.LiveConfig.steps, step=50, label="Training steps",
+        steps = gr.Slider(tr.MIN_STEPS, tr.MAX_STEPS, value=live.steps, step=10, label="Training steps",
                           info=f"batches of {tr.ToyTrainConfig.pacl_batch} scene–caption pairs")
         with gr.Column(scale=0, min_width=160):
             train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
@@ -349,7 +350,7 @@ def _wire_training(demo: gr.Blocks, parts: dict, registry: ModelRegistry, traini
 
     outputs = [parts["status"], *parts["views"], parts["loss"], parts["checks"], parts["files"], model_box]
     parts["train"].click(run, [parts["scene"], parts["word"], parts["steps"]], outputs, api_name="train",
-                         concurrency_limit=1, concurrency_id=TRAIN_CONCURRENCY_ID)
+                         preprocess=False, concurrency_limit=1, concurrency_id=TRAIN_CONCURRENCY_ID)
     parts["stop"].click(stop, None, None, api_name="stop_training", queue=False)
     parts["scene"].release(_guarded(lambda k: (tr.scene_preview(k), tr.scene_word(k))), parts["scene"],
                            [parts["preview"], parts["word"]], api_visibility="private", queue=False)
