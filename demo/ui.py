@@ -45,6 +45,9 @@ LESSON = """
 3. **a(x,y)** (right): a softmax over all patches of s/τ. It sums to 1 and says *where to look* for the word.
 4. **φ̂(x,y)**: average the patch vectors weighted by a, then take the cosine with the word.
 
+The top row is PACL's head, the bottom row vanilla CLIP's own patch projection (what PACL starts from), both at
+the same τ; the table gives both φ̂ next to the one CLS cosine.
+
 CLIP is trained on one number per image and caption: the cosine of the single **CLS** image vector with the
 text. Nothing asks its *patches* to match words, so their s maps are noisy and segmentation suffers. PACL
 trains with φ̂ instead, which is only high when the *right patches* match the word; the patch-level alignment
@@ -147,6 +150,15 @@ def make_download(token):
     return h.package_held(token)
 
 
+def _side_images(side, word: str, who: str) -> tuple:
+    """One side's s and a maps as labelled images."""
+    (s_lo, s_hi), (a_lo, a_hi) = side.similarity_range, side.attention_range
+    return (gr.Image(side.similarity_image, label=f"{who}: s(x, “{word}”): patch–word cosine, "
+                                                  f"{s_lo:.3f} (dark) to {s_hi:.3f} (bright)"),
+            gr.Image(side.attention_image, label=f"{who}: a(x, “{word}”): attention over patches, "
+                                                 f"{a_lo:.3f} (dark) to {a_hi:.3f} (bright)"))
+
+
 def make_lesson(registry: ModelRegistry):
     """The teaching view's handler (the Explain button, a word picked, the tab opened)."""
 
@@ -154,12 +166,9 @@ def make_lesson(registry: ModelRegistry):
     def explain_word(image, words, word, model, resolution, tau):
         lesson = h.lesson(registry, image_path(image), words, word, model, resolution, tau)
         _warn(lesson.notes)
-        (s_lo, s_hi), (a_lo, a_hi) = lesson.similarity_range, lesson.attention_range
-        s_img = gr.Image(lesson.similarity_image, label=f"s(x, “{lesson.word}”): patch–word cosine, "
-                                                        f"{s_lo:.3f} (dark) to {s_hi:.3f} (bright)")
-        a_img = gr.Image(lesson.attention_image, label=f"a(x, “{lesson.word}”): attention over patches, "
-                                                       f"{a_lo:.3f} (dark) to {a_hi:.3f} (bright)")
-        return s_img, a_img, lesson.summary, lesson.table
+        who = "PACL" if lesson.method == "pacl" else "vanilla CLIP (no PACL head)"
+        return (*_side_images(lesson, lesson.word, who), lesson.summary, lesson.table,
+                *_side_images(lesson.vanilla, lesson.word, "vanilla CLIP"))
 
     return explain_word
 
@@ -171,7 +180,7 @@ def make_lesson_if_open(registry: ModelRegistry):
 
     def refresh(tab, image, words, word, model, resolution, tau):
         if tab != "lesson" or image_path(image) is None:
-            return [gr.skip()] * 4
+            return [gr.skip()] * 6
         return explain_word(image, words, word, model, resolution, tau)
 
     return refresh
@@ -230,12 +239,18 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
                                             info="0 = the τ the head was trained with; lower τ sharpens a(x,y)")
                             explain_btn = gr.Button("Explain", variant="secondary", scale=0, min_width=140)
                         with gr.Row():
-                            s_img = gr.Image(label="s(x,y): patch–word cosine", type="numpy", height=340)
-                            a_img = gr.Image(label="a(x,y): softmax attention over patches", type="numpy",
-                                             height=340)
+                            s_img = gr.Image(label="PACL: s(x,y): patch–word cosine", type="numpy", height=300)
+                            a_img = gr.Image(label="PACL: a(x,y): softmax attention over patches", type="numpy",
+                                             height=300)
+                        with gr.Row():
+                            vs_img = gr.Image(label="vanilla CLIP: s(x,y): patch–word cosine", type="numpy",
+                                              height=300)
+                            va_img = gr.Image(label="vanilla CLIP: a(x,y): softmax attention over patches",
+                                              type="numpy", height=300)
                         lesson_md = gr.Markdown(label="explanation")
                         lesson_table = gr.Dataframe(headers=h.LESSON_HEADERS, interactive=False,
-                                                    label="The patch-level score φ̂ next to CLIP's CLS cosine")
+                                                    label="PACL's and vanilla CLIP's patch-level score φ̂ "
+                                                          "next to CLIP's CLS cosine")
                         gr.Markdown(LESSON)
                     with gr.Tab("Train PACL yourself", id="train"):
                         trainings = trainings or tr.Trainings()
@@ -244,7 +259,7 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
         methods.change(show_slots, methods, [slots[m]["column"] for m in METHODS], api_visibility="private",
                        queue=False)
         lesson_inputs = [image, words, word, model_box, resolution, tau]
-        lesson_outputs = [s_img, a_img, lesson_md, lesson_table]
+        lesson_outputs = [s_img, a_img, lesson_md, lesson_table, vs_img, va_img]
         token = gr.State(None)
         run_event = run_btn.click(make_run(registry),
                                   [image, words, methods, model_box, threshold, resolution, shifts, refine],

@@ -34,18 +34,24 @@ def url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(url):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=BROWSER_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1480, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_selector("#run-button", timeout=60_000)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, url):
+    page = browser.new_page(viewport={"width": 1480, "height": 1000})
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("#run-button", timeout=60_000)
+    yield page
+    page.close()
 
 
 def example_row() -> int:
@@ -104,9 +110,7 @@ def test_empty_vocabulary_shows_a_visible_message(page):
 
 # ---- "Train PACL yourself" -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def train_site(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
+def train_site(browser, tmp_path_factory):
     from demo.training import Trainings
     from pacl_core.toylive import LiveConfig
 
@@ -115,12 +119,7 @@ def train_site(tmp_path_factory):
     trainings = Trainings(LiveConfig(steps=20, pool=32, check=4, every=5))
     registry = default_registry(tmp_path_factory.mktemp("no-checkpoints"))
     with serving(build_demo(model="toy", registry=registry, trainings=trainings)) as url:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=BROWSER_ARGS)
-            try:
-                yield browser, url, trainings, registry
-            finally:
-                browser.close()
+        yield browser, url, trainings, registry
 
 
 def _open(browser, url):

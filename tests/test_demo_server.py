@@ -99,10 +99,12 @@ def test_each_method_over_http(client, server, photo, method):
 
 
 def test_explain_endpoint(client, server, photo):
-    s_img, a_img, summary, table = client.predict(handle_file(str(photo)), "sky, grass", "grass", server[2],
-                                                  "model default", 0.0, api_name="/explain")
-    assert size(s_img["value"]) == size(a_img["value"]) == (480, 360)  # enlarged 4x
-    assert s_img["label"].startswith("s(x, “grass”)") and a_img["label"].startswith("a(x, “grass”)")
+    s_img, a_img, summary, table, vs_img, va_img = client.predict(
+        handle_file(str(photo)), "sky, grass", "grass", server[2], "model default", 0.0, api_name="/explain")
+    assert size(s_img["value"]) == size(a_img["value"]) == size(vs_img["value"]) == (480, 360)  # enlarged 4x
+    assert s_img["label"].startswith("PACL: s(x, “grass”)") and a_img["label"].startswith("PACL: a(x, “grass”)")
+    assert vs_img["label"].startswith("vanilla CLIP: s(x, “grass”)") and va_img["label"].startswith("vanilla CLIP: a(")
+    assert table["headers"] == h.LESSON_HEADERS
     assert "“grass”" in summary and [r[0] for r in table["data"]] == ["sky", "grass"]
 
 
