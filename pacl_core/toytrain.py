@@ -56,11 +56,16 @@ class ToyTrainConfig:
     mention_draws: int = 4  # mentions per scene; each epoch of stage 2 uses the next, like COCO's 5 captions
     pacl_init_from_projection: bool = False  # True: e_v starts as CLIP's own patch projection (= vanilla)
     threads: int = 2
+    # stage-1 steps of the last phase at which to keep the tower as a further candidate (besides its end); with any,
+    # stage 2 runs on every candidate and the one with the lowest held-out PACL loss on captions is kept (no masks)
+    tower_candidates: tuple = ()
 
     def __post_init__(self):
         assert self.pacl_captions in PACL_CAPTIONS, f"pacl_captions must be one of {PACL_CAPTIONS}"
         assert self.mention_draws >= 1, "mention_draws must be at least 1"
         assert self.registers >= 0, "registers must be at least 0"
+        last = int(self.clip_phases[-1][1])
+        assert all(0 < int(c) < last for c in self.tower_candidates), f"tower candidates must be in 1..{last - 1}"
 
     @property
     def image_size(self) -> int:
@@ -197,8 +202,9 @@ def sincos_grid(visual, grid: int):
 
 
 def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: ToyTrainConfig, steps: int,
-               progress: bool = True, desc: str = "stage 1: CLIP") -> list[float]:
-    """Stage 1 (one phase): open_clip's contrastive loss on (scene, caption) pairs. Returns the loss per step."""
+               progress: bool = True, desc: str = "stage 1: CLIP", keep_at=(), kept: dict | None = None) -> list[float]:
+    """Stage 1 (one phase): open_clip's contrastive loss on (scene, caption) pairs. Returns the loss per step.
+    keep_at: steps after which a copy of the weights is put in kept[step]."""
     model.train().requires_grad_(True)
     model.visual.positional_embedding.requires_grad_(False)  # fixed sin-cos positions
     mean, std = (torch.tensor(v) for v in (model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]))
@@ -224,6 +230,8 @@ def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: T
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if step + 1 in keep_at:
+                kept[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.eval().requires_grad_(False)
     return losses
 
@@ -333,7 +341,7 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
     model = toymodel.create_toy_clip(registers=cfg.registers)
     assert cfg.image_size == model.visual.image_size[0], "the last phase must run at the model's native size"
     tokenizer = open_clip.get_tokenizer(toymodel.CONFIG_NAME)
-    clip_losses, seconds = [], {}
+    clip_losses, seconds, kept = [], {}, {}
     for k, (size, steps, pool) in enumerate(cfg.clip_phases):
         t = time.time()
         last = k == len(cfg.clip_phases) - 1  # stage 2 trains on the last phase's scenes
@@ -343,16 +351,22 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
         seconds[f"data_{size}px"] = round(time.time() - t, 1)
         t = time.time()
         clip_losses += train_clip(model, tokenizer, images, captions, cfg, steps, progress,
-                                  desc=f"stage 1: CLIP at {size} px")
+                                  desc=f"stage 1: CLIP at {size} px", keep_at=cfg.tower_candidates if last else (),
+                                  kept=kept)
         seconds[f"clip_{size}px"] = round(time.time() - t, 1)
     info = {"config": toymodel.CONFIG_NAME, "train": asdict(cfg),
             "clip_loss": {"first": float(np.mean(clip_losses[:10])), "last": float(np.mean(clip_losses[-10:]))}}
     toymodel.save_clip(out, model, info)
     backbone = toymodel.load_toy_backbone(root=out, with_head=False)  # exactly the saved float16 weights
     t = time.time()
-    head, pacl_losses = train_pacl(backbone, images, mentions if cfg.pacl_captions == "mentions" else captions, cfg,
-                                   progress)
+    stage2_captions = mentions if cfg.pacl_captions == "mentions" else captions
+    head, pacl_losses = train_pacl(backbone, images, stage2_captions, cfg, progress)
     seconds["pacl"] = round(time.time() - t, 1)
+    if kept:
+        t = time.time()
+        model, backbone, head, pacl_losses, info["tower_selection"] = pick_tower(
+            out, kept, (model, backbone, head, pacl_losses), images, stage2_captions, cfg, info, progress)
+        seconds["tower_selection"] = round(time.time() - t, 1)
     seconds["total"] = round(time.time() - t0, 1)
     info.update(pacl_loss={"first": float(np.mean(pacl_losses[:10])), "last": float(np.mean(pacl_losses[-10:]))},
                 seconds=seconds, threads=cfg.threads, torch=torch.__version__, open_clip=open_clip.__version__)
@@ -363,6 +377,47 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
         info["eval"] = evaluate_fresh(out, evaluate_n, EVAL_SEED, progress)
         toymodel.save_clip(out, model, info)
     return info
+
+
+SELECTION_SEED_OFFSET = 500  # the selection rule's held-out scenes: train split, seed cfg.seed + 500, captions only
+SELECTION_SCENES = 1024
+
+
+@torch.no_grad()
+def held_out_pacl_loss(backbone, head: VisionEmbedder, cfg: ToyTrainConfig, n: int = SELECTION_SCENES) -> float:
+    """Stage 2's own loss on scenes it never saw, each paired with one mention, in batches like its training's
+    (variants of a scene together). Uses captions only, never a mask: the tower selection's score."""
+    images, _, draws = make_pool(cfg.seed + SELECTION_SEED_OFFSET, n, cfg.image_size, cfg.variants, progress=False,
+                                 mention_draws=1, workers=cfg.threads)
+    tokens, text = stage2_inputs(backbone, images, draws[0], progress=False)  # (N, T, D_v), (1, N, D)
+    loss_fn, head = PACLLoss(tau=cfg.pacl_tau), head.eval()
+    losses = [float(loss_fn(head(tokens[i:i + cfg.pacl_batch].float()), text[0][i:i + cfg.pacl_batch],
+                            backbone.logit_scale)) for i in range(0, len(tokens), cfg.pacl_batch)]
+    return float(np.mean(losses))
+
+
+def pick_tower(out, kept: dict, final: tuple, images, captions, cfg: ToyTrainConfig, info: dict,
+               progress: bool = True) -> tuple:
+    """Stage 2 on every kept stage-1 tower (out/candidate_STEP/), scored by held-out PACL loss on captions (no
+    masks); returns the best (model, backbone, head, losses) and a record of the scores."""
+    last = int(cfg.clip_phases[-1][1])
+    scores = {last: held_out_pacl_loss(final[1], final[2], cfg)}
+    best = (last, final)
+    for step, state in sorted(kept.items()):
+        folder = Path(out) / f"candidate_{step}"
+        model = toymodel.create_toy_clip(state, registers=cfg.registers).eval().requires_grad_(False)
+        toymodel.save_clip(folder, model, {**info, "candidate_of_last_phase_step": step})
+        backbone = toymodel.load_toy_backbone(root=folder, with_head=False)
+        head, losses = train_pacl(backbone, images, captions, cfg, progress)
+        save_head(folder / toymodel.HEAD_FILE, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale,
+                  training={"candidate_of_last_phase_step": step})
+        scores[step] = held_out_pacl_loss(backbone, head, cfg)
+        if scores[step] < scores[best[0]]:
+            best = (step, (model, backbone, head, losses))
+    record = {"rule": "lowest held-out PACL loss on captions (no masks)", "held_out_loss": scores,
+              "chosen_last_phase_step": best[0], "held_out": {"seed": cfg.seed + SELECTION_SEED_OFFSET,
+                                                              "scenes": SELECTION_SCENES}}
+    return (*best[1], record)
 
 
 EVAL_SEED = 1000  # the held-out scenes measured after training: `toy generate --split test --seed 1000`

@@ -211,3 +211,33 @@ def test_stage2_alone_refuses_bad_input_in_one_line(tmp_path, capsys, kind, mess
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists(), "nothing written"
+
+
+def test_tower_candidates_keep_the_tower_with_the_lowest_held_out_caption_loss(tmp_path, capsys):
+    """The rule reads captions only; the kept tower and head are the best-scored candidate's, byte for byte."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "toy"
+    code = main(["toy", "train", "--out", str(out), "--clip-steps", "2,4", "--pool", "16,16", "--pacl-steps", "2",
+                 "--tower-candidates", "2", "--threads", "1", "--eval-n", "0"])
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((out / "toy_clip.json").read_text())
+    record = meta["training"]["tower_selection"]
+    scores = {int(k): v for k, v in record["held_out_loss"].items()}
+    assert sorted(scores) == [2, 4] and all(np.isfinite(list(scores.values())))
+    chosen = min(scores, key=scores.get)
+    assert record["chosen_last_phase_step"] == chosen and "no masks" in record["rule"]
+    candidate = out / "candidate_2"
+    assert (candidate / "toy_clip.safetensors").is_file() and (candidate / toymodel.HEAD_FILE).is_file()
+    if chosen == 2:  # the kept files are the candidate's
+        for name in ("toy_clip.safetensors", toymodel.HEAD_FILE):
+            a, b = load_file(out / name), load_file(candidate / name)
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    backbone = toymodel.load_toy_backbone(root=out)
+    head = load_head(backbone.default_head, backbone)
+    from pacl_core.toytrain import held_out_pacl_loss
+
+    cfg = ToyTrainConfig(clip_phases=((48, 2, 16), (96, 4, 16)), pacl_steps=2, threads=1)
+    assert held_out_pacl_loss(backbone, head, cfg) == pytest.approx(scores[chosen], rel=1e-5)
+    assert main(["toy", "train", "--out", str(tmp_path / "x"), "--clip-steps", "2,4", "--tower-candidates", "4"]) == 2
+    assert "--tower-candidates must be steps from 1 to 3" in capsys.readouterr().err

@@ -64,6 +64,10 @@ def add_parser(sub) -> None:
     t.add_argument("--registers", type=int, default=None,
                    help="register tokens in the vision tower (default: the shipped recipe's, 0); they keep "
                         "image-wide information out of the background patches")
+    t.add_argument("--tower-candidates", default=None,
+                   help="comma-separated steps of the last stage-1 phase at which to keep the tower as a further "
+                        "candidate, e.g. 125; stage 2 runs on each and the tower whose head has the lowest "
+                        "held-out PACL loss on captions is kept (no masks; default: none, the shipped recipe)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: 2)")
     t.add_argument("--eval-n", type=int, default=200, help="held-out scenes to evaluate on afterwards (0: skip)")
     t.set_defaults(run=run_train)
@@ -103,7 +107,7 @@ def _per_phase(text: str | None, name: str, n_phases: int) -> list[int] | None:
     return values
 
 
-STAGE1_OPTIONS = ("clip_steps", "registers")  # options of stage 1, which --clip skips
+STAGE1_OPTIONS = ("clip_steps", "registers", "tower_candidates")  # options of stage 1, which --clip skips
 
 
 def run_train(args) -> int:
@@ -127,10 +131,19 @@ def run_train(args) -> int:
         given = [f"--{k.replace('_', '-')}" for k in STAGE1_OPTIONS if getattr(args, k) is not None]
         if given:
             raise PACLError(f"{given[0]} sets stage 1, which --clip skips (it trains only the PACL head)")
+    candidates = ()
+    if args.tower_candidates is not None and args.clip is None:
+        try:
+            candidates = tuple(int(v) for v in str(args.tower_candidates).split(","))
+        except ValueError:
+            raise PACLError("--tower-candidates must be comma-separated step numbers, e.g. 125") from None
+        if not all(0 < c < steps[-1] for c in candidates):
+            raise PACLError(f"--tower-candidates must be steps from 1 to {steps[-1] - 1} of the last phase")
     out = check_out_folder(args.out)
     phases = tuple((p[0], s, q) for p, s, q in zip(cfg.clip_phases, steps, pools))
     overrides = {"seed": args.seed, "pacl_steps": args.pacl_steps, "threads": args.threads,
-                 "pacl_captions": args.pacl_captions, "registers": args.registers}
+                 "pacl_captions": args.pacl_captions, "registers": args.registers,
+                 "tower_candidates": candidates or None}
     cfg = ToyTrainConfig(clip_phases=phases, **{k: v for k, v in overrides.items() if v is not None})
     if args.clip is not None:
         info = train_head(out, args.clip, cfg, progress=True, evaluate_n=args.eval_n)
