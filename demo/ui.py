@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 
 from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
@@ -344,14 +345,12 @@ def _guarded_stream(fn):
 def _wire_training(demo: gr.Blocks, parts: dict, registry: ModelRegistry, trainings: tr.Trainings,
                    model_box: gr.Dropdown) -> None:
     """The tab's events: Train (queued, one at a time per server), Stop, the scene picker, a closed tab."""
-    import pandas as pd
-
     @_guarded_stream
     def run(scene, word, steps, request: gr.Request):
         session = request.session_hash or "anonymous"
         for view in tr.train(registry, trainings, session, scene, word, steps):
             model_update = gr.Dropdown(choices=trainings.labels_for(registry, session)) if view.done else gr.skip()
-            yield (view.status, *[v for v in (view.pacl_mask, view.pacl_heat, view.vanilla_mask, view.vanilla_heat)],
+            yield (view.status, view.pacl_mask, view.pacl_heat, view.vanilla_mask, view.vanilla_heat,
                    pd.DataFrame(view.loss, columns=["step", "loss"]),
                    pd.DataFrame(view.checks, columns=["step", "measure", "value"]),
                    view.files if view.done else gr.skip(), model_update)

@@ -87,12 +87,17 @@ def test_pacl_stage_loss_falls_and_backbone_stays_frozen(tiny_run):
     assert head.linear.weight.shape == (backbone.embed_dim, backbone.width)
 
 
+def tiny_cli_train(out, capsys, *extra) -> dict:
+    """`toy train` in miniature (2 + 2 stage-1 steps, 2 stage-2 steps, 16 scenes); returns toy_clip.json."""
+    code = main(["toy", "train", "--out", str(out), "--clip-steps", "2,2", "--pacl-steps", "2", "--pool", "16,16",
+                 "--threads", "1", *extra])
+    assert code == 0, capsys.readouterr().err
+    return json.loads((out / "toy_clip.json").read_text())
+
+
 def test_toy_train_cli_writes_a_loadable_model(tmp_path, capsys):
     out = tmp_path / "toy"
-    code = main(["toy", "train", "--out", str(out), "--clip-steps", "2,2", "--pacl-steps", "2", "--pool", "16,16",
-                 "--threads", "1", "--eval-n", "3", "--pacl-captions", "scene"])
-    assert code == 0, capsys.readouterr().err
-    meta = json.loads((out / "toy_clip.json").read_text())
+    meta = tiny_cli_train(out, capsys, "--eval-n", "3", "--pacl-captions", "scene")
     assert meta["config"] == toymodel.CONFIG_NAME
     assert [p[1] for p in meta["training"]["train"]["clip_phases"]] == [2, 2]
     assert meta["training"]["train"]["pacl_captions"] == "scene"
@@ -218,10 +223,7 @@ def test_tower_candidates_keep_the_tower_with_the_lowest_held_out_caption_loss(t
     from safetensors.torch import load_file
 
     out = tmp_path / "toy"
-    code = main(["toy", "train", "--out", str(out), "--clip-steps", "2,4", "--pool", "16,16", "--pacl-steps", "2",
-                 "--tower-candidates", "2", "--threads", "1", "--eval-n", "0"])
-    assert code == 0, capsys.readouterr().err
-    meta = json.loads((out / "toy_clip.json").read_text())
+    meta = tiny_cli_train(out, capsys, "--clip-steps", "2,4", "--tower-candidates", "2", "--eval-n", "0")
     record = meta["training"]["tower_selection"]
     scores = {int(k): v for k, v in record["held_out_loss"].items()}
     assert sorted(scores) == [2, 4] and all(np.isfinite(list(scores.values())))
