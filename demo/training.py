@@ -26,7 +26,7 @@ from pacl_core.errors import PACLError
 from pacl_core.toylive import CHECK_SEED, LiveConfig, LiveSnapshot, check_scene, live_training
 from pacl_core.toytrain import ToyTrainConfig
 from pacl_core.toyworld import CLASSES, make_scene
-from pacl_core.viz import draw_overlay, heatmap_overlay
+from pacl_core.viz import draw_overlay, heatmap_overlay, plot_lines
 
 from .handlers import load_model
 from .models import TOY_LABEL, ModelChoice
@@ -43,6 +43,8 @@ class TrainView:
     status: str  # Markdown: step, time, the check-set numbers
     loss: list[dict]  # [{"step", "loss"}] for the loss curve
     checks: list[dict]  # [{"step", "measure", "value"}]: PACL mIoU / patch accuracy and vanilla mIoU
+    loss_plot: np.ndarray  # the two as pictures
+    checks_plot: np.ndarray
     pacl_mask: np.ndarray  # the chosen scene's mask by the head so far, with its legend
     pacl_heat: np.ndarray  # the chosen word's heatmap by the head so far
     vanilla_mask: np.ndarray  # the same two by vanilla CLIP: they never change
@@ -208,8 +210,21 @@ def to_view(snap: LiveSnapshot, word: str, label: str | None = None, files: list
         {"step": c["step"], "measure": "vanilla CLIP mIoU", "value": snap.vanilla["miou"]})]
     pacl_mask, pacl_heat = _views(snap.pacl_view, word)
     vanilla_mask, vanilla_heat = _views(snap.vanilla_view, word)
-    return TrainView(status_line(snap, label), loss, checks, pacl_mask, pacl_heat, vanilla_mask, vanilla_heat,
-                     snap.done, label, files)
+    return TrainView(status_line(snap, label), loss, checks, loss_picture(snap), checks_picture(snap), pacl_mask,
+                     pacl_heat, vanilla_mask, vanilla_heat, snap.done, label, files)
+
+
+def loss_picture(snap: LiveSnapshot) -> np.ndarray:
+    steps = list(range(1, len(snap.losses) + 1))
+    return plot_lines({"PACL loss": (steps, snap.losses)}, "PACL loss (training batches)", "step", "loss")
+
+
+def checks_picture(snap: LiveSnapshot) -> np.ndarray:
+    steps = [c["step"] for c in snap.checks]
+    lines = {"PACL mIoU": (steps, [c["miou"] for c in snap.checks]),
+             "PACL patch accuracy": (steps, [c["patch_acc"] for c in snap.checks]),
+             "vanilla CLIP mIoU": (steps, [snap.vanilla["miou"]] * len(steps))}
+    return plot_lines(lines, f"{snap.config['check']} held-out check scenes", "step", "", ylim=(0, 1))
 
 
 def train(registry, trainings: Trainings, session: str, scene=0, word=None, steps=LiveConfig.steps, seed=0,

@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
@@ -297,6 +296,8 @@ def _train_tab(live: tr.LiveConfig) -> dict:
     """The tab's components (built inside the page's Tabs); `live`: the server's live-training settings."""
     gr.Markdown(TRAIN_INTRO)
     with gr.Row():
+        preview = gr.Image(tr.scene_preview(0), label="The scene", type="numpy", height=150, width=150,
+                           interactive=False, show_label=False, scale=0, min_width=150)
         scene = gr.Slider(0, live.check - 1, value=0, step=1, label="Check scene to watch",
                           info="one of the held-out scenes the head is measured on")
         word = gr.Dropdown(list(tr.CLASSES), value=tr.scene_word(0), label="Word to watch",
@@ -308,15 +309,13 @@ def _train_tab(live: tr.LiveConfig) -> dict:
             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-button")
     status = gr.Markdown("", elem_id="train-status")
     with gr.Row():
-        preview = gr.Image(tr.scene_preview(0), label="The scene", type="numpy", height=240, interactive=False)
-        pacl_mask = gr.Image(label="PACL (training): mask", type="numpy", height=240, elem_id="train-pacl-mask")
-        pacl_heat = gr.Image(label="PACL (training): the word's heatmap", type="numpy", height=240)
-        vanilla_mask = gr.Image(label="Vanilla CLIP: mask (never changes)", type="numpy", height=240)
-        vanilla_heat = gr.Image(label="Vanilla CLIP: the word's heatmap", type="numpy", height=240)
+        pacl_mask = gr.Image(label="PACL mask (training)", type="numpy", height=230, elem_id="train-pacl-mask")
+        pacl_heat = gr.Image(label="PACL heatmap (training)", type="numpy", height=230)
+        vanilla_mask = gr.Image(label="vanilla CLIP mask (fixed)", type="numpy", height=230)
+        vanilla_heat = gr.Image(label="vanilla CLIP heatmap (fixed)", type="numpy", height=230)
     with gr.Row():
-        loss = gr.LinePlot(x="step", y="loss", label="PACL loss", height=240)
-        checks = gr.LinePlot(x="step", y="value", color="measure", label="On the held-out check scenes",
-                             y_lim=[0, 1], height=240)
+        loss = gr.Image(label="loss", type="numpy", height=260, show_label=False, elem_id="train-loss")
+        checks = gr.Image(label="check scenes", type="numpy", height=260, show_label=False)
     files = gr.File(label="Download your trained head (safetensors + JSON)", file_count="multiple",
                     interactive=False, elem_id="train-files")
     return {"scene": scene, "word": word, "steps": steps, "train": train_btn, "stop": stop_btn, "status": status,
@@ -351,8 +350,7 @@ def _wire_training(demo: gr.Blocks, parts: dict, registry: ModelRegistry, traini
         for view in tr.train(registry, trainings, session, scene, word, steps):
             model_update = gr.Dropdown(choices=trainings.labels_for(registry, session)) if view.done else gr.skip()
             yield (view.status, view.pacl_mask, view.pacl_heat, view.vanilla_mask, view.vanilla_heat,
-                   pd.DataFrame(view.loss, columns=["step", "loss"]),
-                   pd.DataFrame(view.checks, columns=["step", "measure", "value"]),
+                   view.loss_plot, view.checks_plot,
                    view.files if view.done else gr.skip(), model_update)
 
     def stop(request: gr.Request):

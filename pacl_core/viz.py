@@ -8,6 +8,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 from matplotlib import colormaps, font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 # 20 well-separated colours (after Kelly's and Glasbey's lists); more are spaced by the golden ratio.
@@ -123,3 +125,21 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, cmap: str = "turbo", al
 def draw_heatmaps(seg, cmap: str = "turbo") -> list[tuple[str, np.ndarray]]:
     """One blended heatmap image per word, titled with the word."""
     return [(w, heatmap_overlay(seg.image, seg.heatmaps[k], cmap, title=w)) for k, w in enumerate(seg.words)]
+
+
+def plot_lines(lines: dict, title: str, xlabel: str, ylabel: str, ylim=None, size=(5.0, 2.6)) -> np.ndarray:
+    """Curves {name: (xs, ys)} on one set of axes -> an (H, W, 3) uint8 picture (matplotlib, no window)."""
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, (xs, ys) in lines.items():
+        ax.plot(xs, ys, label=name, marker="o" if len(xs) < 30 else None, markersize=3)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
