@@ -189,8 +189,10 @@ def status_line(snap: LiveSnapshot, label: str | None) -> str:
                f"{c['patch_acc']:.3f} · vanilla CLIP mIoU {v['miou']:.3f}, patch accuracy {v['patch_acc']:.3f} "
                "(it never changes: CLIP stays frozen)")
     if snap.step == 0:
+        pairs = ", ".join(f"“{c}”" for c in snap.example_captions[:3])
         head = (f"Made {snap.config['pool']} training scenes and their frozen CLIP features in "
-                f"{snap.prepare_seconds:.1f} s; e_v starts from random weights.")
+                f"{snap.prepare_seconds:.1f} s; e_v starts from random weights and learns from pairs of a scene "
+                f"and one caption, such as {pairs}.")
     else:
         head = f"**Step {snap.step} / {snap.total}** · {snap.seconds:.1f} s."
     line = f"{head} {numbers}"

@@ -28,6 +28,7 @@ from .errors import PACLError
 from .metrics import confusion_matrix, mean_iou
 from .pacl import VisionEmbedder, patch_similarity
 from .probes import patch_accuracy, patch_majority_labels
+from .segment import Segmenter
 from .toytrain import ToyTrainConfig, new_head, pacl_training, stage2_inputs, stage2_pool
 from .toyworld import CLASSES, make_scene
 
@@ -135,8 +136,6 @@ def live_training(backbone, cfg: LiveConfig | None = None, scene: int = 0, words
     """Train a toy PACL head step by step, yielding a LiveSnapshot before the first step and every cfg.every
     steps (and at the end). scene: which check scene to show; words: the vocabulary it is segmented with.
     lock: held whenever the backbone runs (its caches are not thread-safe), never during the training steps."""
-    from .segment import Segmenter
-
     cfg = cfg or LiveConfig()
     if not 0 <= scene < cfg.check:
         raise PACLError(f"check scene {scene} does not exist: pick 0 to {cfg.check - 1}")
