@@ -398,19 +398,26 @@ def held_out_pacl_loss(backbone, head: VisionEmbedder, cfg: ToyTrainConfig, n: i
 
 def pick_tower(out, kept: dict, final: tuple, images, captions, cfg: ToyTrainConfig, info: dict,
                progress: bool = True) -> tuple:
-    """Stage 2 on every kept stage-1 tower (out/candidate_STEP/), scored by held-out PACL loss on captions (no
-    masks); returns the best (model, backbone, head, losses) and a record of the scores."""
+    """Stage 2 on every kept stage-1 tower, scored by held-out PACL loss on captions (no masks); returns the best
+    (model, backbone, head, losses) and a record of the scores. Every candidate, the last phase's end included, is
+    kept in out/candidate_STEP/ (toy_clip.* + toy_pacl_head.*) so that they can be evaluated afterwards."""
     last = int(cfg.clip_phases[-1][1])
+
+    def keep(step: int, model, backbone, head) -> None:  # every candidate stays on disk, to be compared later
+        folder = Path(out) / f"candidate_{step}"
+        toymodel.save_clip(folder, model, {**info, "candidate_of_last_phase_step": step})
+        save_head(folder / toymodel.HEAD_FILE, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale,
+                  training={"candidate_of_last_phase_step": step})
+
+    keep(last, *final[:3])
     scores = {last: held_out_pacl_loss(final[1], final[2], cfg)}
     best = (last, final)
     for step, state in sorted(kept.items()):
-        folder = Path(out) / f"candidate_{step}"
         model = toymodel.create_toy_clip(state, registers=cfg.registers).eval().requires_grad_(False)
-        toymodel.save_clip(folder, model, {**info, "candidate_of_last_phase_step": step})
-        backbone = toymodel.load_toy_backbone(root=folder, with_head=False)
+        toymodel.save_clip(Path(out) / f"candidate_{step}", model, info)
+        backbone = toymodel.load_toy_backbone(root=Path(out) / f"candidate_{step}", with_head=False)
         head, losses = train_pacl(backbone, images, captions, cfg, progress)
-        save_head(folder / toymodel.HEAD_FILE, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale,
-                  training={"candidate_of_last_phase_step": step})
+        keep(step, model, backbone, head)
         scores[step] = held_out_pacl_loss(backbone, head, cfg)
         if scores[step] < scores[best[0]]:
             best = (step, (model, backbone, head, losses))

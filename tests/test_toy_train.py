@@ -229,12 +229,12 @@ def test_tower_candidates_keep_the_tower_with_the_lowest_held_out_caption_loss(t
     assert sorted(scores) == [2, 4] and all(np.isfinite(list(scores.values())))
     chosen = min(scores, key=scores.get)
     assert record["chosen_last_phase_step"] == chosen and "no masks" in record["rule"]
-    candidate = out / "candidate_2"
-    assert (candidate / "toy_clip.safetensors").is_file() and (candidate / toymodel.HEAD_FILE).is_file()
-    if chosen == 2:  # the kept files are the candidate's
-        for name in ("toy_clip.safetensors", toymodel.HEAD_FILE):
-            a, b = load_file(out / name), load_file(candidate / name)
-            assert all(torch.equal(a[k], b[k]) for k in a)
+    for step in (2, 4):  # every candidate stays on disk, the phase's end included
+        assert (out / f"candidate_{step}" / "toy_clip.safetensors").is_file()
+        assert (out / f"candidate_{step}" / toymodel.HEAD_FILE).is_file()
+    for name in ("toy_clip.safetensors", toymodel.HEAD_FILE):  # the kept files are the chosen candidate's
+        a, b = load_file(out / name), load_file(out / f"candidate_{chosen}" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
     backbone = toymodel.load_toy_backbone(root=out)
     head = load_head(backbone.default_head, backbone)
     from pacl_core.toytrain import held_out_pacl_loss
