@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
                                        "embedder with PACLLoss on short captions that each name one thing in "
                                        "the scene. No masks are used. Writes toy_clip.* and "
                                        "toy_pacl_head.* (safetensors + JSON) to --out and evaluates them on "
-                                       "held-out scenes.")
+                                       "held-out scenes. With --clip, only stage 2 runs, on that frozen tower.")
     t.add_argument("--out", required=True, help="output folder (assets/toy is the shipped model)")
     t.add_argument("--clip", default=None,
                    help="train stage 2 alone: freeze this toy tower (a toy_clip.safetensors, e.g. the shipped "
