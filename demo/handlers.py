@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from pacl_core.errors import PACLError
-from pacl_core.explain import draw_grid, explain
+from pacl_core.explain import draw_grid, explain_both
 from pacl_core.export import slug, write_outputs
 from pacl_core.inputs import load_image, parse_words, to_rgb_array
 from pacl_core.methods import METHODS, default_method
@@ -42,7 +42,8 @@ REFINES = ("none", *REFINERS)  # post-processing of the scores: none, affinity o
 DISPLAY_MAX_SIDE = 1024  # larger uploads are downscaled on load: the model sees a few hundred pixels anyway
 HEATMAP_SIDE = 512  # heatmaps are computed and drawn at most this large: the gallery shows them smaller still
 TABLE_HEADERS = ["method", "word", "pixel share (%)", "mean cosine", "max cosine"]
-LESSON_HEADERS = ["word", "patch-level score φ̂", "CLIP's CLS cosine", "best patch s", "patches attended (≈)"]
+LESSON_HEADERS = ["word", "PACL φ̂", "vanilla CLIP φ̂", "CLIP's CLS cosine", "PACL best patch s",
+                  "vanilla best patch s", "PACL patches attended (≈)", "vanilla patches attended (≈)"]
 KEEP_DOWNLOADS = 50
 ARCHIVE_PNG_COMPRESSION = 1  # fast zlib level for the archive's PNGs (the default level took most of a request)
 MASK_OPACITY = 0.6  # the photo shows through the coloured regions
@@ -375,42 +376,61 @@ def package_results(panels: list[Panel], table: list[list], info: dict) -> str:
 
 # ---- the teaching view -------------------------------------------------------------------------------------
 @dataclass
-class Lesson:
-    """What the teaching view shows for one word."""
+class LessonSide:
+    """One patch embedder's maps for the chosen word."""
 
-    word: str
     similarity_image: np.ndarray  # s(x,y) on the patch grid over the image
     attention_image: np.ndarray  # a(x,y) on the same grid
     similarity_range: tuple[float, float]  # the values drawn darkest and brightest
     attention_range: tuple[float, float]
-    summary: str  # Markdown: φ̂ next to the CLS cosine, in words
+
+
+@dataclass
+class Lesson:
+    """What the teaching view shows for one word: PACL's maps beside vanilla CLIP's, and the numbers."""
+
+    word: str
+    similarity_image: np.ndarray  # PACL's s(x,y) on the patch grid over the image
+    attention_image: np.ndarray  # PACL's a(x,y) on the same grid
+    similarity_range: tuple[float, float]  # the values drawn darkest and brightest
+    attention_range: tuple[float, float]
+    summary: str  # Markdown: both φ̂ next to the CLS cosine, in words
     table: list[list]  # rows under LESSON_HEADERS, one per vocabulary word
     method: str  # 'pacl', or 'vanilla' when the model has no PACL head
     notes: list[str]
+    vanilla: LessonSide | None = None  # vanilla CLIP's maps for the same word, at the same τ
 
 
-def lesson_segmenter(registry, model: str, size: int | None):
-    """PACL's embedder when the model has a head; otherwise CLIP's own patch projection, with a note why."""
+def lesson_segmenters(registry, model: str, size: int | None):
+    """(PACL's segmenter, vanilla's, notes): without a head, CLIP's own patch projection on both sides, with a note."""
+    vanilla = registry.segmenter(model, "vanilla", size)
     if registry.has_pacl_head(model):
-        return registry.segmenter(model, "pacl", size), []
+        return registry.segmenter(model, "pacl", size), vanilla, []
     note = (f"{model} has no trained PACL head, so this view shows vanilla CLIP's patch embeddings "
-            "(what PACL starts from); drop a head into checkpoints/ to see PACL's.")
-    return registry.segmenter(model, "vanilla", size), [note]
+            "(what PACL starts from) on both sides; drop a head into checkpoints/ to see PACL's.")
+    return vanilla, vanilla, [note]
 
 
-def describe(ex, k: int) -> str:
-    """Plain-language Markdown for word k of an Explanation."""
-    r = ex.rows()[k]
+def describe(sides, k: int) -> str:
+    """Plain-language Markdown for word k of a SideBySide."""
+    ex = sides.pacl
+    r = sides.rows()[k]
     name = "PACL" if ex.method == "pacl" else "vanilla CLIP"
     patches = ex.grid[0] * ex.grid[1]
-    best = max(ex.rows(), key=lambda row: row["compatibility"])["word"]
-    best_cls = max(ex.rows(), key=lambda row: row["cls_cosine"])["word"]
+    rows = sides.rows()
+
+    def first(key):
+        return max(rows, key=lambda row: row[key])["word"]
+
     return (
-        f"**“{r['word']}”** with {name} patches: patch-level score φ̂ = **{r['compatibility']:.3f}**, "
-        f"CLIP's CLS cosine = **{r['cls_cosine']:.3f}**. "
-        f"The attention a(x,y) is spread over about **{r['effective_patches']:.0f} of {patches}** patches "
-        f"(τ = {ex.tau:g}); the best single patch has s = {r['max_patch_cosine']:.3f}.\n\n"
-        f"Across the vocabulary, φ̂ ranks **{best}** first and the CLS embedding ranks **{best_cls}** first."
+        f"**“{r['word']}”**: {name}'s patch-level score φ̂ = **{r['pacl_compatibility']:.3f}**, vanilla CLIP's "
+        f"φ̂ = **{r['vanilla_compatibility']:.3f}** (same τ = {ex.tau:g}), CLIP's CLS cosine = "
+        f"**{r['cls_cosine']:.3f}**. {name}'s attention a(x,y) is spread over about "
+        f"**{r['pacl_effective_patches']:.0f} of {patches}** patches, vanilla CLIP's over about "
+        f"**{r['vanilla_effective_patches']:.0f}**; the best single patch has s = {r['pacl_max_patch_cosine']:.3f} "
+        f"({r['vanilla_max_patch_cosine']:.3f} for vanilla).\n\n"
+        f"Across the vocabulary, {name}'s φ̂ ranks **{first('pacl_compatibility')}** first, vanilla CLIP's φ̂ "
+        f"**{first('vanilla_compatibility')}**, and the CLS embedding **{first('cls_cosine')}**."
     )
 
 
@@ -425,6 +445,14 @@ def check_tau(tau) -> float | None:
     return None if t == 0.0 else t
 
 
+def lesson_side(ex, k: int) -> LessonSide:
+    """Word k's s and a maps of one Explanation, drawn over its image."""
+    return LessonSide(draw_grid(ex.image, ex.similarity[k], cmap="viridis"),
+                      draw_grid(ex.image, ex.attention[k], cmap="magma", scale="max"),
+                      (float(ex.similarity[k].min()), float(ex.similarity[k].max())),
+                      (0.0, float(ex.attention[k].max())))
+
+
 def lesson(registry, image, words, word, model: str, resolution=RESOLUTIONS[0], tau=None) -> Lesson:
     """The teaching view for one word (added to the vocabulary if missing; the first word if none is chosen)."""
     rgb, notes = check_image(image)
@@ -435,16 +463,16 @@ def lesson(registry, image, words, word, model: str, resolution=RESOLUTIONS[0], 
     size = check_resolution(resolution)
     tau = check_tau(tau)
     load_model(registry, model)
-    segmenter, seg_notes = lesson_segmenter(registry, model, size)
+    pacl, vanilla, seg_notes = lesson_segmenters(registry, model, size)
     with registry.lock(model):
-        ex = explain(segmenter, rgb, vocab, tau=tau)
-    k = ex.index(word)
-    s_img = draw_grid(ex.image, ex.similarity[k], cmap="viridis")
-    a_img = draw_grid(ex.image, ex.attention[k], cmap="magma", scale="max")
-    s_range = (float(ex.similarity[k].min()), float(ex.similarity[k].max()))
-    a_range = (0.0, float(ex.attention[k].max()))
-    table = [[r["word"], round(r["compatibility"], 4), round(r["cls_cosine"], 4), round(r["max_patch_cosine"], 4),
-              round(r["effective_patches"], 1)] for r in ex.rows()]
-    return Lesson(word=ex.words[k], similarity_image=s_img, attention_image=a_img, similarity_range=s_range,
-                  attention_range=a_range, summary=describe(ex, k),
-                  table=table, method=ex.method, notes=notes + seg_notes)
+        sides = explain_both(pacl, vanilla, rgb, vocab, tau=tau)
+    k = sides.pacl.index(word)
+    main = lesson_side(sides.pacl, k)
+    table = [[r["word"], round(r["pacl_compatibility"], 4), round(r["vanilla_compatibility"], 4),
+              round(r["cls_cosine"], 4), round(r["pacl_max_patch_cosine"], 4),
+              round(r["vanilla_max_patch_cosine"], 4), round(r["pacl_effective_patches"], 1),
+              round(r["vanilla_effective_patches"], 1)] for r in sides.rows()]
+    return Lesson(word=sides.pacl.words[k], similarity_image=main.similarity_image,
+                  attention_image=main.attention_image, similarity_range=main.similarity_range,
+                  attention_range=main.attention_range, summary=describe(sides, k), table=table,
+                  method=sides.pacl.method, notes=notes + seg_notes, vanilla=lesson_side(sides.vanilla, k))

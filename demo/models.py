@@ -129,6 +129,13 @@ class ModelRegistry:
     def add(self, choice: ModelChoice) -> None:
         self._choices.setdefault(choice.label, choice)
 
+    def remove(self, label: str) -> None:
+        """Forget a choice (a head trained in the demo whose browser tab closed) and its cached segmenters."""
+        with self._guard:
+            self._choices.pop(label, None)
+            for key in [k for k in self._segmenters if k[0] == label]:
+                del self._segmenters[key]
+
     def choice(self, label: str) -> ModelChoice:
         if label not in self._choices:
             raise PACLError(f"unknown model '{label}'; pick one of: {', '.join(self._choices)}")

@@ -22,6 +22,7 @@ from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
 
 from . import handlers as h
+from . import training as tr
 from .models import ModelRegistry, default_registry, pick_default
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ LESSON = """
    looks like the word.
 3. **a(x,y)** (right): a softmax over all patches of s/τ. It sums to 1 and says *where to look* for the word.
 4. **φ̂(x,y)**: average the patch vectors weighted by a, then take the cosine with the word.
+
+The top row is PACL's head, the bottom row vanilla CLIP's own patch projection (what PACL starts from), both at
+the same τ; the table gives both φ̂ next to the one CLS cosine.
 
 CLIP is trained on one number per image and caption: the cosine of the single **CLS** image vector with the
 text. Nothing asks its *patches* to match words, so their s maps are noisy and segmentation suffers. PACL
@@ -181,6 +185,15 @@ def make_download(token):
     return h.package_held(token)
 
 
+def _side_images(side, word: str, who: str) -> tuple:
+    """One side's s and a maps as labelled images."""
+    (s_lo, s_hi), (a_lo, a_hi) = side.similarity_range, side.attention_range
+    return (gr.Image(side.similarity_image, label=f"{who}: s(x, “{word}”): patch–word cosine, "
+                                                  f"{s_lo:.3f} (dark) to {s_hi:.3f} (bright)"),
+            gr.Image(side.attention_image, label=f"{who}: a(x, “{word}”): attention over patches, "
+                                                 f"{a_lo:.3f} (dark) to {a_hi:.3f} (bright)"))
+
+
 def make_lesson(registry: ModelRegistry):
     """The teaching view's handler (the Explain button, a word picked, the tab opened)."""
 
@@ -188,12 +201,9 @@ def make_lesson(registry: ModelRegistry):
     def explain_word(image, words, word, model, resolution, tau):
         lesson = h.lesson(registry, image_path(image), words, word, model, resolution, tau)
         _warn(lesson.notes)
-        (s_lo, s_hi), (a_lo, a_hi) = lesson.similarity_range, lesson.attention_range
-        s_img = gr.Image(lesson.similarity_image, label=f"s(x, “{lesson.word}”): patch–word cosine, "
-                                                        f"{s_lo:.3f} (dark) to {s_hi:.3f} (bright)")
-        a_img = gr.Image(lesson.attention_image, label=f"a(x, “{lesson.word}”): attention over patches, "
-                                                       f"{a_lo:.3f} (dark) to {a_hi:.3f} (bright)")
-        return s_img, a_img, lesson.summary, lesson.table
+        who = "PACL" if lesson.method == "pacl" else "vanilla CLIP (no PACL head)"
+        return (*_side_images(lesson, lesson.word, who), lesson.summary, lesson.table,
+                *_side_images(lesson.vanilla, lesson.word, "vanilla CLIP"))
 
     return explain_word
 
@@ -205,7 +215,7 @@ def make_lesson_if_open(registry: ModelRegistry):
 
     def refresh(tab, image, words, word, model, resolution, tau):
         if tab != "lesson" or image_path(image) is None:
-            return [gr.skip()] * 4
+            return [gr.skip()] * 6
         return explain_word(image, words, word, model, resolution, tau)
 
     return refresh
@@ -228,8 +238,10 @@ def show_slots(methods):
     return [gr.Column(visible=m in chosen) for m in METHODS]
 
 
-def build_demo(model: str | None = None, registry: ModelRegistry | None = None) -> gr.Blocks:
-    """The whole page. `model` picks the initial model ('toy', 'vit-b-16', a head file, ...); None = automatic."""
+def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
+               trainings: tr.Trainings | None = None) -> gr.Blocks:
+    """The whole page. `model` picks the initial model ('toy', 'vit-b-16', a head file, ...); None = automatic.
+    trainings: the live trainings' state (demo/training.py; a fresh one by default)."""
     registry = registry or default_registry()
     default_label, notice = pick_default(registry, model)
     with gr.Blocks(title="PACL explorer: open-vocabulary segmentation", delete_cache=(1800, 3600)) as demo:
@@ -275,19 +287,28 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
                                             info="0 = the τ the head was trained with; lower τ sharpens a(x,y)")
                             explain_btn = gr.Button("Explain", variant="secondary", scale=0, min_width=140)
                         with gr.Row():
-                            s_img = gr.Image(label="s(x,y): patch–word cosine", type="numpy", height=340)
-                            a_img = gr.Image(label="a(x,y): softmax attention over patches", type="numpy",
-                                             height=340)
+                            s_img = gr.Image(label="PACL: s(x,y): patch–word cosine", type="numpy", height=300)
+                            a_img = gr.Image(label="PACL: a(x,y): softmax attention over patches", type="numpy",
+                                             height=300)
+                        with gr.Row():
+                            vs_img = gr.Image(label="vanilla CLIP: s(x,y): patch–word cosine", type="numpy",
+                                              height=300)
+                            va_img = gr.Image(label="vanilla CLIP: a(x,y): softmax attention over patches",
+                                              type="numpy", height=300)
                         lesson_md = gr.Markdown(label="explanation")
                         lesson_table = gr.Dataframe(headers=h.LESSON_HEADERS, interactive=False,
-                                                    label="The patch-level score φ̂ next to CLIP's CLS cosine")
+                                                    label="PACL's and vanilla CLIP's patch-level score φ̂ "
+                                                          "next to CLIP's CLS cosine")
                         gr.Markdown(LESSON)
+                    with gr.Tab("Train PACL yourself", id="train"):
+                        trainings = trainings or tr.Trainings()
+                        train_parts = _train_tab(trainings.live)
         slot_outputs = [c for m in METHODS for c in (slots[m]["status"], slots[m]["overlay"], slots[m]["gallery"])]
         methods.change(show_slots, methods, [slots[m]["column"] for m in METHODS], api_visibility="private",
                        queue=False)
         model_box.change(make_method_defaults(registry), model_box, methods, api_visibility="private", queue=False)
         lesson_inputs = [image, words, word, model_box, resolution, tau]
-        lesson_outputs = [s_img, a_img, lesson_md, lesson_table]
+        lesson_outputs = [s_img, a_img, lesson_md, lesson_table, vs_img, va_img]
         token = gr.State(None)
         run_event = run_btn.click(make_run(registry),
                                   [image, words, methods, model_box, threshold, resolution, shifts, refine],
@@ -303,8 +324,99 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None) 
         run_event.success(refresh, [tab, *lesson_inputs], lesson_outputs, api_visibility="private", preprocess=False)
         explain_btn.click(lesson_fn, lesson_inputs, lesson_outputs, api_name="explain", preprocess=False)
         word.input(lesson_fn, lesson_inputs, lesson_outputs, api_visibility="private", preprocess=False)
+        _wire_training(demo, train_parts, registry, trainings, model_box)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
+
+
+# ---- the "Train PACL yourself" tab ----------------------------------------------------------------------------
+TRAIN_INTRO = """
+**Watch PACL learn.** The toy CLIP below is frozen: it was trained to match whole scenes to their captions, and
+its patches say little about *where* things are (vanilla CLIP, right). Press **Train** to train only PACL's
+small vision embedder **e_v** on top of it, from random weights, with PACL's loss on pairs of a scene and a
+short caption that names one thing in it (*"a striped red star"*, *"a dotted background"*). It never sees a
+mask: the masks of the held-out check scenes are used only to measure it. Every few dozen steps the page shows
+the loss, the patch accuracy and mIoU on those check scenes, and redraws one scene's mask and one word's
+heatmap with the head so far. One training runs at a time on this server; others wait their turn.
+"""
+TRAIN_CONCURRENCY_ID = "toy-training"  # one live training per server, whatever the page's other limits
+
+
+def _train_tab(live: tr.LiveConfig) -> dict:
+    """The tab's components (built inside the page's Tabs); `live`: the server's live-training settings."""
+    gr.Markdown(TRAIN_INTRO)
+    with gr.Row():
+        preview = gr.Image(tr.scene_preview(0), label="The scene", type="numpy", height=150, width=150,
+                           interactive=False, show_label=False, scale=0, min_width=150)
+        scene = gr.Slider(0, live.check - 1, value=0, step=1, label="Check scene to watch",
+                          info="one of the held-out scenes the head is measured on")
+        word = gr.Dropdown(list(tr.CLASSES), value=tr.scene_word(0), label="Word to watch",
+                           info="its heatmap is redrawn as training goes")
+        steps = gr.Slider(tr.MIN_STEPS, tr.MAX_STEPS, value=live.steps, step=10, label="Training steps",
+                          info=f"batches of {tr.ToyTrainConfig.pacl_batch} scene–caption pairs")
+        with gr.Column(scale=0, min_width=160):
+            train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-button")
+    status = gr.Markdown("", elem_id="train-status")
+    with gr.Row():
+        pacl_mask = gr.Image(label="PACL mask (training)", type="numpy", height=230, elem_id="train-pacl-mask")
+        pacl_heat = gr.Image(label="PACL heatmap (training)", type="numpy", height=230)
+        vanilla_mask = gr.Image(label="vanilla CLIP mask (fixed)", type="numpy", height=230)
+        vanilla_heat = gr.Image(label="vanilla CLIP heatmap (fixed)", type="numpy", height=230)
+    with gr.Row():
+        loss = gr.Image(label="loss", type="numpy", height=260, show_label=False, elem_id="train-loss")
+        checks = gr.Image(label="check scenes", type="numpy", height=260, show_label=False)
+    files = gr.File(label="Download your trained head (safetensors + JSON)", file_count="multiple",
+                    interactive=False, elem_id="train-files")
+    return {"scene": scene, "word": word, "steps": steps, "train": train_btn, "stop": stop_btn, "status": status,
+            "preview": preview, "views": [pacl_mask, pacl_heat, vanilla_mask, vanilla_heat], "loss": loss,
+            "checks": checks, "files": files}
+
+
+def _guarded_stream(fn):
+    """`_guarded` for a generator handler: problems become a visible gr.Error, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        try:
+            yield from fn(*args)
+        except gr.Error:
+            raise
+        except PACLError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception as e:
+            log.exception("demo handler %s failed", fn.__name__)
+            raise gr.Error(f"something went wrong ({type(e).__name__}); please try again") from None
+
+    return wrapper
+
+
+def _wire_training(demo: gr.Blocks, parts: dict, registry: ModelRegistry, trainings: tr.Trainings,
+                   model_box: gr.Dropdown) -> None:
+    """The tab's events: Train (queued, one at a time per server), Stop, the scene picker, a closed tab."""
+    @_guarded_stream
+    def run(scene, word, steps, request: gr.Request):
+        session = request.session_hash or "anonymous"
+        for view in tr.train(registry, trainings, session, scene, word, steps):
+            model_update = gr.Dropdown(choices=trainings.labels_for(registry, session)) if view.done else gr.skip()
+            yield (view.status, view.pacl_mask, view.pacl_heat, view.vanilla_mask, view.vanilla_heat,
+                   view.loss_plot, view.checks_plot,
+                   view.files if view.done else gr.skip(), model_update)
+
+    def stop(request: gr.Request):
+        if not trainings.stop(request.session_hash or "anonymous"):
+            gr.Info("No training of yours is running.")
+
+    def closed(request: gr.Request):
+        trainings.close(registry, request.session_hash or "anonymous")
+
+    outputs = [parts["status"], *parts["views"], parts["loss"], parts["checks"], parts["files"], model_box]
+    parts["train"].click(run, [parts["scene"], parts["word"], parts["steps"]], outputs, api_name="train",
+                         preprocess=False, concurrency_limit=1, concurrency_id=TRAIN_CONCURRENCY_ID)
+    parts["stop"].click(stop, None, None, api_name="stop_training", queue=False)
+    parts["scene"].release(_guarded(lambda k: (tr.scene_preview(k), tr.scene_word(k))), parts["scene"],
+                           [parts["preview"], parts["word"]], api_visibility="private", queue=False)
+    demo.unload(closed)
 
 
 def launch_options() -> dict:

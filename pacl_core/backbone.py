@@ -45,12 +45,12 @@ ALIASES = {
 }
 DEFAULT_MODEL = "vit-b-16"
 TEXT_CACHE_SIZE = 20_000
-MODEL_LOADERS: dict[str, Callable[..., Backbone]] = {}  # name -> fn(image_size, device, templates) -> Backbone
+MODEL_LOADERS: dict[str, Callable[..., Backbone]] = {}  # name -> fn(image_size, device, templates, pretrained)
 LOADER_CONFIGS: dict[str, str] = {}  # open_clip config of a registered model -> its name
 
 
 def register_model_loader(name: str, loader: Callable[..., Backbone], config: str | None = None) -> None:
-    """Make `load_backbone(name)` call loader(image_size=..., device=..., templates=...) instead of open_clip;
+    """Make `load_backbone(name)` call loader(image_size=, device=, templates=, pretrained=) instead of open_clip;
     `config` is the open_clip architecture it builds, so a head made for it names `name` (backbone_spec)."""
     MODEL_LOADERS[name] = loader
     if config:
@@ -414,7 +414,7 @@ def load_backbone(spec: str = DEFAULT_MODEL, pretrained: str | None = None, imag
     if templates is not None:
         get_templates(templates)  # an unknown set fails here, not after the download
     if spec in MODEL_LOADERS:
-        return MODEL_LOADERS[spec](image_size=image_size, device=device, templates=templates)
+        return MODEL_LOADERS[spec](image_size=image_size, device=device, templates=templates, pretrained=pretrained)
     name, tag = parse_model_spec(spec, pretrained)
     check_architecture(name)
     model = create_clip(name, tag, device=device)

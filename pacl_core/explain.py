@@ -6,6 +6,8 @@ or CLIP's own projection for vanilla) and, with the equations in pacl_core.pacl,
     a(x,y)   the softmax attention over patches, on the same grid, sums to 1       patch_attention
     φ̂(x,y)   the cosine of the attention-pooled patches with the word             compatibility
 and, for contrast, CLIP's own image-level score: the cosine of the CLS image embedding with the word.
+`explain_both(pacl_segmenter, vanilla_segmenter, image, words)` gives both sides at the same τ (`SideBySide`): PACL's
+patches next to vanilla CLIP's, so "patch-level vs CLS-level" is one look.
 `draw_grid` turns one (h, w) grid into a picture over the image, one flat block per patch.
 """
 
@@ -93,6 +95,35 @@ def explain(segmenter, image, words, tau: float | None = None) -> Explanation:
     return Explanation(words=words, image=image, similarity=s.view(k, h, w).cpu().numpy(),
                        attention=a.view(k, h, w).cpu().numpy(), compatibility=phi.cpu().numpy(),
                        cls_cosine=cls_cos.cpu().numpy(), tau=tau, method=segmenter.method, image_size=size)
+
+
+@dataclass
+class SideBySide:
+    """PACL's and vanilla CLIP's patches explained for the same image and words, at the same τ."""
+
+    pacl: Explanation
+    vanilla: Explanation
+
+    def rows(self) -> list[dict]:
+        """Per word: both φ̂, the CLS cosine (one CLIP, so one number), both best patch cosines and spreads."""
+        return [{"word": p["word"], "pacl_compatibility": p["compatibility"],
+                 "vanilla_compatibility": v["compatibility"], "cls_cosine": p["cls_cosine"],
+                 "pacl_max_patch_cosine": p["max_patch_cosine"], "vanilla_max_patch_cosine": v["max_patch_cosine"],
+                 "pacl_effective_patches": p["effective_patches"],
+                 "vanilla_effective_patches": v["effective_patches"]}
+                for p, v in zip(self.pacl.rows(), self.vanilla.rows())]
+
+
+def explain_both(pacl_segmenter, vanilla_segmenter, image, words, tau: float | None = None) -> SideBySide:
+    """Both sides of the teaching view: `explain` with PACL's e_v and with CLIP's own patch projection, at the
+    same τ (the PACL head's unless given), on the same backbone and patch grid."""
+    if pacl_segmenter.backbone is not vanilla_segmenter.backbone:
+        raise PACLError("both sides must explain the same CLIP: the segmenters use different backbones")
+    if pacl_segmenter.image_size != vanilla_segmenter.image_size:
+        raise PACLError(f"both sides must see the same patch grid: {pacl_segmenter.image_size} px vs "
+                        f"{vanilla_segmenter.image_size} px")
+    tau = head_tau(pacl_segmenter) if tau is None else float(tau)
+    return SideBySide(explain(pacl_segmenter, image, words, tau), explain(vanilla_segmenter, image, words, tau))
 
 
 def _grid_lines(image: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

@@ -129,13 +129,25 @@ def toy_backbone(model: torch.nn.Module, pretrained: str | None = None, image_si
 
 
 def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=None, with_head: bool = True,
-                      templates=None):
+                      templates=None, pretrained=None):
     """The toy CLIP as a Backbone (native 96 px input unless image_size), with its PACL head as default_head.
-    templates: a prompt template set to use instead of the ones it was trained with (`toy_clip.json`)."""
-    path = clip_path(root)
+    templates: a prompt template set to use instead of the ones it was trained with (`toy_clip.json`).
+    pretrained: another toy tower file (`--model toy --pretrained my_toy/toy_clip.safetensors`, as `toy train`
+    writes it) instead of the shipped one; the head beside it, if any, becomes its default head."""
+    path = Path(pretrained) if pretrained else clip_path(root)
     if not path.is_file():
         raise PACLError(f"toy model weights are missing ({path}); reinstall pacl-explorer, or train them with "
                         "`python -m pacl_core toy train --out DIR`")
+    backbone = load_toy_tower(path, image_size, device, templates)
+    if with_head and (path.parent / HEAD_FILE).is_file():
+        backbone.default_head = path.parent / HEAD_FILE
+    return backbone
+
+
+def load_toy_tower(path, image_size: int | None = None, device: str = "cpu", templates=None):
+    """A toy CLIP file (toy_clip.safetensors + its JSON, any name) as a Backbone without a head; every problem
+    with the file, e.g. one that is not a toy tower, is a one-line PACLError."""
+    path = Path(path)
     state, meta = load_tensors(path, CLIP_FORMAT)
     if meta.get("config") != CONFIG_NAME:
         raise PACLError(f"{path}: made for config '{meta.get('config')}', expected '{CONFIG_NAME}'")
@@ -147,12 +159,10 @@ def load_toy_backbone(image_size: int | None = None, device: str = "cpu", root=N
         raise PACLError(f"{path}: its JSON says {registers} register tokens, its weights hold {held}")
     try:
         model = create_toy_clip(state, registers=registers)
-    except PACLError as e:
-        raise PACLError(f"{path}: {e}") from None
+    except (PACLError, RuntimeError) as e:  # missing / unexpected keys, or tensors of the wrong shape
+        raise PACLError(f"{path}: {str(e).splitlines()[0]}") from None
     templates = templates or tuple(meta.get("templates") or TOY_TEMPLATES)
     backbone = toy_backbone(model, str(path), image_size, device, templates)
-    if with_head and head_path(root).is_file():
-        backbone.default_head = head_path(root)
     return backbone
 
 

@@ -14,6 +14,7 @@ test split.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import multiprocessing
 import tempfile
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from . import toymodel, toyworld
 from .backbone import normalize_uint8
 from .checkpoint import save_head
+from .errors import PACLError
 from .loss import PACLLoss
 from .optim import cosine_lr, param_groups
 from .pacl import VisionEmbedder
@@ -63,11 +65,16 @@ class ToyTrainConfig:
     mention_draws: int = 4  # mentions per scene; each epoch of stage 2 uses the next, like COCO's 5 captions
     pacl_init_from_projection: bool = False  # True: e_v starts as CLIP's own patch projection (= vanilla)
     threads: int = 2
+    # stage-1 steps of the last phase at which to keep the tower as a further candidate (besides its end); with any,
+    # stage 2 runs on every candidate and the one with the lowest held-out PACL loss on captions is kept (no masks)
+    tower_candidates: tuple = ()
 
     def __post_init__(self):
         assert self.pacl_captions in PACL_CAPTIONS, f"pacl_captions must be one of {PACL_CAPTIONS}"
         assert self.mention_draws >= 1, "mention_draws must be at least 1"
         assert self.registers >= 0, "registers must be at least 0"
+        last = int(self.clip_phases[-1][1])
+        assert all(0 < int(c) < last for c in self.tower_candidates), f"tower candidates must be in 1..{last - 1}"
 
     @property
     def image_size(self) -> int:
@@ -174,8 +181,9 @@ def sincos_grid(visual, grid: int):
 
 
 def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: ToyTrainConfig, steps: int,
-               progress: bool = True, desc: str = "stage 1: CLIP") -> list[float]:
-    """Stage 1 (one phase): open_clip's contrastive loss on (scene, caption) pairs. Returns the loss per step."""
+               progress: bool = True, desc: str = "stage 1: CLIP", keep_at=(), kept: dict | None = None) -> list[float]:
+    """Stage 1 (one phase): open_clip's contrastive loss on (scene, caption) pairs. Returns the loss per step.
+    keep_at: steps after which a copy of the weights is put in kept[step]."""
     model.train().requires_grad_(True)
     model.visual.positional_embedding.requires_grad_(False)  # fixed sin-cos positions
     mean, std = (torch.tensor(v) for v in (model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]))
@@ -201,6 +209,8 @@ def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: T
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if step + 1 in keep_at:
+                kept[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.eval().requires_grad_(False)
     return losses
 
@@ -227,40 +237,77 @@ def _caption_embeddings(backbone, captions: list[str], batch: int = 512) -> torc
     return torch.cat(out)  # (N, D)
 
 
+@dataclass
+class PaclStep:
+    """One step of stage 2 as `pacl_training` yields it."""
+
+    step: int  # steps done so far, 1..total
+    total: int
+    loss: float
+    head: VisionEmbedder  # the head being trained, live: copy it (copy.deepcopy) to keep this state
+
+
+def new_head(backbone, cfg: ToyTrainConfig) -> VisionEmbedder:
+    """Stage 2's starting e_v: random (seeded by cfg.seed + 1), or CLIP's own patch projection."""
+    torch.manual_seed(cfg.seed + 1)
+    head = VisionEmbedder(backbone.width, backbone.embed_dim)
+    if cfg.pacl_init_from_projection:
+        head.init_from_projection(backbone.model.visual.proj.detach().float().cpu())
+    return head
+
+
+def stage2_inputs(backbone, images: np.ndarray, captions: list, progress: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2 reads only frozen features: patch tokens (N, T, D_v) float16 and caption embeddings (draws, N, D).
+
+    captions: one per image, or several lists of one per image (draws)."""
+    tokens = _patch_tokens(backbone, images, progress=progress)  # (N, T, D_v)
+    draws = [captions] if isinstance(captions[0], str) else list(captions)
+    assert all(len(d) == len(images) for d in draws), "one caption per image in every draw"
+    text = torch.stack([_caption_embeddings(backbone, d) for d in draws])  # (draws, N, D)
+    return tokens, text
+
+
+def pacl_training(head: VisionEmbedder, tokens: torch.Tensor, text: torch.Tensor, logit_scale: float,
+                  cfg: ToyTrainConfig, progress: bool = True):
+    """Stage 2 step by step: trains `head` in place on frozen tokens (N, T, D_v) and captions (draws, N, D),
+    each epoch using the next draw in turn, and yields a PaclStep after every step. Stop iterating to stop."""
+    n = len(tokens)
+    per_epoch = steps_per_epoch(n, cfg.pacl_batch, cfg.variants)
+    loss_fn = PACLLoss(tau=cfg.pacl_tau)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.pacl_lr, weight_decay=cfg.weight_decay)
+    losses = []
+    bar = tqdm(enumerate(_batches(n, cfg.pacl_batch, cfg.pacl_steps, cfg.seed + 1, cfg.variants)),
+               total=cfg.pacl_steps, desc="stage 2: PACL", unit="step", disable=not progress)
+    head.train().requires_grad_(True)
+    try:
+        for step, idx in bar:
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, cfg.pacl_lr, cfg.clip_warmup, cfg.pacl_steps)
+            idx_t = torch.from_numpy(idx)
+            emb = head(tokens[idx_t].float())  # (B, T, D)
+            loss = loss_fn(emb, text[(step // per_epoch) % len(text)][idx_t], logit_scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            yield PaclStep(step + 1, cfg.pacl_steps, losses[-1], head)
+    finally:
+        bar.close()
+        head.eval().requires_grad_(False)
+
+
 def train_pacl(backbone, images: np.ndarray, captions: list, cfg: ToyTrainConfig,
                progress: bool = True) -> tuple[VisionEmbedder, list[float]]:
     """Stage 2: e_v on the frozen backbone's patch tokens with PACLLoss on captions. Returns (head, losses).
 
     captions: one per image, or several lists of one per image (draws), each epoch using the next draw in turn.
     """
-    torch.manual_seed(cfg.seed + 1)
-    head = VisionEmbedder(backbone.width, backbone.embed_dim)
-    if cfg.pacl_init_from_projection:
-        head.init_from_projection(backbone.model.visual.proj.detach().float().cpu())
-    tokens = _patch_tokens(backbone, images, progress=progress)  # (N, T, D_v)
-    draws = [captions] if isinstance(captions[0], str) else list(captions)
-    assert all(len(d) == len(images) for d in draws), "one caption per image in every draw"
-    text = torch.stack([_caption_embeddings(backbone, d) for d in draws])  # (draws, N, D)
-    per_epoch = steps_per_epoch(len(images), cfg.pacl_batch, cfg.variants)
-    loss_fn = PACLLoss(tau=cfg.pacl_tau)
-    scale = backbone.logit_scale
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.pacl_lr, weight_decay=cfg.weight_decay)
-    losses = []
-    bar = tqdm(enumerate(_batches(len(images), cfg.pacl_batch, cfg.pacl_steps, cfg.seed + 1, cfg.variants)),
-               total=cfg.pacl_steps, desc="stage 2: PACL", unit="step", disable=not progress)
-    head.train()
-    for step, idx in bar:
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, cfg.pacl_lr, cfg.clip_warmup, cfg.pacl_steps)
-        idx_t = torch.from_numpy(idx)
-        emb = head(tokens[idx_t].float())  # (B, T, D)
-        loss = loss_fn(emb, text[(step // per_epoch) % len(draws)][idx_t], scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    return head.eval().requires_grad_(False), losses
+    head = new_head(backbone, cfg)
+    tokens, text = stage2_inputs(backbone, images, captions, progress)  # (N, T, D_v), (draws, N, D)
+    losses = [s.loss for s in pacl_training(head, tokens, text, backbone.logit_scale, cfg, progress)]
+    return head, losses
 
 
 def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, evaluate_n: int = 200) -> dict:
@@ -273,7 +320,7 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
     model = toymodel.create_toy_clip(registers=cfg.registers)
     assert cfg.image_size == model.visual.image_size[0], "the last phase must run at the model's native size"
     tokenizer = open_clip.get_tokenizer(toymodel.CONFIG_NAME)
-    clip_losses, seconds = [], {}
+    clip_losses, seconds, kept = [], {}, {}
     for k, (size, steps, pool) in enumerate(cfg.clip_phases):
         t = time.time()
         last = k == len(cfg.clip_phases) - 1  # stage 2 trains on the last phase's scenes
@@ -283,16 +330,22 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
         seconds[f"data_{size}px"] = round(time.time() - t, 1)
         t = time.time()
         clip_losses += train_clip(model, tokenizer, images, captions, cfg, steps, progress,
-                                  desc=f"stage 1: CLIP at {size} px")
+                                  desc=f"stage 1: CLIP at {size} px", keep_at=cfg.tower_candidates if last else (),
+                                  kept=kept)
         seconds[f"clip_{size}px"] = round(time.time() - t, 1)
     info = {"config": toymodel.CONFIG_NAME, "train": asdict(cfg),
             "clip_loss": {"first": float(np.mean(clip_losses[:10])), "last": float(np.mean(clip_losses[-10:]))}}
     toymodel.save_clip(out, model, info)
     backbone = toymodel.load_toy_backbone(root=out, with_head=False)  # exactly the saved float16 weights
     t = time.time()
-    head, pacl_losses = train_pacl(backbone, images, mentions if cfg.pacl_captions == "mentions" else captions, cfg,
-                                   progress)
+    stage2_captions = mentions if cfg.pacl_captions == "mentions" else captions
+    head, pacl_losses = train_pacl(backbone, images, stage2_captions, cfg, progress)
     seconds["pacl"] = round(time.time() - t, 1)
+    if kept:
+        t = time.time()
+        model, backbone, head, pacl_losses, info["tower_selection"] = pick_tower(
+            out, kept, (model, backbone, head, pacl_losses), images, stage2_captions, cfg, info, progress)
+        seconds["tower_selection"] = round(time.time() - t, 1)
     seconds["total"] = round(time.time() - t0, 1)
     info.update(pacl_loss={"first": float(np.mean(pacl_losses[:10])), "last": float(np.mean(pacl_losses[-10:]))},
                 seconds=seconds, threads=cfg.threads, torch=torch.__version__, open_clip=open_clip.__version__)
@@ -305,14 +358,115 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
     return info
 
 
+SELECTION_SEED_OFFSET = 500  # the selection rule's held-out scenes: train split, seed cfg.seed + 500, captions only
+SELECTION_SCENES = 1024
+
+
+@torch.no_grad()
+def held_out_pacl_loss(backbone, head: VisionEmbedder, cfg: ToyTrainConfig, n: int = SELECTION_SCENES) -> float:
+    """Stage 2's own loss on scenes it never saw, each paired with one mention, in batches like its training's
+    (variants of a scene together). Uses captions only, never a mask: the tower selection's score."""
+    images, _, draws = make_pool(cfg.seed + SELECTION_SEED_OFFSET, n, cfg.image_size, cfg.variants, progress=False,
+                                 mention_draws=1, workers=cfg.threads)
+    tokens, text = stage2_inputs(backbone, images, draws[0], progress=False)  # (N, T, D_v), (1, N, D)
+    loss_fn, head = PACLLoss(tau=cfg.pacl_tau), head.eval()
+    losses = [float(loss_fn(head(tokens[i:i + cfg.pacl_batch].float()), text[0][i:i + cfg.pacl_batch],
+                            backbone.logit_scale)) for i in range(0, len(tokens), cfg.pacl_batch)]
+    return float(np.mean(losses))
+
+
+def pick_tower(out, kept: dict, final: tuple, images, captions, cfg: ToyTrainConfig, info: dict,
+               progress: bool = True) -> tuple:
+    """Stage 2 on every kept stage-1 tower, scored by held-out PACL loss on captions (no masks); returns the best
+    (model, backbone, head, losses) and a record of the scores. Every candidate, the last phase's end included, is
+    kept in out/candidate_STEP/ (toy_clip.* + toy_pacl_head.*) so that they can be evaluated afterwards."""
+    last = int(cfg.clip_phases[-1][1])
+
+    def keep(step: int, model, backbone, head) -> None:  # every candidate stays on disk, to be compared later
+        folder = Path(out) / f"candidate_{step}"
+        toymodel.save_clip(folder, model, {**info, "candidate_of_last_phase_step": step})
+        save_head(folder / toymodel.HEAD_FILE, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale,
+                  training={"candidate_of_last_phase_step": step})
+
+    keep(last, *final[:3])
+    scores = {last: held_out_pacl_loss(final[1], final[2], cfg)}
+    best = (last, final)
+    for step, state in sorted(kept.items()):
+        model = toymodel.create_toy_clip(state, registers=cfg.registers).eval().requires_grad_(False)
+        toymodel.save_clip(Path(out) / f"candidate_{step}", model, info)
+        backbone = toymodel.load_toy_backbone(root=Path(out) / f"candidate_{step}", with_head=False)
+        head, losses = train_pacl(backbone, images, captions, cfg, progress)
+        keep(step, model, backbone, head)
+        scores[step] = held_out_pacl_loss(backbone, head, cfg)
+        if scores[step] < scores[best[0]]:
+            best = (step, (model, backbone, head, losses))
+    record = {"rule": "lowest held-out PACL loss on captions (no masks)", "held_out_loss": scores,
+              "chosen_last_phase_step": best[0], "held_out": {"seed": cfg.seed + SELECTION_SEED_OFFSET,
+                                                              "scenes": SELECTION_SCENES}}
+    return (*best[1], record)
+
+
 EVAL_SEED = 1000  # the held-out scenes measured after training: `toy generate --split test --seed 1000`
 
 
 def evaluate_fresh(root, n: int, seed: int, progress: bool = True) -> dict:
     """Generate a held-out test split and evaluate the model saved in `root` on it."""
-    backbone = toymodel.load_toy_backbone(root=root)
+    return evaluate_held_out(toymodel.load_toy_backbone(root=root), None, n, seed, progress)
+
+
+def evaluate_held_out(backbone, head, n: int, seed: int, progress: bool = True) -> dict:
+    """Generate a held-out test split and evaluate a toy backbone with `head` (None: its default head) on it."""
     with tempfile.TemporaryDirectory() as tmp:
         toyworld.write_split(tmp, "test", seed=seed, n=n, size=backbone.native_size)
-        result = evaluate_toy(tmp, backbone, progress=progress)
+        result = evaluate_toy(tmp, backbone, head=head, progress=progress, roc_png=False)
     result["test_split"] = {"seed": seed, "n": n}
     return result
+
+
+# ---- stage 2 alone, on a given tower --------------------------------------------------------------------------
+def stage2_pool(cfg: ToyTrainConfig, progress: bool = True) -> tuple[np.ndarray, list]:
+    """The scenes (N, H, W, 3) and captions stage 2 trains on: the last stage-1 phase's pool, exactly as
+    `train_toy` makes it (seed cfg.seed + that phase's index; mention draws, or the scene captions)."""
+    k = len(cfg.clip_phases) - 1
+    size, _, pool = cfg.clip_phases[k]
+    mentions = cfg.pacl_captions == "mentions"
+    images, captions, draws = make_pool(cfg.seed + k, pool, size, cfg.variants, progress,
+                                        cfg.mention_draws if mentions else 0, workers=cfg.threads)
+    return images, draws if mentions else captions
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def train_head(out, clip, cfg: ToyTrainConfig | None = None, progress: bool = True, evaluate_n: int = 200) -> dict:
+    """Stage 2 alone: freeze the toy tower `clip` (a toy_clip.safetensors), train a PACL head from a random start
+    with cfg's stage-2 recipe on the pool `train_toy` would give it, save out/toy_pacl_head.* and measure it on
+    held-out scenes. With the shipped tower and seed 0 this is the shipped head's own recipe."""
+    cfg = cfg or ToyTrainConfig()
+    out = Path(out)
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    backbone = toymodel.load_toy_tower(clip)  # PACLError for anything that is not a toy tower
+    if backbone.native_size != cfg.image_size:
+        raise PACLError(f"{clip}: a {backbone.native_size} px tower, but stage 2 trains on {cfg.image_size} px scenes")
+    images, captions = stage2_pool(cfg, progress)
+    seconds = {"data": round(time.time() - t0, 1)}
+    t = time.time()
+    head, losses = train_pacl(backbone, images, captions, cfg, progress)
+    seconds["pacl"] = round(time.time() - t, 1)
+    seconds["total"] = round(time.time() - t0, 1)
+    info = {"config": toymodel.CONFIG_NAME, "stage": "pacl only", "tower": str(clip),
+            "tower_sha256": file_sha256(clip), "train": asdict(cfg),
+            "pacl_loss": {"first": float(np.mean(losses[:10])), "last": float(np.mean(losses[-10:]))},
+            "seconds": seconds, "threads": cfg.threads, "torch": torch.__version__, "open_clip": open_clip.__version__}
+    path = save_head(out / toymodel.HEAD_FILE, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale,
+                     training=info)
+    if evaluate_n:
+        info["eval"] = evaluate_held_out(backbone, head, evaluate_n, EVAL_SEED, progress)
+        save_head(path, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale, training=info)
+    return info

@@ -185,3 +185,22 @@ def test_a_created_model_without_a_cls_vit_is_refused_by_backbone():
     model = open_clip.create_model("RN50", pretrained=None)
     with pytest.raises(PACLError, match="ModifiedResNet"):
         Backbone(model, open_clip.get_tokenizer("RN50"), "RN50", None)
+
+
+def test_toy_model_takes_another_tower_file(tmp_path):
+    import shutil
+
+    from pacl_core.toymodel import CLIP_FILE, clip_path, head_path
+
+    shipped = load_backbone("toy")
+    same = load_backbone("toy", pretrained=str(clip_path()))
+    assert same.default_head == shipped.default_head == head_path()
+    x = torch.zeros(1, 3, 96, 96)
+    torch.testing.assert_close(same.patch_tokens(x)[0], shipped.patch_tokens(x)[0])
+    alone = tmp_path / "t" / CLIP_FILE  # a tower with no head beside it
+    alone.parent.mkdir()
+    shutil.copy(clip_path(), alone)
+    shutil.copy(clip_path().with_suffix(".json"), alone.with_suffix(".json"))
+    assert load_backbone("toy", pretrained=str(alone)).default_head is None
+    with pytest.raises(PACLError, match="toy model weights are missing"):
+        load_backbone("toy", pretrained=str(tmp_path / "nope.safetensors"))

@@ -34,18 +34,24 @@ def url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(url):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium") or CHROMIUM, args=BROWSER_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1480, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_selector("#run-button", timeout=60_000)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, url):
+    page = browser.new_page(viewport={"width": 1480, "height": 1000})
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("#run-button", timeout=60_000)
+    yield page
+    page.close()
 
 
 def example_row() -> int:
@@ -100,3 +106,66 @@ def test_empty_vocabulary_shows_a_visible_message(page):
     toast = page.locator("[data-testid='toast-body']", has_text="no words given")
     toast.first.wait_for(state="visible", timeout=30_000)
     assert page.locator("#run-button").is_enabled()  # the page is still usable
+
+
+# ---- "Train PACL yourself" -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def train_site(browser, tmp_path_factory):
+    from demo.training import Trainings
+    from pacl_core.toylive import LiveConfig
+
+    if not clip_path().is_file():
+        pytest.skip("the toy model's weights are not shipped here")
+    trainings = Trainings(LiveConfig(steps=20, pool=32, check=4, every=5))
+    registry = default_registry(tmp_path_factory.mktemp("no-checkpoints"))
+    with serving(build_demo(model="toy", registry=registry, trainings=trainings)) as url:
+        yield browser, url, trainings, registry
+
+
+def _open(browser, url):
+    page = browser.new_page(viewport={"width": 1480, "height": 1000})
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("#run-button", timeout=60_000)
+    page.get_by_role("tab", name="Train PACL yourself").click()
+    page.locator("#train-button").wait_for(state="visible", timeout=10_000)
+    return page
+
+
+def test_train_watch_it_learn_then_segment_with_the_head(train_site):
+    browser, url, _, _ = train_site
+    page = _open(browser, url)
+    page.click("#train-button")
+    page.locator("#train-status", has_text="Done in").wait_for(timeout=120_000)
+    assert page.locator("#train-pacl-mask img").count() == 1
+    page.locator("#train-files", has_text=".safetensors").wait_for(timeout=10_000)
+    assert page.locator("#train-files", has_text=".json").count() == 1
+    page.get_by_role("tab", name="Compare methods").click()
+    row = example_row()
+    page.click(f"[data-testid='dataset-cell-{row}-0']")
+    page.locator("#input-image img").first.wait_for(state="visible", timeout=30_000)
+    page.get_by_label("Model").click()
+    page.get_by_role("option", name=re.compile(r"^Your PACL head 1 ")).click()
+    page.click("#run-button")
+    column = page.locator(".method-col", has_text="PACL: segmentation")
+    column.locator("img").nth(1).wait_for(state="visible", timeout=60_000)
+    assert page.locator("[data-testid='toast-body']").count() == 0
+    page.close()
+
+
+def test_closing_the_tab_stops_its_training(train_site):
+    import time
+
+    browser, url, trainings, registry = train_site
+    page = _open(browser, url)
+    steps = page.get_by_label("Training steps").first
+    steps.fill("1000")
+    steps.press("Enter")
+    page.click("#train-button")
+    page.locator("#train-status", has_text="Step").wait_for(timeout=120_000)
+    assert len(trainings.running()) == 1
+    page.close()
+    deadline = time.time() + 60
+    while trainings.running() and time.time() < deadline:
+        time.sleep(0.2)
+    assert trainings.running() == [], "the closed tab's run stopped"
+    assert not any(label.startswith("Your PACL head") for label in registry.labels), "and its heads are gone"

@@ -291,7 +291,18 @@ def test_lesson_gives_the_teaching_view_for_one_word(registry, photo):
     assert -1.0 <= lo <= hi <= 1.0 and lesson.attention_range[0] == 0.0 < lesson.attention_range[1] <= 1.0
     assert [r[0] for r in lesson.table] == ["sky", "grass"]
     assert all(len(r) == len(h.LESSON_HEADERS) for r in lesson.table)
-    assert "“grass”" in lesson.summary and "CLS cosine" in lesson.summary
+    assert "“grass”" in lesson.summary and "CLS cosine" in lesson.summary and "vanilla CLIP's φ̂" in lesson.summary
+    v = lesson.vanilla  # vanilla CLIP's side, for the same word at the same τ
+    assert v.similarity_image.shape == lesson.similarity_image.shape
+    assert not np.array_equal(v.similarity_image, lesson.similarity_image)
+    backbone = registry.backbone(MODEL)
+    rgb, _ = h.check_image(str(photo))
+    vanilla = registry.segmenter(MODEL, "vanilla")  # reference: CLIP's own patch cosines for "grass"
+    x = backbone.preprocess(rgb, (vanilla.image_size,) * 2)
+    want = vanilla.patch_logits(x, backbone.text_embeddings(["sky", "grass"]))[0, 1].numpy()
+    assert v.similarity_range == pytest.approx((float(want.min()), float(want.max())), abs=1e-5)
+    pacl_phi, vanilla_phi, cls = lesson.table[1][1:4]
+    assert pacl_phi != vanilla_phi and -1 <= cls <= 1
     custom = h.lesson(registry, str(photo), "sky", "red square", MODEL, "model default", 0.05)
     assert [r[0] for r in custom.table] == ["sky", "red square"] and "τ = 0.05" in custom.summary
     first = h.lesson(registry, str(photo), "sky, grass", None, MODEL)
@@ -301,6 +312,7 @@ def test_lesson_gives_the_teaching_view_for_one_word(registry, photo):
 def test_lesson_without_a_head_falls_back_to_vanilla_with_a_note(headless, registry, photo):
     lesson = h.lesson(headless, str(photo), "sky, grass", "sky", "tiny, no head")
     assert lesson.method == "vanilla" and "no trained PACL head" in lesson.notes[0]
+    assert np.array_equal(lesson.similarity_image, lesson.vanilla.similarity_image), "vanilla on both sides"
     with pytest.raises(PACLError, match="attention temperature"):
         h.lesson(registry, str(photo), "sky", "sky", MODEL, "model default", -1)
 

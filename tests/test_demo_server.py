@@ -1,7 +1,9 @@
 """The demo as a live server on a free loopback port, called over HTTP with gradio_client; stopped afterwards."""
 
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,10 +99,12 @@ def test_each_method_over_http(client, server, photo, method):
 
 
 def test_explain_endpoint(client, server, photo):
-    s_img, a_img, summary, table = client.predict(handle_file(str(photo)), "sky, grass", "grass", server[2],
-                                                  "model default", 0.0, api_name="/explain")
-    assert size(s_img["value"]) == size(a_img["value"]) == (480, 360)  # enlarged 4x
-    assert s_img["label"].startswith("s(x, “grass”)") and a_img["label"].startswith("a(x, “grass”)")
+    s_img, a_img, summary, table, vs_img, va_img = client.predict(
+        handle_file(str(photo)), "sky, grass", "grass", server[2], "model default", 0.0, api_name="/explain")
+    assert size(s_img["value"]) == size(a_img["value"]) == size(vs_img["value"]) == (480, 360)  # enlarged 4x
+    assert s_img["label"].startswith("PACL: s(x, “grass”)") and a_img["label"].startswith("PACL: a(x, “grass”)")
+    assert vs_img["label"].startswith("vanilla CLIP: s(x, “grass”)") and va_img["label"].startswith("vanilla CLIP: a(")
+    assert table["headers"] == h.LESSON_HEADERS
     assert "“grass”" in summary and [r[0] for r in table["data"]] == ["sky", "grass"]
 
 
@@ -159,3 +163,59 @@ def test_method_ticks_follow_the_model(server, model_and_registry):
     assert switched.value == ["vanilla", "pacl"]
     switched = make_method_defaults(headless)("tiny, no head")
     assert switched.value == ["vanilla", "scclip"] and "no trained PACL head" in switched.info
+# ---- "Train PACL yourself" over HTTP -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def train_server(tmp_path_factory):
+    from demo.training import Trainings
+    from pacl_core.toylive import LiveConfig
+    from pacl_core.toymodel import clip_path
+
+    if not clip_path().is_file():
+        pytest.skip("the toy model's weights are not shipped here")
+    trainings = Trainings(LiveConfig(pool=32, check=4, every=5))
+    registry = default_registry(tmp_path_factory.mktemp("no-checkpoints"))
+    with serving(build_demo(model="toy", registry=registry, trainings=trainings)) as url:
+        yield url, trainings
+
+
+@pytest.fixture(scope="module")
+def toy_scene(tmp_path_factory):
+    from pacl_core.toylive import check_scene
+
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    Image.fromarray(check_scene(1)).save(path)
+    return path
+
+
+def test_train_over_http_then_segment_with_the_trained_head(train_server, toy_scene):
+    client = Client(train_server[0], verbose=False)
+    job = client.submit(1, "star", 10, api_name="/train")
+    job.result()
+    outputs = job.outputs()  # every snapshot, streamed: step 0, step 5, step 10
+    assert len(outputs) == 3 and "Step 5 / 10" in outputs[1][0]
+    status, files, model = outputs[-1][0], outputs[-1][-2], outputs[-1][-1]
+    assert "Done in" in status and sorted(Path(f).suffix for f in files) == [".json", ".safetensors"]
+    labels = [c[0] for c in model["choices"]]
+    label = next(c for c in labels if c.startswith("Your PACL head 1 (10 steps"))
+    out = segment(client, label, toy_scene, "background, star", ["pacl"])  # the same session picks it
+    assert "could not run" not in out[METHODS.index("pacl") * SLOT]
+
+
+def test_one_training_at_a_time_the_next_sees_its_place_and_stop_frees_it(train_server):
+    url, trainings = train_server
+    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    long_run = first.submit(0, "background", 1000, api_name="/train")
+    deadline = time.time() + 120
+    while not trainings.running() and time.time() < deadline:
+        time.sleep(0.1)
+    waiting = second.submit(0, "background", 10, api_name="/train")
+    rank = None
+    while rank is None and time.time() < deadline:
+        status = waiting.status()
+        rank = status.rank if status.code.name == "IN_QUEUE" else None
+        time.sleep(0.1)
+    assert rank == 0, "the second training waits, first in line"
+    assert len(trainings.running()) == 1 and not long_run.done()
+    first.predict(api_name="/stop_training")
+    assert "Done in" in waiting.result()[0]
+    assert "Stopped at step" in long_run.outputs()[-1][0]

@@ -124,3 +124,25 @@ def test_draw_grid_paints_one_flat_block_per_patch():
     assert len(colours) == 4  # four different values, four colours
     lined = draw_grid(image, values)  # grid lines between patches
     assert not np.array_equal(lined, out)
+
+
+def test_both_sides_are_each_methods_own_explanation_at_the_heads_tau(pacl_segmenter, tiny, picture):
+    """Reference: explain() run on each side alone, at the PACL head's τ."""
+    from pacl_core.explain import explain_both
+
+    vanilla = Segmenter(tiny, "vanilla", image_size=64)
+    both = explain_both(pacl_segmenter, vanilla, picture, WORDS)
+    alone_p, alone_v = explain(pacl_segmenter, picture, WORDS), explain(vanilla, picture, WORDS, tau=0.05)
+    assert both.pacl.tau == both.vanilla.tau == 0.05 and both.vanilla.method == "vanilla"
+    for got, want in ((both.pacl, alone_p), (both.vanilla, alone_v)):
+        np.testing.assert_allclose(got.similarity, want.similarity, atol=1e-6)
+        np.testing.assert_allclose(got.attention, want.attention, atol=1e-6)
+        np.testing.assert_allclose(got.compatibility, want.compatibility, atol=1e-6)
+    assert not np.allclose(both.pacl.similarity, both.vanilla.similarity), "two different patch embedders"
+    np.testing.assert_allclose(both.pacl.cls_cosine, both.vanilla.cls_cosine, atol=1e-6)  # one CLIP, one CLS
+    rows = both.rows()
+    assert [r["word"] for r in rows] == WORDS
+    assert rows[1]["vanilla_compatibility"] == pytest.approx(float(alone_v.compatibility[1]), abs=1e-6)
+    assert rows[1]["pacl_compatibility"] == pytest.approx(float(alone_p.compatibility[1]), abs=1e-6)
+    with pytest.raises(PACLError, match="same patch grid"):
+        explain_both(pacl_segmenter, Segmenter(tiny, "vanilla", image_size=32), picture, WORDS)

@@ -87,12 +87,17 @@ def test_pacl_stage_loss_falls_and_backbone_stays_frozen(tiny_run):
     assert head.linear.weight.shape == (backbone.embed_dim, backbone.width)
 
 
+def tiny_cli_train(out, capsys, *extra) -> dict:
+    """`toy train` in miniature (2 + 2 stage-1 steps, 2 stage-2 steps, 16 scenes); returns toy_clip.json."""
+    code = main(["toy", "train", "--out", str(out), "--clip-steps", "2,2", "--pacl-steps", "2", "--pool", "16,16",
+                 "--threads", "1", *extra])
+    assert code == 0, capsys.readouterr().err
+    return json.loads((out / "toy_clip.json").read_text())
+
+
 def test_toy_train_cli_writes_a_loadable_model(tmp_path, capsys):
     out = tmp_path / "toy"
-    code = main(["toy", "train", "--out", str(out), "--clip-steps", "2,2", "--pacl-steps", "2", "--pool", "16,16",
-                 "--threads", "1", "--eval-n", "3", "--pacl-captions", "scene"])
-    assert code == 0, capsys.readouterr().err
-    meta = json.loads((out / "toy_clip.json").read_text())
+    meta = tiny_cli_train(out, capsys, "--eval-n", "3", "--pacl-captions", "scene")
     assert meta["config"] == toymodel.CONFIG_NAME
     assert [p[1] for p in meta["training"]["train"]["clip_phases"]] == [2, 2]
     assert meta["training"]["train"]["pacl_captions"] == "scene"
@@ -153,3 +158,88 @@ def test_pacl_stage_uses_the_next_draw_each_epoch(tiny_run):
     assert one == same
     assert two[:2] == one[:2], "the first epoch uses the first draw"
     assert two[2:4] != one[2:4], "the second epoch uses the second"
+
+
+# ---- stage 2 alone on a given tower (`toy train --clip`) ----------------------------------------------------
+def test_stage2_alone_trains_only_the_head_on_the_frozen_tower(tmp_path, capsys):
+    """Reference: the same stage 2 run by hand on the tower and the pool train_toy would give it."""
+    import copy
+
+    from pacl_core.toytrain import file_sha256, stage2_pool
+
+    tower = toymodel.clip_path()
+    before = file_sha256(tower)
+    out = tmp_path / "head"
+    code = main(["toy", "train", "--out", str(out), "--clip", str(tower), "--pacl-steps", "3", "--pool", "32",
+                 "--threads", "1", "--eval-n", "3", "--seed", "4"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["toy_pacl_head.json", "toy_pacl_head.safetensors"]
+    assert file_sha256(tower) == before, "the tower is frozen"
+    backbone = toymodel.load_toy_backbone()
+    head = load_head(out / toymodel.HEAD_FILE, backbone)
+    info = head.meta["training"]
+    assert info["stage"] == "pacl only" and info["tower_sha256"] == before and info["train"]["seed"] == 4
+    assert 0 <= info["eval"]["pacl"]["miou"] <= 1 and info["eval"]["n_images"] == 3
+
+    cfg = ToyTrainConfig(seed=4, pacl_steps=3, threads=1,
+                         clip_phases=(ToyTrainConfig().clip_phases[0], (96, 250, 32)))
+    images, draws = stage2_pool(cfg, progress=False)
+    assert images.shape == (32, 96, 96, 3) and len(draws) == cfg.mention_draws
+    want, _ = train_pacl(copy.deepcopy(toymodel.load_toy_tower(tower)), images, draws, cfg, progress=False)
+    for k, v in want.state_dict().items():
+        assert torch.equal(head.state_dict()[k], v), k
+
+    split = tmp_path / "split"
+    assert main(["toy", "generate", "--split", "test", "--seed", "1000", "--n", "2", "--out", str(split)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--dataset", "toy", "--root", str(split), "--model", "toy", "--json",
+                 "--head", str(out / toymodel.HEAD_FILE)]) == 0, "--head takes it"
+    assert json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("a head, not a tower", "is a 'pacl-head' checkpoint, expected 'pacl-toy-clip'"),
+    ("no such file", "no such checkpoint file"),
+    ("stage-1 option", "--clip-steps sets stage 1, which --clip skips"),
+    ("two pools", "--pool needs 1 comma-separated integers"),
+])
+def test_stage2_alone_refuses_bad_input_in_one_line(tmp_path, capsys, kind, message):
+    args = ["--clip", str(toymodel.head_path())]
+    if kind == "no such file":
+        args = ["--clip", str(tmp_path / "missing.safetensors")]
+    elif kind == "stage-1 option":
+        args = ["--clip", str(toymodel.clip_path()), "--clip-steps", "2,2"]
+    elif kind == "two pools":
+        args = ["--clip", str(toymodel.clip_path()), "--pool", "32,32"]
+    out = tmp_path / "out"
+    assert main(["toy", "train", "--out", str(out), "--eval-n", "0", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists(), "nothing written"
+
+
+def test_tower_candidates_keep_the_tower_with_the_lowest_held_out_caption_loss(tmp_path, capsys):
+    """The rule reads captions only; the kept tower and head are the best-scored candidate's, byte for byte."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "toy"
+    meta = tiny_cli_train(out, capsys, "--clip-steps", "2,4", "--tower-candidates", "2", "--eval-n", "0")
+    record = meta["training"]["tower_selection"]
+    scores = {int(k): v for k, v in record["held_out_loss"].items()}
+    assert sorted(scores) == [2, 4] and all(np.isfinite(list(scores.values())))
+    chosen = min(scores, key=scores.get)
+    assert record["chosen_last_phase_step"] == chosen and "no masks" in record["rule"]
+    for step in (2, 4):  # every candidate stays on disk, the phase's end included
+        assert (out / f"candidate_{step}" / "toy_clip.safetensors").is_file()
+        assert (out / f"candidate_{step}" / toymodel.HEAD_FILE).is_file()
+    for name in ("toy_clip.safetensors", toymodel.HEAD_FILE):  # the kept files are the chosen candidate's
+        a, b = load_file(out / name), load_file(out / f"candidate_{chosen}" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    backbone = toymodel.load_toy_backbone(root=out)
+    head = load_head(backbone.default_head, backbone)
+    from pacl_core.toytrain import held_out_pacl_loss
+
+    cfg = ToyTrainConfig(clip_phases=((48, 2, 16), (96, 4, 16)), pacl_steps=2, threads=1)
+    assert held_out_pacl_loss(backbone, head, cfg) == pytest.approx(scores[chosen], rel=1e-5)
+    assert main(["toy", "train", "--out", str(tmp_path / "x"), "--clip-steps", "2,4", "--tower-candidates", "4"]) == 2
+    assert "--tower-candidates must be steps from 1 to 3" in capsys.readouterr().err

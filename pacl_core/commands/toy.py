@@ -2,6 +2,7 @@
 
     toy generate --split test --seed 1 --n 200 --out DIR    scenes, captions and masks on disk
     toy train --out DIR                                      tiny CLIP from scratch, then its PACL head
+    toy train --out DIR --clip assets/toy/toy_clip.safetensors   stage 2 alone: a PACL head on a frozen tower
     toy examples --out assets/examples                       a few toy scenes for the demo
 """
 
@@ -11,7 +12,7 @@ import json
 
 from ..errors import PACLError
 from ..inputs import check_out_folder
-from ..toytrain import ToyTrainConfig, train_toy
+from ..toytrain import ToyTrainConfig, train_head, train_toy
 from ..toyworld import DEFAULT_SIZE, write_examples, write_split
 
 
@@ -46,13 +47,18 @@ def add_parser(sub) -> None:
                                        "embedder with PACLLoss on short captions that each name one thing in "
                                        "the scene. No masks are used. Writes toy_clip.* and "
                                        "toy_pacl_head.* (safetensors + JSON) to --out and evaluates them on "
-                                       "held-out scenes.")
+                                       "held-out scenes. With --clip, only stage 2 runs, on that frozen tower.")
     t.add_argument("--out", required=True, help="output folder (assets/toy is the shipped model)")
+    t.add_argument("--clip", default=None,
+                   help="train stage 2 alone: freeze this toy tower (a toy_clip.safetensors, e.g. the shipped "
+                        "assets/toy/toy_clip.safetensors) and write only --out/toy_pacl_head.* (safetensors + JSON), "
+                        "a head every --head option accepts")
     t.add_argument("--seed", type=int, default=None, help="random seed (default: the shipped model's, 0)")
     t.add_argument("--clip-steps", default=None,
                    help="stage-1 steps per phase, comma-separated (default: the shipped recipe, 1400,250)")
     t.add_argument("--pool", default=None,
-                   help="training scenes per phase, comma-separated (default: the shipped recipe, 24000,6000)")
+                   help="training scenes per phase, comma-separated (default: the shipped recipe, 24000,6000); "
+                        "with --clip one number, stage 2's scenes (default: 6000)")
     t.add_argument("--pacl-steps", type=int, default=None, help="stage-2 steps (default: the shipped recipe)")
     t.add_argument("--pacl-captions", default=None, choices=("mentions", "scene"),
                    help="stage 2's captions: 'mentions' name one thing per scene (the shipped recipe), 'scene' "
@@ -60,6 +66,10 @@ def add_parser(sub) -> None:
     t.add_argument("--registers", type=int, default=None,
                    help="register tokens in the vision tower (default: the shipped recipe's, 0); they keep "
                         "image-wide information out of the background patches")
+    t.add_argument("--tower-candidates", default=None,
+                   help="comma-separated steps of the last stage-1 phase at which to keep the tower as a further "
+                        "candidate, e.g. 125; stage 2 runs on each and the tower whose head has the lowest "
+                        "held-out PACL loss on captions is kept (no masks; default: none, the shipped recipe)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: 2)")
     t.add_argument("--eval-n", type=int, default=200, help="held-out scenes to evaluate on afterwards (0: skip)")
     t.set_defaults(run=run_train)
@@ -95,11 +105,17 @@ def _per_phase(text: str | None, name: str, n_phases: int) -> list[int] | None:
     return values
 
 
+STAGE1_OPTIONS = ("clip_steps", "registers", "tower_candidates")  # options of stage 1, which --clip skips
+
+
 def run_train(args) -> int:
     cfg = ToyTrainConfig()
     n = len(cfg.clip_phases)
     steps = _per_phase(args.clip_steps, "clip-steps", n) or [p[1] for p in cfg.clip_phases]
-    pools = _per_phase(args.pool, "pool", n) or [p[2] for p in cfg.clip_phases]
+    if args.clip is not None and args.pool is not None:  # stage 2 alone trains on the last phase's pool
+        pools = [p[2] for p in cfg.clip_phases[:-1]] + _per_phase(args.pool, "pool", 1)
+    else:
+        pools = _per_phase(args.pool, "pool", n) or [p[2] for p in cfg.clip_phases]
     for name in ("pacl_steps", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise PACLError(f"--{name.replace('_', '-')} must be at least 1")
@@ -107,13 +123,31 @@ def run_train(args) -> int:
         raise PACLError("--eval-n must be 0 or more")
     if args.registers is not None and not 0 <= args.registers <= 64:
         raise PACLError(f"--registers must be between 0 and 64, got {args.registers}")
+    if args.clip is not None:
+        given = [f"--{k.replace('_', '-')}" for k in STAGE1_OPTIONS if getattr(args, k) is not None]
+        if given:
+            raise PACLError(f"{given[0]} sets stage 1, which --clip skips (it trains only the PACL head)")
+    candidates = ()
+    if args.tower_candidates is not None and args.clip is None:
+        try:
+            candidates = tuple(int(v) for v in str(args.tower_candidates).split(","))
+        except ValueError:
+            raise PACLError("--tower-candidates must be comma-separated step numbers, e.g. 125") from None
+        if not all(0 < c < steps[-1] for c in candidates):
+            raise PACLError(f"--tower-candidates must be steps from 1 to {steps[-1] - 1} of the last phase")
     out = check_out_folder(args.out)
     phases = tuple((p[0], s, q) for p, s, q in zip(cfg.clip_phases, steps, pools))
     overrides = {"seed": args.seed, "pacl_steps": args.pacl_steps, "threads": args.threads,
-                 "pacl_captions": args.pacl_captions, "registers": args.registers}
+                 "pacl_captions": args.pacl_captions, "registers": args.registers,
+                 "tower_candidates": candidates or None}
     cfg = ToyTrainConfig(clip_phases=phases, **{k: v for k, v in overrides.items() if v is not None})
-    info = train_toy(out, cfg, progress=True, evaluate_n=args.eval_n)
-    print(f"trained in {info['seconds']['total']:.0f} s; wrote {out}/toy_clip.* and {out}/toy_pacl_head.*")
+    if args.clip is not None:
+        info = train_head(out, args.clip, cfg, progress=True, evaluate_n=args.eval_n)
+        print(f"trained the PACL head in {info['seconds']['total']:.0f} s on the frozen tower {args.clip}; "
+              f"wrote {out}/toy_pacl_head.*")
+    else:
+        info = train_toy(out, cfg, progress=True, evaluate_n=args.eval_n)
+        print(f"trained in {info['seconds']['total']:.0f} s; wrote {out}/toy_clip.* and {out}/toy_pacl_head.*")
     if "eval" in info:
         summary = {m: {k: round(info["eval"][m][k], 3) for k in ("miou", "patch_acc", "coherence_auc")}
                    for m in ("vanilla", "pacl")}
