@@ -4,7 +4,7 @@ import logging
 import sys
 
 from demo import build_demo, launch_options
-from pacl_core.commands.args import Parser
+from pacl_core.cli.args import Parser
 from pacl_core.errors import PACLError
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pacl_core.cli import main as cli  # noqa: E402
-from pacl_core.train import read_log  # noqa: E402
+from pacl_core.train.loop import read_log  # noqa: E402
 
 DATASETS = {"COCO captions (118,287 images, 591,753 captions)": (118_287, 591_753),
             "CC3M (3.3M pairs)": (3_300_000, 3_300_000)}

@@ -1,10 +1,10 @@
 """The demo's "Train PACL yourself" run: wall time and the check-set mIoU it reaches, then the same head on the
 200 held-out test scenes (seed 1000) that `toy train` reports.
 
-    python bench/toy_live.py                          # the demo's defaults (pacl_core.toylive.LiveConfig), 2 threads
+    python bench/toy_live.py                          # the demo's defaults (pacl_core.toy.live.LiveConfig), 2 threads
     python bench/toy_live.py --steps 400 --pool 3000 --lr 5e-3
 
-Runs exactly the generator the demo runs (pacl_core.toylive.live_training) on the shipped toy CLIP, from a cold
+Runs exactly the generator the demo runs (pacl_core.toy.live.live_training) on the shipped toy CLIP, from a cold
 start: generating the training scenes and their frozen features is part of the time, as on a fresh server.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pacl_core import toylive, toymodel  # noqa: E402
-from pacl_core.toytrain import EVAL_SEED, evaluate_held_out  # noqa: E402
+from pacl_core.toy.train import EVAL_SEED, evaluate_held_out  # noqa: E402
 
 TARGET_S, TARGET_MIOU = 60.0, 0.45
 

@@ -4,7 +4,7 @@
     python bench/toy_train.py --threads 1
     python bench/toy_train.py --registers 4   # the same recipe with a 4-register tower
 
-It runs exactly what `python -m pacl_core toy train` runs (pacl_core.toytrain.train_toy) into a temporary folder,
+It runs exactly what `python -m pacl_core toy train` runs (pacl_core.toy.train.train_toy) into a temporary folder,
 then reads the per-stage seconds that train_toy records. Stage-2 images/s counts PACL steps x batch over the
 stage-2 time, which includes computing the frozen patch tokens of its pool once.
 """
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pacl_core.toytrain import ToyTrainConfig, train_toy  # noqa: E402
+from pacl_core.toy.train import ToyTrainConfig, train_toy  # noqa: E402
 
 TARGET_S = 600.0
 

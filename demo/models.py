@@ -20,7 +20,7 @@ from pacl_core.backbone import backbone_spec, load_backbone, parse_model_spec, w
 from pacl_core.errors import PACLError
 from pacl_core.hub import HUB_PREFIX, fetch_head, is_hub_spec, parse_hub_spec
 from pacl_core.segment import Segmenter
-from pacl_core.toymodel import head_path as toy_head_path
+from pacl_core.toy.model import head_path as toy_head_path
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The "Train PACL yourself" tab as plain Python: live toy stage 2, and the heads each browser session trains.
 
 Nothing here imports gradio, so it is tested by calling it directly. `train(...)` checks its inputs, runs
-pacl_core.toylive.live_training on the embedded toy CLIP and yields a `TrainView` (display values) at every
+pacl_core.toy.live.live_training on the embedded toy CLIP and yields a `TrainView` (display values) at every
 snapshot. `Trainings` holds a stop flag per browser session (the Stop button, a closed tab) and the heads each
 session trained: each is saved as safetensors + JSON in a private temporary folder (never in the project) and
 added to the model registry under a label only that session's page is shown. demo/ui.py lets one training run at
@@ -23,9 +23,9 @@ import numpy as np
 
 from pacl_core.checkpoint import save_head
 from pacl_core.errors import PACLError
-from pacl_core.toylive import CHECK_SEED, LiveConfig, LiveSnapshot, check_scene, live_training
-from pacl_core.toytrain import ToyTrainConfig
-from pacl_core.toyworld import CLASSES, make_scene
+from pacl_core.toy.live import CHECK_SEED, LiveConfig, LiveSnapshot, check_scene, live_training
+from pacl_core.toy.train import ToyTrainConfig
+from pacl_core.toy.world import CLASSES, make_scene
 from pacl_core.viz import draw_overlay, heatmap_overlay, plot_lines
 
 from .handlers import load_model

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from .errors import PACLError
-from .inputs import check_pixels
-from .methods import LAST_BLOCK, check_method, layers_needed, run_last_block
-from .prompts import get_templates
+from pacl_core.errors import PACLError
+from pacl_core.inputs import check_pixels
+from pacl_core.methods import LAST_BLOCK, check_method, layers_needed, run_last_block
+from pacl_core.prompts import get_templates
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)  # the project's own small architectures, by name

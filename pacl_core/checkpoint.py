@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import PACLError
-from .hub import is_hub_spec, resolve_head_path
-from .pacl import VisionEmbedder
+from pacl_core.errors import PACLError
+from pacl_core.hub import is_hub_spec, resolve_head_path
+from pacl_core.pacl import VisionEmbedder
 
 HEAD_FORMAT = "pacl-head"
 FORMAT_VERSION = 1

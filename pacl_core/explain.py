@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .errors import PACLError
-from .inputs import parse_words, to_rgb_array
-from .pacl import compatibility, patch_attention, patch_similarity
-from .viz import enlarge, heatmap_overlay
+from pacl_core.errors import PACLError
+from pacl_core.inputs import parse_words, to_rgb_array
+from pacl_core.pacl import compatibility, patch_attention, patch_similarity
+from pacl_core.viz import enlarge, heatmap_overlay
 
 
 @dataclass

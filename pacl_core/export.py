@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .viz import draw_heatmaps, draw_overlay, save_png
+from pacl_core.viz import draw_heatmaps, draw_overlay, save_png
 
 PNG_COMPRESSION = 3  # OpenCV's default zlib level
 

@@ -24,7 +24,7 @@ from huggingface_hub.utils import (
     RevisionNotFoundError,
 )
 
-from .errors import PACLError
+from pacl_core.errors import PACLError
 
 HUB_PREFIX = "hf-hub:"
 DEFAULT_FILE = "head.safetensors"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import PACLError
+from pacl_core.errors import PACLError
 
 MAX_WORDS = 50  # a cap on one vocabulary typed by a user (datasets with more classes bypass it)
 MAX_SIDE = 2048  # larger images are downscaled on load, so memory stays bounded

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .pacl import compatibility
+from pacl_core.pacl import compatibility
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 22  # about 16 MB of float32 per intermediate tensor of one chunk
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import PACLError
+from pacl_core.errors import PACLError
 
 NACLIP_GAUSSIAN_STD = 5.0  # sinahmr/NACLIP naclip.py: gaussian_std=5., in patch units
 # SC-CLIP, SuleBai/SC-CLIP clip/model.py (VisionTransformer.__init__ / forward, lof_pytorch, custom_attn) and

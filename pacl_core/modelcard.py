@@ -13,9 +13,9 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .backbone import backbone_spec, hub_location
-from .datasets import DATASETS
-from .errors import PACLError
+from pacl_core.backbone import backbone_spec, hub_location
+from pacl_core.errors import PACLError
+from pacl_core.eval.datasets import DATASETS
 
 LIBRARY = "pacl_core"
 PROJECT = "PACL explorer"

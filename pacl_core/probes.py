@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from .pacl import patch_attention
+from pacl_core.pacl import patch_attention
 
 IGNORE_INDEX = 255
 

@@ -4,7 +4,7 @@ A word's embedding is the mean of the L2-normalised text embeddings of every tem
 (CLIP's "prompt ensembling"), renormalised.
 """
 
-from .errors import PACLError
+from pacl_core.errors import PACLError
 
 # The 7 templates CLIP's authors found best on ImageNet; PACL's inference uses this ensemble.
 IMAGENET_7 = (

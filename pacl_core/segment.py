@@ -22,14 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .affinity import affinity_refine
-from .checkpoint import load_head
-from .errors import PACLError
-from .inputs import MAX_WORDS, check_pixels, parse_words, to_rgb_array
-from .methods import check_method, layers_needed, method_defaults
-from .pacl import VisionEmbedder, patch_similarity
-from .pamr import pamr_rgb
-from .prompts import get_templates
+from pacl_core.affinity import affinity_refine
+from pacl_core.checkpoint import load_head
+from pacl_core.errors import PACLError
+from pacl_core.inputs import MAX_WORDS, check_pixels, parse_words, to_rgb_array
+from pacl_core.methods import check_method, layers_needed, method_defaults
+from pacl_core.pacl import VisionEmbedder, patch_similarity
+from pacl_core.pamr import pamr_rgb
+from pacl_core.prompts import get_templates
 
 MODES = ("whole", "slide")
 BACKGROUND_RULES = ("score", "entropy", "prob")

@@ -33,22 +33,3 @@ def vitb():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-
-
-def random_image(rng, h, w, channels=3, dtype=np.uint8):
-    top = 65535 if dtype == np.uint16 else 255
-    shape = (h, w) if channels == 1 else (h, w, channels)
-    return rng.integers(0, top + 1, size=shape).astype(dtype)
-
-
-def small_vit(layers: int, seed: int, heads: int = 4):
-    """A small random open_clip ViT Backbone (32 px, patch 8, width 64) with `layers` blocks of `heads` heads."""
-    import open_clip
-
-    from pacl_core.backbone import Backbone
-
-    torch.manual_seed(seed)
-    vision = {"image_size": 32, "layers": layers, "width": 64, "head_width": 64 // heads, "patch_size": 8}
-    text = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
-    model = open_clip.model.CLIP(32, vision, text, quick_gelu=True)
-    return Backbone(model, open_clip.get_tokenizer("ViT-B-16"), f"small-vit-{layers}", None)

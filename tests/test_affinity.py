@@ -7,7 +7,7 @@ import torch
 from pacl_core.affinity import affinity_refine, affinity_transition
 from pacl_core.errors import PACLError
 from pacl_core.segment import Segmenter
-from tests.conftest import random_image
+from tests.helpers import random_image
 
 
 def reference_refine(emb, scores, temperature, steps):

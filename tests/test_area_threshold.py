@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from pacl_core.cli import main
-from pacl_core.datasets import get_spec
 from pacl_core.errors import PACLError
-from pacl_core.evaluate import class_words, make_segmenter, resolve_protocol
+from pacl_core.eval.datasets import get_spec
+from pacl_core.eval.evaluate import class_words, make_segmenter, resolve_protocol
 from pacl_core.segment import Segmenter, area_keep, label_mask, parse_background, upsample_scores
-from tests.conftest import random_image
+from tests.helpers import random_image
 
 
 def probability_scores(p):
@@ -136,9 +136,9 @@ def test_cli_refuses_a_bad_value(tmp_path, capsys):
 def test_voc21_with_background_words_and_the_area_threshold(tmp_path, tiny):
     """evaluate on voc21 with background words first: its confusion equals the mask computed here, pixel by
     pixel, with background words -> class 0 and the area threshold counting only the 20 classes."""
-    from pacl_core.datasets import SegDataset
-    from pacl_core.evaluate import evaluate_methods, using_templates
-    from tests.test_datasets import write_layout
+    from pacl_core.eval.datasets import SegDataset
+    from pacl_core.eval.evaluate import evaluate_methods, using_templates
+    from tests.helpers import write_layout
 
     root, raws = write_layout(tmp_path, "voc", n=2)
     names = tmp_path / "names.txt"

@@ -152,7 +152,7 @@ def test_bad_settings_fail_before_any_weights_load(spec, kwargs, message, monkey
 
 def test_toy_model_takes_a_template_set():
     from pacl_core.prompts import IMAGENET_7
-    from pacl_core.toymodel import TOY_TEMPLATES
+    from pacl_core.toy.model import TOY_TEMPLATES
 
     assert load_backbone("toy").templates == tuple(TOY_TEMPLATES)  # what it was trained with, by default
     custom = load_backbone("toy", templates="imagenet7")
@@ -190,7 +190,7 @@ def test_a_created_model_without_a_cls_vit_is_refused_by_backbone():
 def test_toy_model_takes_another_tower_file(tmp_path):
     import shutil
 
-    from pacl_core.toymodel import CLIP_FILE, clip_path, head_path
+    from pacl_core.toy.model import CLIP_FILE, clip_path, head_path
 
     shipped = load_backbone("toy")
     same = load_backbone("toy", pretrained=str(clip_path()))

@@ -1,8 +1,6 @@
 """The command line: outputs of `segment`, and bad input as one line on stderr with no partial files."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from pacl_core.backbone import load_backbone
 from pacl_core.checkpoint import save_head
 from pacl_core.cli import main
 from pacl_core.pacl import VisionEmbedder
+from tests.helpers import run_cli
 
 TINY = ["--model", "PACL-Tiny-Test:none"]
 
@@ -27,10 +26,6 @@ def images(tmp_path, rng):
     return paths
 
 
-def run_cli(*args):
-    """Run in a real subprocess: the exit code and the streams a user sees."""
-    return subprocess.run([sys.executable, "-m", "pacl_core", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
 
 
 def test_help_lists_subcommands():
@@ -54,7 +49,7 @@ def test_option_prefixes_are_not_read_as_other_options(argv, unknown, tmp_path, 
 
 
 def test_toy_train_help_states_the_real_defaults(capsys):
-    from pacl_core.toytrain import PACL_CAPTIONS, ToyTrainConfig
+    from pacl_core.toy.train import PACL_CAPTIONS, ToyTrainConfig
 
     with pytest.raises(SystemExit):
         main(["toy", "train", "--help"])
@@ -226,7 +221,7 @@ def test_an_out_folder_that_cannot_be_made_fails_first(tmp_path, images, capsys,
 
 
 def test_a_file_system_failure_mid_run_is_one_line(monkeypatch, capsys):
-    import pacl_core.commands.toy as toy_command
+    import pacl_core.cli.toy as toy_command
 
     def disk_full(args):
         raise OSError(28, "No space left on device", "/data/out/000001.png")

@@ -6,76 +6,16 @@ checks the labels the loader returns: train ids, the ignore index 255, the class
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 
-from pacl_core.datasets import DATASETS, SegDataset, convert_label, get_spec
 from pacl_core.errors import PACLError
-
-H, W = 24, 32
-
-
-def _save_label(path: Path, raw: np.ndarray, palette: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(raw.astype(np.uint8), mode="L")
-    if palette:  # VOC-style indexed PNG: pixel values are palette indices
-        img = img.convert("P")
-        img.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)])
-    img.save(path)
-
-
-def _save_image(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(path, quality=95)
-
-
-def raw_label(seed: int, values: list[int]) -> np.ndarray:
-    """(H, W) raw annotation: vertical bands of the given values, so every value is present."""
-    raw = np.zeros((H, W), dtype=np.uint8)
-    for j, v in enumerate(values):
-        raw[:, j * W // len(values):(j + 1) * W // len(values)] = v
-    return np.roll(raw, seed, axis=1)
-
+from pacl_core.eval.datasets import DATASETS, SegDataset, convert_label, get_spec
+from tests.helpers import H, W, write_layout
 
 # Raw values each benchmark's files hold: background / ignore / first / last class.
-RAW_VALUES = {
-    "voc": [0, 255, 1, 20, 7], "context": [0, 1, 59, 33], "cocostuff": [255, 0, 170, 91], "ade": [0, 1, 150, 42],
-}
 
 
-def write_layout(root: Path, kind: str, n: int = 3, values=None) -> tuple[Path, list[np.ndarray]]:
-    """Write n images + labels of one benchmark in its standard layout under root; returns (root, raw labels)."""
-    values = values or RAW_VALUES[kind]
-    raws = [raw_label(i, values) for i in range(n)]
-    ids = [f"2008_{i:06d}" if kind in ("voc", "context") else f"{i:012d}" for i in range(n)]
-    if kind == "voc":
-        base = root / "VOCdevkit" / "VOC2012"
-        img_dir, lab_dir, suffix, palette = base / "JPEGImages", base / "SegmentationClass", ".png", True
-        split = base / "ImageSets" / "Segmentation" / "val.txt"
-    elif kind == "context":
-        base = root / "VOCdevkit" / "VOC2010"
-        img_dir, lab_dir, suffix, palette = base / "JPEGImages", base / "SegmentationClassContext", ".png", False
-        split = base / "ImageSets" / "SegmentationContext" / "val.txt"
-    elif kind == "cocostuff":
-        base = root / "coco_stuff164k"
-        img_dir, lab_dir = base / "images" / "val2017", base / "annotations" / "val2017"
-        suffix, palette, split = "_labelTrainIds.png", False, None
-    else:
-        base = root / "ADEChallengeData2016"
-        img_dir, lab_dir = base / "images" / "validation", base / "annotations" / "validation"
-        suffix, palette, split = ".png", False, None
-        ids = [f"ADE_val_{i + 1:08d}" for i in range(n)]
-    for i, (iid, raw) in enumerate(zip(ids, raws)):
-        _save_image(img_dir / f"{iid}.jpg", i)
-        _save_label(lab_dir / f"{iid}{suffix}", raw, palette)
-    if split is not None:
-        split.parent.mkdir(parents=True, exist_ok=True)
-        split.write_text("\n".join(ids) + "\n")
-    return root, raws
 
 
 KIND = {"voc21": "voc", "voc20": "voc", "context60": "context", "context59": "context", "cocostuff171": "cocostuff",
@@ -140,7 +80,7 @@ def test_missing_layout_is_one_clear_error(tmp_path):
 
 def test_context_class_names_follow_the_converters_train_ids():
     """mmsegmentation's Context converter numbers the 59 classes alphabetically (1 = aeroplane, 2 = bag, ...)."""
-    from pacl_core.datasets import CONTEXT_CLASSES
+    from pacl_core.eval.datasets import CONTEXT_CLASSES
 
     assert len(CONTEXT_CLASSES) == 59 and len(set(CONTEXT_CLASSES)) == 59
     assert list(CONTEXT_CLASSES) == sorted(CONTEXT_CLASSES, key=lambda c: c.replace(" ", ""))

@@ -1,6 +1,6 @@
 """Multi-process training: two CPU processes (torchrun, gloo) on a tiny model give the single-process loss,
 gradient norm and final weights on the same global batches, because the loss gathers patch and text embeddings
-from every rank (pacl_core.distributed)."""
+from every rank (pacl_core.train.distributed)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from pacl_core.cli import main
-from pacl_core.train import read_log
-
-from .test_train import make_pairs, write_csv
+from pacl_core.train.loop import read_log
+from tests.helpers import make_pairs, write_csv
 
 TINY = "PACL-Tiny-Test:none"
 
@@ -65,8 +64,7 @@ def test_two_gloo_processes_evaluate_exactly_like_one(tmp_path):
     from pacl_core.backbone import load_backbone
     from pacl_core.checkpoint import save_head
     from pacl_core.pacl import VisionEmbedder
-
-    from .test_datasets import write_layout
+    from tests.helpers import write_layout
 
     root, _ = write_layout(tmp_path, "voc", n=5)
     torch.manual_seed(3)  # one set of random weights, saved, so every process has the same model

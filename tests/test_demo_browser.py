@@ -13,8 +13,7 @@ import pytest
 from demo import build_demo
 from demo.models import default_registry
 from demo.ui import load_examples
-from pacl_core.toymodel import clip_path
-from tests.live_demo import demo_model, serving
+from tests.helpers import demo_model, serving
 
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -55,13 +54,8 @@ def page(browser, url):
 
 
 def example_row() -> int:
-    """The first toy-world example when the toy model runs (its scenes are what it knows), else the first."""
-    rows = load_examples()
-    if clip_path().is_file():
-        for i, (path, _) in enumerate(rows):
-            if Path(path).name not in PHOTOS:
-                return i
-    return 0
+    """The first toy-world example: the demo starts on the toy model, and its scenes are what it knows."""
+    return next(i for i, (path, _) in enumerate(load_examples()) if Path(path).name not in PHOTOS)
 
 
 def test_pick_an_example_run_it_and_see_the_results(page, tmp_path):
@@ -112,10 +106,8 @@ def test_empty_vocabulary_shows_a_visible_message(page):
 @pytest.fixture(scope="module")
 def train_site(browser, tmp_path_factory):
     from demo.training import Trainings
-    from pacl_core.toylive import LiveConfig
+    from pacl_core.toy.live import LiveConfig
 
-    if not clip_path().is_file():
-        pytest.skip("the toy model's weights are not shipped here")
     trainings = Trainings(LiveConfig(steps=20, pool=32, check=4, every=5))
     registry = default_registry(tmp_path_factory.mktemp("no-checkpoints"))
     with serving(build_demo(model="toy", registry=registry, trainings=trainings)) as url:

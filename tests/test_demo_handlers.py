@@ -26,12 +26,9 @@ from pacl_core.checkpoint import save_head
 from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
 from pacl_core.pacl import VisionEmbedder
-from pacl_core.toymodel import clip_path
 
-TOY_READY = clip_path().is_file()
 HEAD_LABEL = "PACL head: tiny_head (PACL-Tiny-Test:none)"
-# The toy model ships its own PACL head; until its weights exist, a tiny random model with a saved head stands in.
-MODEL = TOY_LABEL if TOY_READY else HEAD_LABEL
+MODEL = TOY_LABEL  # the embedded toy model, which ships its own PACL head
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +220,7 @@ def test_default_comparison_is_pacl_with_a_head_else_scclip(registry, headless, 
     assert h.default_methods(fresh, HEAD_LABEL) == ["vanilla", "pacl"] and h.methods_info(fresh, HEAD_LABEL) == ""
     assert h.default_methods(fresh, VIT_LABEL) == ["vanilla", "scclip"]  # ViT-B/16 ships no head
     assert "no trained PACL head" in h.methods_info(fresh, VIT_LABEL)
-    if TOY_READY:
-        assert h.default_methods(fresh, TOY_LABEL) == ["vanilla", "pacl"]
+    assert h.default_methods(fresh, TOY_LABEL) == ["vanilla", "pacl"]
     assert not any(fresh.is_loaded(label) for label in fresh.labels), "deciding must not load a model"
     ticked = h.default_methods(headless, "tiny, no head")
     assert ticked == ["vanilla", "scclip"] and "pacl" in dict(map(reversed, h.method_choices()))

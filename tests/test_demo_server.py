@@ -16,7 +16,7 @@ from demo import handlers as h
 from demo.models import default_registry
 from demo.ui import QUEUE_SIZE
 from pacl_core.methods import METHODS
-from tests.live_demo import demo_model, serving
+from tests.helpers import demo_model, serving
 
 SLOT = 3  # outputs per method slot: status, overlay, heatmap gallery
 
@@ -167,11 +167,8 @@ def test_method_ticks_follow_the_model(server, model_and_registry):
 @pytest.fixture(scope="module")
 def train_server(tmp_path_factory):
     from demo.training import Trainings
-    from pacl_core.toylive import LiveConfig
-    from pacl_core.toymodel import clip_path
+    from pacl_core.toy.live import LiveConfig
 
-    if not clip_path().is_file():
-        pytest.skip("the toy model's weights are not shipped here")
     trainings = Trainings(LiveConfig(pool=32, check=4, every=5))
     registry = default_registry(tmp_path_factory.mktemp("no-checkpoints"))
     with serving(build_demo(model="toy", registry=registry, trainings=trainings)) as url:
@@ -180,7 +177,7 @@ def train_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_scene(tmp_path_factory):
-    from pacl_core.toylive import check_scene
+    from pacl_core.toy.live import check_scene
 
     path = tmp_path_factory.mktemp("scene") / "scene.png"
     Image.fromarray(check_scene(1)).save(path)

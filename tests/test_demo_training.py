@@ -11,10 +11,7 @@ from demo import training as tr
 from demo.models import TOY_LABEL, ModelChoice, ModelRegistry
 from pacl_core.checkpoint import load_head
 from pacl_core.errors import PACLError
-from pacl_core.toylive import LiveConfig, check_scene
-from pacl_core.toymodel import clip_path
-
-pytestmark = pytest.mark.skipif(not clip_path().is_file(), reason="the toy model's weights are not shipped here")
+from pacl_core.toy.live import LiveConfig, check_scene
 
 TINY = LiveConfig(pool=32, check=4, every=5)
 REPO = Path(__file__).resolve().parents[1]

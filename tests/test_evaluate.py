@@ -10,8 +10,8 @@ import pytest
 
 from pacl_core.checkpoint import save_head
 from pacl_core.cli import main
-from pacl_core.datasets import SegDataset
-from pacl_core.evaluate import (
+from pacl_core.eval.datasets import SegDataset
+from pacl_core.eval.evaluate import (
     class_words,
     evaluate_methods,
     make_segmenter,
@@ -23,9 +23,8 @@ from pacl_core.evaluate import (
 from pacl_core.methods import METHODS
 from pacl_core.metrics import confusion_matrix
 from pacl_core.pacl import VisionEmbedder
-from pacl_core.toyworld import write_split
-
-from .test_datasets import write_layout
+from pacl_core.toy.world import write_split
+from tests.helpers import write_layout
 
 TINY = "PACL-Tiny-Test:none"
 
@@ -59,7 +58,7 @@ def test_absent_classes_are_left_out_of_the_mean():
 
 def test_background_maps_to_class_zero_and_words_to_their_class():
     mask = np.array([[-1, 0, 19], [2, -1, 1]], dtype=np.int16)
-    from pacl_core.datasets import get_spec
+    from pacl_core.eval.datasets import get_spec
 
     words, word_class = class_words(get_spec("voc21"))
     assert len(words) == 20 and words[0] == "aeroplane"

@@ -1,5 +1,6 @@
 """The teaching view's numbers (pacl_core.explain) against independent computations from the backbone itself."""
 
+
 import numpy as np
 import pytest
 import torch

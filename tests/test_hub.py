@@ -21,8 +21,7 @@ from pacl_core.errors import PACLError
 from pacl_core.hub import HubHead, parse_hub_spec
 from pacl_core.pacl import VisionEmbedder
 from pacl_core.segment import Segmenter
-
-from .hubcache import cache_repo
+from tests.helpers import cache_repo
 
 TINY = "PACL-Tiny-Test:none"
 

@@ -19,7 +19,7 @@ from pacl_core.errors import PACLError
 from pacl_core.methods import METHOD_DEFAULTS, METHODS, TRAINING_FREE, method_defaults, run_last_block
 from pacl_core.pamr import pamr
 from pacl_core.segment import Segmenter, label_mask, parse_background
-from tests.conftest import random_image
+from tests.helpers import random_image
 
 ALL = ("vanilla",) + tuple(m for m in TRAINING_FREE if m != "scclip")  # scclip reads earlier blocks: test_scclip.py
 REDUCED = ("clearclip", "naclip")  # residual and FFN removed

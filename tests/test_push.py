@@ -13,12 +13,11 @@ from huggingface_hub import ModelCard
 
 from pacl_core.checkpoint import load_head, save_head, save_tensors
 from pacl_core.cli import main
-from pacl_core.datasets import DATASETS
-from pacl_core.evaluate import metrics_from_confusion, write_reports
+from pacl_core.eval.datasets import DATASETS
+from pacl_core.eval.evaluate import metrics_from_confusion, write_reports
 from pacl_core.modelcard import card_text
 from pacl_core.pacl import VisionEmbedder
-
-from .hubcache import cache_repo
+from tests.helpers import cache_repo
 
 TRAINING = {"step": 1200, "total_steps": 1200, "train_data": "coco/annotations/captions_train2017.json",
             "batch_size": 4096, "lr": 5e-4, "epochs": 10}

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pacl_core import toymodel
 from pacl_core.cli import main
 from pacl_core.methods import METHODS, neighbourhood_bias
+from pacl_core.toy import model as toymodel
 
 
 @pytest.fixture(scope="module")

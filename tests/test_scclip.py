@@ -5,6 +5,7 @@ open_clip's block parameters (ln_1, in_proj, out_proj), one head at a time, with
 list (feats_list[8] = block 9, feats_list[3:10] = blocks 4..10) hard-coded.
 """
 
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -19,7 +19,7 @@ from pacl_core.segment import (
     shifted_scores,
     upsample_scores,
 )
-from tests.conftest import random_image
+from tests.helpers import random_image
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (37, 53, 3), (64, 20, 4), (33, 47, 1), (200, 120, 3)])

@@ -10,7 +10,7 @@ from pacl_core.backbone import Backbone
 from pacl_core.errors import PACLError
 from pacl_core.pacl import VisionEmbedder
 from pacl_core.segment import Segmenter, group_by_geometry, segment_many
-from tests.conftest import random_image, small_vit
+from tests.helpers import random_image, small_vit
 
 WORDS = "sky, grass, red square, water"
 

@@ -13,9 +13,8 @@ from PIL import Image
 
 from pacl_core.backbone import Backbone
 from pacl_core.cli import main
-from pacl_core.train import Trainer, read_log
-
-from .test_train import make_pairs, write_csv
+from pacl_core.train.loop import Trainer, read_log
+from tests.helpers import make_pairs, write_csv
 
 TINY = "PACL-Tiny-Test:none"
 FP16_TOLERANCE = 1e-3  # loss difference allowed with a float16 cache (measured: about 2e-4 on this run)

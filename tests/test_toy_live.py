@@ -1,13 +1,15 @@
-"""Live stage 2 (pacl_core.toylive): its check-set numbers are evaluate_toy's, and the generator trains, measures,
+"""Live stage 2 (pacl_core.toy.live): its check-set numbers are evaluate_toy's, and the generator trains, measures,
 shows the chosen scene and stops when asked."""
 
 import numpy as np
 import pytest
 import torch
 
-from pacl_core import toylive, toymodel, toyworld
 from pacl_core.checkpoint import load_head
-from pacl_core.toyeval import evaluate_toy
+from pacl_core.toy import live as toylive
+from pacl_core.toy import model as toymodel
+from pacl_core.toy import world as toyworld
+from pacl_core.toy.evaluate import evaluate_toy
 
 TINY = toylive.LiveConfig(steps=6, pool=32, check=4, every=3, seed=2)
 
@@ -54,7 +56,7 @@ def test_live_training_trains_measures_and_keeps_vanilla_fixed(toy):
 
 def test_live_training_is_the_recipes_stage_2(toy):
     """Reference: the same steps through toytrain.train_pacl on the same pool."""
-    from pacl_core.toytrain import stage2_pool, train_pacl
+    from pacl_core.toy.train import stage2_pool, train_pacl
 
     cfg = TINY.train_config()
     images, draws = stage2_pool(cfg, progress=False)

@@ -2,19 +2,20 @@
 
 import json
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from pacl_core import toymodel
 from pacl_core.backbone import load_backbone
 from pacl_core.cli import main
 from pacl_core.segment import Segmenter
-from pacl_core.toyeval import evaluate_toy, predict
-from pacl_core.toyworld import CLASSES, write_split
+from pacl_core.toy import model as toymodel
+from pacl_core.toy.evaluate import evaluate_toy, predict
+from pacl_core.toy.world import CLASSES, write_split
 
-EXAMPLES = toymodel.ASSET_DIR.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +100,8 @@ def test_passes_averaged_as_probabilities_beat_averaged_cosines(toy, test_split)
     version) measured 0.652 against 0.692 on the same 24 scenes with 2 x 2 passes."""
     from pacl_core.metrics import confusion_matrix, mean_iou
     from pacl_core.segment import shifted_scores
-    from pacl_core.toyeval import subset_labels
-    from pacl_core.toyworld import ToyDataset
+    from pacl_core.toy.evaluate import subset_labels
+    from pacl_core.toy.world import ToyDataset
 
     items = list(ToyDataset(test_split))
     x = torch.cat([toy.preprocess(it["image"], (96, 96)) for it in items])  # (24, 3, 96, 96)
@@ -139,7 +140,7 @@ def test_shipped_numbers_reproduce(toy, tmp_path):
 
 
 def test_batched_prediction_matches_the_segmenter(toy, test_split):
-    from pacl_core.toyworld import ToyDataset
+    from pacl_core.toy.world import ToyDataset
 
     item = ToyDataset(test_split)[0]
     for shifts, refine in ((1, None), (2, None), (1, "affinity"), (2, "affinity"), (1, "pamr")):
@@ -161,8 +162,8 @@ def test_examples_listed_and_segmented_by_cli(tmp_path, no_network):
 
 
 def test_oracle_is_a_ceiling_and_exact_at_pixel_level(toy, test_split):
-    from pacl_core.toyeval import oracle_miou
-    from pacl_core.toyworld import ToyDataset
+    from pacl_core.toy.evaluate import oracle_miou
+    from pacl_core.toy.world import ToyDataset
 
     data = ToyDataset(test_split)
     idx = list(range(len(data)))
@@ -179,10 +180,10 @@ def test_oracle_is_a_ceiling_and_exact_at_pixel_level(toy, test_split):
 
 
 def test_object_patch_probe_labels_and_cli(toy, capsys, tmp_path, monkeypatch):
-    from pacl_core.commands import evaluate as evaluate_command
+    from pacl_core.cli import evaluate as evaluate_command
     from pacl_core.probes import patch_majority_labels
-    from pacl_core.toyeval import _object_patches
-    from pacl_core.toyworld import make_scene
+    from pacl_core.toy.evaluate import _object_patches
+    from pacl_core.toy.world import make_scene
 
     x, y = _object_patches(toy, seed=7, n=6, split="test", purity=0.0)  # purity 0: every object-majority patch
     ref = patch_majority_labels(np.stack([make_scene(7, i, "test").mask for i in range(6)]), (12, 12), len(CLASSES))
@@ -203,7 +204,7 @@ def test_object_patch_probe_labels_and_cli(toy, capsys, tmp_path, monkeypatch):
 
 
 def test_toy_evaluation_bad_limit_and_unwritable_figure_fail_before_evaluating(toy, tmp_path, capsys, monkeypatch):
-    import pacl_core.toyeval as te
+    import pacl_core.toy.evaluate as te
 
     split = write_split(tmp_path / "t", "test", seed=3, n=2)
 

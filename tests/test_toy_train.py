@@ -1,15 +1,17 @@
 """Miniature toy training: both stages run in seconds, their losses fall, and `toy train` writes loadable files."""
 
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from pacl_core import toymodel, toyworld
 from pacl_core.checkpoint import load_head
 from pacl_core.cli import main
-from pacl_core.toytrain import ToyTrainConfig, _batches, make_pool, steps_per_epoch, train_clip, train_pacl
+from pacl_core.toy import model as toymodel
+from pacl_core.toy import world as toyworld
+from pacl_core.toy.train import ToyTrainConfig, _batches, make_pool, steps_per_epoch, train_clip, train_pacl
 
 TINY = dict(clip_phases=((48, 14, 32), (96, 14, 32)), variants=4, clip_batch=32, clip_warmup=2, pacl_steps=14,
             pacl_batch=32, threads=1)
@@ -70,7 +72,7 @@ def test_clip_stage_loss_falls_in_both_phases(tiny_run):
 
 
 def test_sincos_grid_swaps_positions_only_inside():
-    from pacl_core.toytrain import sincos_grid
+    from pacl_core.toy.train import sincos_grid
 
     visual = toymodel.create_toy_clip().visual
     native = visual.positional_embedding.detach().clone()  # (1 + 144, W)
@@ -132,7 +134,7 @@ def test_pool_mentions_name_one_object_per_scene_in_every_draw():
 
 def test_pool_from_worker_processes_equals_the_serial_pool(monkeypatch):
     """Generation in forked workers (the shipped recipe uses one per thread) changes the speed, never the pool."""
-    from pacl_core import toytrain
+    from pacl_core.toy import train as toytrain
 
     if toytrain._fork_context() is None:
         pytest.skip("this platform cannot fork")
@@ -165,7 +167,7 @@ def test_stage2_alone_trains_only_the_head_on_the_frozen_tower(tmp_path, capsys)
     """Reference: the same stage 2 run by hand on the tower and the pool train_toy would give it."""
     import copy
 
-    from pacl_core.toytrain import file_sha256, stage2_pool
+    from pacl_core.toy.train import file_sha256, stage2_pool
 
     tower = toymodel.clip_path()
     before = file_sha256(tower)
@@ -237,7 +239,7 @@ def test_tower_candidates_keep_the_tower_with_the_lowest_held_out_caption_loss(t
         assert all(torch.equal(a[k], b[k]) for k in a)
     backbone = toymodel.load_toy_backbone(root=out)
     head = load_head(backbone.default_head, backbone)
-    from pacl_core.toytrain import held_out_pacl_loss
+    from pacl_core.toy.train import held_out_pacl_loss
 
     cfg = ToyTrainConfig(clip_phases=((48, 2, 16), (96, 4, 16)), pacl_steps=2, threads=1)
     assert held_out_pacl_loss(backbone, head, cfg) == pytest.approx(scores[chosen], rel=1e-5)

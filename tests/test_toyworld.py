@@ -1,14 +1,15 @@
 """Toy-world generator: determinism, masks that agree with captions, held-out pairs, the on-disk layout."""
 
+
 import json
 
 import numpy as np
 import pytest
 
-from pacl_core import toyworld
 from pacl_core.cli import main
 from pacl_core.errors import PACLError
-from pacl_core.toyworld import CLASSES, SHAPES, UNSEEN_PAIRS, ToyDataset, make_scene, write_split
+from pacl_core.toy import world as toyworld
+from pacl_core.toy.world import CLASSES, SHAPES, UNSEEN_PAIRS, ToyDataset, make_scene, write_split
 
 
 def test_scene_is_a_pure_function_of_seed_index_split():

@@ -3,7 +3,6 @@ data order, the schedule, and a 20-step run on generated pairs that lowers the l
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import shutil
@@ -14,30 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pacl_core.cli import main
-from pacl_core.data import CaptionLoader, TarShards, expand_braces, open_source
 from pacl_core.errors import PACLError
-from pacl_core.train import cosine_lr, list_checkpoints, read_log
+from pacl_core.train.data import CaptionLoader, TarShards, expand_braces, open_source
+from pacl_core.train.loop import cosine_lr, list_checkpoints, read_log
+from tests.helpers import make_pairs, write_csv
 
 TINY = "PACL-Tiny-Test:none"
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 50, 220), "yellow": (230, 220, 30),
-           "purple": (140, 40, 170), "orange": (240, 140, 20), "white": (245, 245, 245), "black": (10, 10, 10)}
 
 
-def make_pairs(n: int, seed: int = 0) -> list[tuple[bytes, str]]:
-    """n (PNG bytes, caption) pairs: a square of one colour on another, captioned with both colours."""
-    rng, names, out = np.random.default_rng(seed), list(COLOURS), []
-    for _ in range(n):
-        a, b = rng.choice(len(names), 2, replace=False)
-        img = np.full((40, 48, 3), COLOURS[names[b]], np.uint8)
-        y, x = rng.integers(0, 20), rng.integers(0, 24)
-        img[y:y + 20, x:x + 24] = COLOURS[names[a]]
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG")
-        out.append((buf.getvalue(), f"a {names[a]} square on {names[b]}"))
-    return out
 
 
 BROKEN = (b"\xff\xd8\xff\xe0 this is not a jpeg", "a broken picture")  # undecodable image
@@ -52,18 +37,6 @@ def with_bad(pairs):
     return bad
 
 
-def write_csv(root: Path, pairs, missing: bool = True) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "pairs.tsv", "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t")
-        w.writerow(["filepath", "title"])
-        for i, (data, cap) in enumerate(pairs):
-            (root / "img").mkdir(exist_ok=True)
-            (root / "img" / f"{i:05d}.png").write_bytes(data)
-            w.writerow([f"img/{i:05d}.png", cap])
-        if missing:
-            w.writerow(["img/missing.png", "a file that does not exist"])
-    return root / "pairs.tsv"
 
 
 def write_coco(root: Path, pairs) -> Path:

@@ -12,7 +12,7 @@ from pacl_core.viz import (
     overlay_mask,
     palette,
 )
-from tests.conftest import random_image
+from tests.helpers import random_image
 
 
 def test_palette_is_fixed_and_distinct():

@@ -8,7 +8,7 @@ Sources (each yields records in an order fixed by (seed, epoch, rank, world) and
 `CaptionLoader` turns a source into batches of exactly L decoded, centre-cropped uint8 images and tokenised
 captions. Broken images, missing files and empty captions are skipped and counted, never fatal. Each batch
 carries the loader state *after* it, so a checkpoint taken after a step resumes at exactly the next sample.
-With a token cache (pacl_core.tokencache), images whose tokens are cached are not decoded at all.
+With a token cache (pacl_core.train.cache), images whose tokens are cached are not decoded at all.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import PACLError
-from .inputs import pil_to_rgb
+from pacl_core.errors import PACLError
+from pacl_core.inputs import pil_to_rgb
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 CAPTION_EXTS = ("txt",)

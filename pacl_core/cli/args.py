@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..backbone import load_backbone
-from ..errors import PACLError
-from ..hub import is_hub_spec, parse_hub_spec
+from pacl_core.backbone import load_backbone
+from pacl_core.errors import PACLError
+from pacl_core.hub import is_hub_spec, parse_hub_spec
 
 
 class Parser(argparse.ArgumentParser):

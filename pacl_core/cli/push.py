@@ -11,11 +11,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..checkpoint import load_head, meta_path
-from ..errors import PACLError
-from ..hub import check_repo_id, push_folder
-from ..inputs import check_out_folder
-from ..modelcard import card_text, read_metrics
+from pacl_core.checkpoint import load_head, meta_path
+from pacl_core.errors import PACLError
+from pacl_core.hub import check_repo_id, push_folder
+from pacl_core.inputs import check_out_folder
+from pacl_core.modelcard import card_text, read_metrics
 
 UPLOAD_NAME = "head"  # the files are uploaded as head.safetensors + head.json, so hf-hub:ORG/REPO finds them
 

@@ -2,7 +2,7 @@
 
     toy generate --split test --seed 1 --n 200 --out DIR    scenes, captions and masks on disk
     toy train --out DIR                                      tiny CLIP from scratch, then its PACL head
-    toy train --out DIR --clip assets/toy/toy_clip.safetensors   stage 2 alone: a PACL head on a frozen tower
+    toy train --out DIR --clip pacl_core/toy/weights/toy_clip.safetensors   stage 2 alone: a PACL head on a frozen tower
     toy examples --out assets/examples                       a few toy scenes for the demo
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 
-from ..errors import PACLError
-from ..inputs import check_out_folder
-from ..toytrain import ToyTrainConfig, train_head, train_toy
-from ..toyworld import DEFAULT_SIZE, write_examples, write_split
+from pacl_core.errors import PACLError
+from pacl_core.inputs import check_out_folder
+from pacl_core.toy.train import ToyTrainConfig, train_head, train_toy
+from pacl_core.toy.world import DEFAULT_SIZE, write_examples, write_split
 
 
 def add_parser(sub) -> None:
@@ -51,8 +51,8 @@ def add_parser(sub) -> None:
     t.add_argument("--out", required=True, help="output folder (assets/toy is the shipped model)")
     t.add_argument("--clip", default=None,
                    help="train stage 2 alone: freeze this toy tower (a toy_clip.safetensors, e.g. the shipped "
-                        "assets/toy/toy_clip.safetensors) and write only --out/toy_pacl_head.* (safetensors + JSON), "
-                        "a head every --head option accepts")
+                        "pacl_core/toy/weights/toy_clip.safetensors) and write only --out/toy_pacl_head.* "
+                        "(safetensors + JSON), a head every --head option accepts")
     t.add_argument("--seed", type=int, default=None, help="random seed (default: the shipped model's, 0)")
     t.add_argument("--clip-steps", default=None,
                    help="stage-1 steps per phase, comma-separated (default: the shipped recipe, 1400,250)")

@@ -2,12 +2,12 @@
 
 Only e_v learns (PACLLoss, AdamW, cosine schedule with linear warm-up, weight decay, gradient clipping, mixed
 precision on GPUs). Under torchrun every process takes a slice of the global batch and the loss is computed
-over the whole global batch (pacl_core.distributed). Every `save_every` steps a checkpoint (safetensors +
+over the whole global batch (pacl_core.train.distributed). Every `save_every` steps a checkpoint (safetensors +
 JSON: head, optimizer, step, loss scaler, every rank's data position) is written atomically; `resume`
 continues from the newest complete one with the same schedule and the same next sample, so a killed run
 loses at most one interval. Progress goes to a tqdm bar, OUT/log.csv and optionally TensorBoard.
 With `cache_tokens` the frozen backbone's patch tokens and text embeddings are stored on disk as they are first
-computed (pacl_core.tokencache); every later use of a sample reads them instead of running the ViT and the text
+computed (pacl_core.train.cache); every later use of a sample reads them instead of running the ViT and the text
 tower, so after the first epoch a step costs only e_v and the loss.
 """
 
@@ -23,10 +23,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .backbone import load_backbone
-from .checkpoint import load_tensors, save_head, save_tensors
-from .data import TRANSFORM, CaptionLoader, open_source
-from .distributed import (
+from pacl_core.backbone import load_backbone
+from pacl_core.checkpoint import load_tensors, save_head, save_tensors
+from pacl_core.errors import PACLError
+from pacl_core.inputs import check_out_folder, check_pixels
+from pacl_core.loss import DEFAULT_CHUNK_ELEMENTS
+from pacl_core.pacl import VisionEmbedder
+from pacl_core.train.cache import CACHE_DTYPES, TokenCache
+from pacl_core.train.data import TRANSFORM, CaptionLoader, open_source
+from pacl_core.train.distributed import (
     DistInfo,
     DistributedPACLLoss,
     all_gather_json,
@@ -36,12 +41,7 @@ from .distributed import (
     init_distributed,
     shutdown,
 )
-from .errors import PACLError
-from .inputs import check_out_folder, check_pixels
-from .loss import DEFAULT_CHUNK_ELEMENTS
-from .optim import cosine_lr, param_groups
-from .pacl import VisionEmbedder
-from .tokencache import CACHE_DTYPES, TokenCache
+from pacl_core.train.optim import cosine_lr, param_groups
 
 STATE_FORMAT = "pacl-train-state"
 GPU_LOSS_CHUNK = 1 << 26  # elements per loss-chunk intermediate on a GPU (256 MB in float32); the CPU uses 16 MB
@@ -106,7 +106,7 @@ RUN_KEYS = ("train_data", "data_format", "images", "csv_img_key", "csv_caption_k
 
 
 def make_optimizer(head: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on the weight matrices only (pacl_core.optim.param_groups)."""
+    """AdamW; weight decay on the weight matrices only (pacl_core.train.optim.param_groups)."""
     return torch.optim.AdamW(param_groups(head, cfg.wd), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 

@@ -12,15 +12,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..datasets import DATASET_NAMES, DATASETS, SegDataset
-from ..distributed import env_world, init_distributed, shutdown
-from ..errors import PACLError
-from ..evaluate import evaluate_methods, iou_table, summary_json, write_reports
-from ..inputs import check_out_folder
-from ..methods import parse_methods
-from ..segment import REFINERS, check_area_threshold
-from ..toyeval import evaluate_toy, object_patch_probe
-from .args import HEAD_HELP, add_model_args, add_shifts_arg, backbone_from_args, check_head_arg, check_shifts_arg
+from pacl_core.cli.args import (
+    HEAD_HELP,
+    add_model_args,
+    add_shifts_arg,
+    backbone_from_args,
+    check_head_arg,
+    check_shifts_arg,
+)
+from pacl_core.errors import PACLError
+from pacl_core.eval.datasets import DATASET_NAMES, DATASETS, SegDataset
+from pacl_core.eval.evaluate import evaluate_methods, iou_table, summary_json, write_reports
+from pacl_core.inputs import check_out_folder
+from pacl_core.methods import parse_methods
+from pacl_core.segment import REFINERS, check_area_threshold
+from pacl_core.toy.evaluate import evaluate_toy, object_patch_probe
+from pacl_core.train.distributed import env_world, init_distributed, shutdown
 
 
 def _defaults_help() -> str:

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import PACLError
-from .metrics import IGNORE_INDEX
+from pacl_core.errors import PACLError
+from pacl_core.metrics import IGNORE_INDEX
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table", "dog",

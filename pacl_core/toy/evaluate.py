@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .errors import PACLError
-from .inputs import check_out_folder
-from .metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from .pamr import pamr_rgb
-from .probes import (
+from pacl_core.errors import PACLError
+from pacl_core.inputs import check_out_folder
+from pacl_core.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from pacl_core.pamr import pamr_rgb
+from pacl_core.probes import (
     attention_on_target,
     coherence_roc,
     fit_probe,
@@ -50,8 +50,8 @@ from .probes import (
     patch_majority_labels,
     save_roc_png,
 )
-from .segment import Segmenter, shifted_scores
-from .toyworld import CLASSES, ToyDataset, make_scene
+from pacl_core.segment import Segmenter, shifted_scores
+from pacl_core.toy.world import CLASSES, ToyDataset, make_scene
 
 SUBSETS = ("all", "seen", "unseen")
 

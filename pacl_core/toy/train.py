@@ -31,14 +31,15 @@ import torch
 from open_clip.pos_embed import get_2d_sincos_pos_embed
 from tqdm import tqdm
 
-from . import toymodel, toyworld
-from .backbone import normalize_uint8
-from .checkpoint import save_head
-from .errors import PACLError
-from .loss import PACLLoss
-from .optim import cosine_lr, param_groups
-from .pacl import VisionEmbedder
-from .toyeval import evaluate_toy
+from pacl_core.backbone import normalize_uint8
+from pacl_core.checkpoint import save_head
+from pacl_core.errors import PACLError
+from pacl_core.loss import PACLLoss
+from pacl_core.pacl import VisionEmbedder
+from pacl_core.toy import model as toymodel
+from pacl_core.toy import world as toyworld
+from pacl_core.toy.evaluate import evaluate_toy
+from pacl_core.train.optim import cosine_lr, param_groups
 
 PACL_CAPTIONS = ("mentions", "scene")  # stage 2's captions: one thing per scene, or the whole scene
 

@@ -12,11 +12,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..export import write_outputs
-from ..inputs import MAX_SIDE, check_image_file, check_out_folder, load_image, parse_words
-from ..methods import default_method, parse_methods
-from ..segment import REFINERS, Segmenter, segment_many
-from .args import HEAD_HELP, add_model_args, add_shifts_arg, backbone_from_args, check_head_arg, check_shifts_arg
+from pacl_core.cli.args import (
+    HEAD_HELP,
+    add_model_args,
+    add_shifts_arg,
+    backbone_from_args,
+    check_head_arg,
+    check_shifts_arg,
+)
+from pacl_core.export import write_outputs
+from pacl_core.inputs import MAX_SIDE, check_image_file, check_out_folder, load_image, parse_words
+from pacl_core.methods import default_method, parse_methods
+from pacl_core.segment import REFINERS, Segmenter, segment_many
 
 
 def add_parser(sub) -> None:

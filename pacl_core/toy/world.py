@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import PACLError
-from .inputs import check_out_folder
+from pacl_core.errors import PACLError
+from pacl_core.inputs import check_out_folder
 
 SHAPES = ("circle", "square", "triangle", "star", "heart", "cross", "ring", "moon")
 CLASSES = ("background",) + SHAPES  # segmentation classes: index 0 is the background

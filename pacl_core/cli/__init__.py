@@ -1,13 +1,13 @@
-"""`python -m pacl_core COMMAND ...`: the command line. Each subcommand lives in pacl_core/commands/, the options
-they share in pacl_core/commands/args.py."""
+"""`python -m pacl_core COMMAND ...`: the command line. Each subcommand lives in pacl_core/cli/, the options
+they share in pacl_core/cli/args.py."""
 
 from __future__ import annotations
 
 import sys
 
-from .commands import evaluate, push, segment, toy, train
-from .commands.args import Parser
-from .errors import PACLError
+from pacl_core.cli import evaluate, push, segment, toy, train
+from pacl_core.cli.args import Parser
+from pacl_core.errors import PACLError
 
 COMMANDS = (segment, evaluate, train, toy, push)
 

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import PACLError
-from .metrics import confusion_matrix, mean_iou
-from .pacl import VisionEmbedder, patch_similarity
-from .probes import patch_accuracy, patch_majority_labels
-from .segment import Segmenter
-from .toytrain import ToyTrainConfig, new_head, pacl_training, stage2_inputs, stage2_pool
-from .toyworld import CLASSES, make_scene
+from pacl_core.errors import PACLError
+from pacl_core.metrics import confusion_matrix, mean_iou
+from pacl_core.pacl import VisionEmbedder, patch_similarity
+from pacl_core.probes import patch_accuracy, patch_majority_labels
+from pacl_core.segment import Segmenter
+from pacl_core.toy.train import ToyTrainConfig, new_head, pacl_training, stage2_inputs, stage2_pool
+from pacl_core.toy.world import CLASSES, make_scene
 
 CHECK_SEED = 3000  # the check scenes: test split, seed 3000 (the final evaluation uses seed 1000)
 

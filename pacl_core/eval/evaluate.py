@@ -3,7 +3,7 @@
 For each method: mIoU, pixel accuracy, mean class accuracy and per-class IoU (over the whole split, as
 mmsegmentation computes them), a per-class table, a bar plot PNG and JSON. The protocol (short side, sliding
 window, background rule, logit scale, prompts) comes from, in order: the user's options, the method's official
-settings for that benchmark (pacl_core.methods), the benchmark's defaults (pacl_core.datasets).
+settings for that benchmark (pacl_core.methods), the benchmark's defaults (pacl_core.eval.datasets).
 Under torchrun every process segments every W-th image and the confusion matrices are summed over the processes
 (`shard_indices`, `reduce_confusion`), so N processes give exactly the one-process numbers.
 """
@@ -22,13 +22,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .datasets import METHOD_DATASET_KEYS, DatasetSpec, SegDataset, read_class_names
-from .distributed import global_sum
-from .errors import PACLError
-from .methods import TRAINING_FREE, method_defaults
-from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from .prompts import get_templates
-from .segment import Segmenter, segment_many
+from pacl_core.errors import PACLError
+from pacl_core.eval.datasets import METHOD_DATASET_KEYS, DatasetSpec, SegDataset, read_class_names
+from pacl_core.methods import TRAINING_FREE, method_defaults
+from pacl_core.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from pacl_core.prompts import get_templates
+from pacl_core.segment import Segmenter, segment_many
+from pacl_core.train.distributed import global_sum
 
 TRAINING_FREE_TEMPLATES = "imagenet80"  # MaskCLIP, SCLIP, ClearCLIP and NACLIP all use CLIP's 80 ImageNet prompts
 

@@ -16,12 +16,12 @@ import open_clip
 import torch
 from open_clip.transformer import VisionTransformer
 
-from .backbone import Backbone, quiet_hub_logs, register_model_loader
-from .checkpoint import load_tensors, save_tensors
-from .errors import PACLError
+from pacl_core.backbone import Backbone, quiet_hub_logs, register_model_loader
+from pacl_core.checkpoint import load_tensors, save_tensors
+from pacl_core.errors import PACLError
 
 CONFIG_NAME = "PACL-Toy"
-ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
+ASSET_DIR = Path(__file__).resolve().parent / "weights"  # package data: in the wheel too
 CLIP_FILE = "toy_clip.safetensors"
 HEAD_FILE = "toy_pacl_head.safetensors"
 CLIP_FORMAT = "pacl-toy-clip"

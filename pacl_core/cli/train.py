@@ -6,9 +6,9 @@ train ... --device cuda` (the batch size is global). Defaults are the paper's: l
 
 from __future__ import annotations
 
-from ..distributed import env_world
-from ..train import PRECISIONS, TrainConfig, config_from_args, train
-from .args import add_model_args
+from pacl_core.cli.args import add_model_args
+from pacl_core.train.distributed import env_world
+from pacl_core.train.loop import PRECISIONS, TrainConfig, config_from_args, train
 
 D = TrainConfig("", "")  # the defaults, shown in --help
 

@@ -20,8 +20,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import check_device
-from .loss import DEFAULT_CHUNK_ELEMENTS, PACLLoss, pairwise_compatibility
+from pacl_core.backbone import check_device
+from pacl_core.loss import DEFAULT_CHUNK_ELEMENTS, PACLLoss, pairwise_compatibility
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ killed run leaves no half shard; its pending entries are written at every traini
 finds every sample before the checkpoint cached and recomputes only the rest. Nothing is pickled.
 
 A cache is only valid for one deterministic image transform (decode, short side to S with bicubic, centre crop:
-pacl_core.data.TRANSFORM): random augmentations would need new tokens every epoch, so caching refuses them.
+pacl_core.train.data.TRANSFORM): random augmentations would need new tokens every epoch, so caching refuses them.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import _atomic_write
-from .errors import PACLError
+from pacl_core.checkpoint import _atomic_write
+from pacl_core.errors import PACLError
 
 CACHE_FORMAT = "pacl-token-cache"
 CACHE_DTYPES = {"fp16": np.float16, "fp32": np.float32}

@@ -1,0 +1,1 @@
+"""The standard segmentation benchmarks: datasets and the evaluation loop."""
