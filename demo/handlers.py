@@ -31,7 +31,7 @@ from pacl_core.export import slug, write_outputs
 from pacl_core.inputs import load_image, parse_words, to_rgb_array
 from pacl_core.methods import METHODS, default_method
 from pacl_core.segment import REFINERS, group_by_geometry, segment_many
-from pacl_core.viz import draw_heatmaps, palette
+from pacl_core.viz import contact_sheet, draw_heatmaps, draw_overlay, sheet_columns
 
 METHOD_TITLES = {"vanilla": "Vanilla CLIP", "pacl": "PACL", "maskclip": "MaskCLIP", "sclip": "SCLIP",
                  "clearclip": "ClearCLIP", "naclip": "NACLIP", "scclip": "SC-CLIP"}
@@ -40,13 +40,13 @@ RESOLUTIONS = ("model default", "96", "160", "224", "320", "448", "672")
 SHIFTS = ("1", "2", "4")  # shifted passes per axis (pacl_core.segment.shifted_scores): 1, 4 or 16 passes
 REFINES = ("none", *REFINERS)  # post-processing of the scores: none, affinity or pamr
 DISPLAY_MAX_SIDE = 1024  # larger uploads are downscaled on load: the model sees a few hundred pixels anyway
-HEATMAP_SIDE = 512  # heatmaps are computed and drawn at most this large: the gallery shows them smaller still
+HEATMAP_SIDE = 512  # the archive's heatmaps are computed and drawn at most this large
+SHEET_SIDE = 768  # the page's heatmap sheet is about this wide: each word's tile is drawn at its share of it
 TABLE_HEADERS = ["method", "word", "pixel share (%)", "mean cosine", "max cosine"]
 LESSON_HEADERS = ["word", "PACL φ̂", "vanilla CLIP φ̂", "CLIP's CLS cosine", "PACL best patch s",
                   "vanilla best patch s", "PACL patches attended (≈)", "vanilla patches attended (≈)"]
 KEEP_DOWNLOADS = 50
 ARCHIVE_PNG_COMPRESSION = 1  # fast zlib level for the archive's PNGs (the default level took most of a request)
-MASK_OPACITY = 0.6  # the photo shows through the coloured regions
 
 
 def method_title(method: str) -> str:
@@ -158,9 +158,10 @@ class Panel:
     method: str
     title: str
     status: str  # a Markdown line: timing and sizes, or why this method could not run
-    annotated: tuple | None = None  # gr.AnnotatedImage value: (image, [(mask (H, W) in {0, MASK_OPACITY}, word)])
-    colors: dict[str, str] = field(default_factory=dict)  # word -> '#rrggbb', the legend's colours
-    heatmaps: list[tuple[np.ndarray, str]] = field(default_factory=list)  # (image, word) per word
+    # what the page shows is two images per method, so that a request sends few files (over HTTP each one costs
+    # a round trip; one mask file and one heatmap file per word made most of a toy request's time)
+    overlay: np.ndarray | None = None  # (H, W, 3) uint8: the photo, each word's region coloured, and the legend
+    sheet: np.ndarray | None = None  # (H, W, 3) uint8: every word's heatmap, captioned, in one grid
     segmentation: object = None  # the pacl_core Segmentation, or None when the method failed
 
     @property
@@ -176,17 +177,6 @@ class Comparison:
     download: str | None  # a .zip with every method's overlay, mask, heatmaps and numbers (None: not made yet)
     notes: list[str]  # things the user should be told (duplicates removed, downscaled image, a method failed)
     settings: dict = field(default_factory=dict)  # model, size, threshold, shifts, refine: written into the archive
-
-
-def hex_color(rgb) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb))
-
-
-def annotations(seg) -> tuple[tuple, dict[str, str]]:
-    """A Segmentation -> the AnnotatedImage value (image, one 0/1 mask per word) and the word colours."""
-    colors = {w: hex_color(c) for w, c in zip(seg.words, palette(len(seg.words)))}
-    masks = [((seg.mask == k) * MASK_OPACITY, w) for k, w in enumerate(seg.words)]
-    return (seg.image, masks), colors
 
 
 def table_rows(panel: Panel) -> list[list]:
@@ -239,9 +229,14 @@ def method_panel(segmenter, seg, elapsed: float, group, size: int | None) -> Pan
               f"{grid[0]}×{grid[1]} patches"
               + (f" · {segmenter.shifts}×{segmenter.shifts} shifted passes" if segmenter.shifts > 1 else "")
               + (f" · {segmenter.refine} refinement" if segmenter.refine else ""))
-    annotated, colors = annotations(seg)
-    heatmaps = [(img, word) for word, img in draw_heatmaps(seg, max_side=HEATMAP_SIDE)]
-    return Panel(segmenter.method, title, status, annotated, colors, heatmaps, seg)
+    return Panel(segmenter.method, title, status, draw_overlay(seg), heatmap_sheet(seg), seg)
+
+
+def heatmap_sheet(seg) -> np.ndarray:
+    """Every word's heatmap, drawn at its tile's size (never at the photo's) and captioned, in one image."""
+    columns = sheet_columns(len(seg.words))
+    tiles = draw_heatmaps(seg, max_side=max(64, SHEET_SIDE // columns), titled=False)  # [(word, (h, w, 3))]
+    return contact_sheet([img for _, img in tiles], titles=[w for w, _ in tiles], columns=columns)
 
 
 def run_methods(registry, model: str, methods: list[str], image: np.ndarray, words: list[str], background,
@@ -352,15 +347,16 @@ def package_held(token: str | None) -> str | None:
 
 
 def package_results(panels: list[Panel], table: list[list], info: dict) -> str:
-    """A zip: summary.csv, and per method overlay.png, mask.png, heatmap_*.png (the display-size ones the page
-    shows) and result.json; PNGs at a fast zlib level."""
+    """A zip: summary.csv, and per method overlay.png, mask.png, heatmap_*.png (each word's own, titled, at
+    most HEATMAP_SIDE per side) and result.json; PNGs at a fast zlib level."""
     folder = downloads_dir()
     archive = folder / f"pacl-results-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.zip"
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         root = Path(tmp)
         for i, p in enumerate(panels):
             write_outputs(root / slug(p.method, i + 1), p.segmentation, dict(info, method_title=p.title, notes=[]),
-                          heatmaps=[(word, img) for img, word in p.heatmaps], compression=ARCHIVE_PNG_COMPRESSION)
+                          heatmaps=draw_heatmaps(p.segmentation, max_side=HEATMAP_SIDE),
+                          compression=ARCHIVE_PNG_COMPRESSION)
         with open(root / "summary.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(TABLE_HEADERS)

@@ -145,15 +145,20 @@ def load_examples(folder: Path = EXAMPLES_DIR) -> list[list[str]]:
 
 
 def _slot(method: str, visible: bool) -> dict:
-    """One method's column: a status line, the labelled overlay and the per-word heatmaps."""
-    with gr.Column(visible=visible, min_width=340, elem_classes="method-col") as col:
-        status = gr.Markdown(f"**{h.method_title(method)}**", elem_classes="method-status")
-        # JPEG for the photo and the heatmaps: encoding them as WebP took most of a toy request's time
-        overlay = gr.AnnotatedImage(label=f"{h.method_title(method)}: segmentation", show_legend=True, height=360,
-                                    format="jpeg")
-        gallery = gr.Gallery(label=f"{h.method_title(method)}: per-word heatmaps", columns=4, height=190,
-                             object_fit="contain", allow_preview=True, format="jpeg")
-    return {"column": col, "status": status, "overlay": overlay, "gallery": gallery}
+    """One method's column: a status line, the overlay with its legend, and every word's heatmap in one sheet.
+
+    Two images per method, whatever the number of words: each file of a response is one more HTTP round trip,
+    and a mask and a heatmap file per word took most of a toy request's time. JPEG, since encoding WebP took
+    longer than the toy model's whole compute."""
+    title = h.method_title(method)
+    # no label badge or buttons over the overlay: they would hide the legend; the status line names the method
+    with gr.Column(visible=visible, min_width=340, elem_classes="method-col", elem_id=f"col-{method}") as col:
+        status = gr.Markdown(f"**{title}**", elem_classes="method-status")
+        overlay = gr.Image(label=f"{title}: segmentation", show_label=False, buttons=[], type="numpy", height=360,
+                           format="jpeg", interactive=False)
+        sheet = gr.Image(label=f"{title}: per-word heatmaps", show_label=False, buttons=["fullscreen"],
+                         type="numpy", height=300, format="jpeg", interactive=False)
+    return {"column": col, "status": status, "overlay": overlay, "sheet": sheet}
 
 
 def make_run(registry: ModelRegistry):
@@ -170,9 +175,9 @@ def make_run(registry: ModelRegistry):
         for m in METHODS:
             p = by_method.get(m)
             if p is None:
-                outputs += ["", None, []]
+                outputs += ["", None, None]
                 continue
-            outputs += [p.status, gr.AnnotatedImage(value=p.annotated, color_map=p.colors), p.heatmaps]
+            outputs += [p.status, p.overlay, p.sheet]
         words_update = gr.Dropdown(choices=result.words, value=result.words[0])
         return [*outputs, result.table, None, words_update, h.hold(result)]
 
@@ -303,7 +308,7 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
                     with gr.Tab("Train PACL yourself", id="train"):
                         trainings = trainings or tr.Trainings()
                         train_parts = _train_tab(trainings.live)
-        slot_outputs = [c for m in METHODS for c in (slots[m]["status"], slots[m]["overlay"], slots[m]["gallery"])]
+        slot_outputs = [c for m in METHODS for c in (slots[m]["status"], slots[m]["overlay"], slots[m]["sheet"])]
         methods.change(show_slots, methods, [slots[m]["column"] for m in METHODS], api_visibility="private",
                        queue=False)
         model_box.change(make_method_defaults(registry), model_box, methods, api_visibility="private", queue=False)

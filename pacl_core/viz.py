@@ -157,9 +157,10 @@ def display_size(shape, max_side: int | None, min_side: int = MIN_DISPLAY_SIDE) 
     return (h, w) if f == 1.0 else (max(1, round(h * f)), max(1, round(w * f)))
 
 
-def draw_heatmaps(seg, cmap: str = "turbo", max_side: int | None = None) -> list[tuple[str, np.ndarray]]:
-    """One blended heatmap image per word, titled with the word; with max_side the maps are computed and drawn
-    at that display size, not at the image's full resolution."""
+def draw_heatmaps(seg, cmap: str = "turbo", max_side: int | None = None,
+                  titled: bool = True) -> list[tuple[str, np.ndarray]]:
+    """One blended heatmap image per word, titled with the word (unless titled=False); with max_side the maps are
+    computed and drawn at that display size, not at the image's full resolution."""
     size = seg.image.shape[:2] if max_side is None else display_size(seg.image.shape, max_side)
     image = seg.image
     if size != image.shape[:2]:
@@ -167,7 +168,46 @@ def draw_heatmaps(seg, cmap: str = "turbo", max_side: int | None = None) -> list
         image = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     heat = seg.heatmaps_at(size)  # (K, h, w)
     min_side = MIN_DISPLAY_SIDE if max_side is None else 0  # else the size is chosen already
-    return [(w, heatmap_overlay(image, heat[k], cmap, title=w, min_side=min_side)) for k, w in enumerate(seg.words)]
+    return [(w, heatmap_overlay(image, heat[k], cmap, title=w if titled else None, min_side=min_side))
+            for k, w in enumerate(seg.words)]
+
+
+def sheet_columns(k: int) -> int:
+    """Columns of a contact sheet of k tiles: as square as it gets (1, 2, 2, 2, 3 ... 3, 4 ...)."""
+    return max(1, int(np.ceil(np.sqrt(k))))
+
+
+def contact_sheet(tiles: list[np.ndarray], titles: list[str] | None = None, columns: int | None = None,
+                  gap: int = 4, fill: int = 255) -> np.ndarray:
+    """Tiles (h_i, w_i, 3) uint8 -> one (H, W, 3) grid image, row by row, `gap` pixels apart; each cell is as
+    large as the largest tile, and smaller tiles sit in its top-left corner. With titles, each cell has a caption
+    strip above its tile, in letters an eighth of the cell's width, so they stay legible when the whole sheet is
+    shown small."""
+    if not tiles:
+        raise ValueError("contact_sheet needs at least one tile")
+    if titles is not None and len(titles) != len(tiles):
+        raise ValueError(f"contact_sheet got {len(titles)} titles for {len(tiles)} tiles")
+    columns = columns or sheet_columns(len(tiles))
+    rows = int(np.ceil(len(tiles) / columns))
+    h = max(t.shape[0] for t in tiles)
+    w = max(t.shape[1] for t in tiles)
+    size = int(np.clip(w / 8, 12, 48))  # caption letters
+    strip = 0 if titles is None else int(size * 1.4)
+    cell = strip + h
+    sheet = np.full((rows * cell + (rows - 1) * gap, columns * w + (columns - 1) * gap, 3), fill, np.uint8)
+    for i, tile in enumerate(tiles):
+        y, x = (i // columns) * (cell + gap), (i % columns) * (w + gap)
+        sheet[y + strip: y + strip + tile.shape[0], x: x + tile.shape[1]] = tile
+    if titles is not None:
+        pil = Image.fromarray(sheet)
+        draw = ImageDraw.Draw(pil)
+        font = _font(size)
+        for i, title in enumerate(titles):
+            y, x = (i // columns) * (cell + gap), (i % columns) * (w + gap)
+            text = _short(title, max(4, int(w / (0.6 * size))))
+            draw.text((x + 2, y + (strip - size) // 2), text, fill=(0, 0, 0), font=font)
+        sheet = np.asarray(pil)
+    return sheet
 
 
 def plot_lines(lines: dict, title: str, xlabel: str, ylabel: str, ylim=None, size=(5.0, 2.6)) -> np.ndarray:

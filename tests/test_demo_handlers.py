@@ -26,6 +26,7 @@ from pacl_core.checkpoint import save_head
 from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
 from pacl_core.pacl import VisionEmbedder
+from pacl_core.viz import draw_heatmaps, draw_overlay
 
 HEAD_LABEL = "PACL head: tiny_head (PACL-Tiny-Test:none)"
 MODEL = TOY_LABEL  # the embedded toy model, which ships its own PACL head
@@ -97,15 +98,21 @@ def test_compare_returns_a_panel_per_method_with_right_sizes(registry, photo):
     result = h.compare(registry, str(photo), "sky, grass, red square", ["vanilla", "pacl"], MODEL)
     assert [p.method for p in result.panels] == ["vanilla", "pacl"] and all(p.ok for p in result.panels)
     for p in result.panels:
-        image, masks = p.annotated
-        assert image.shape == (120, 160, 3) and image.dtype == np.uint8
-        assert [w for _, w in masks] == ["sky", "grass", "red square"]
-        assert all(m.shape == (120, 160) and set(np.unique(m)) <= {0.0, h.MASK_OPACITY} for m, _ in masks)
-        assert sum((m > 0).sum() for m, _ in masks) == 120 * 160  # no background rule: every pixel labelled
-        assert sorted(p.colors) == sorted(["sky", "grass", "red square"])
-        assert all(c.startswith("#") and len(c) == 7 for c in p.colors.values())
-        assert [w for _, w in p.heatmaps] == ["sky", "grass", "red square"]
-        assert all(img.ndim == 3 and img.dtype == np.uint8 for img, _ in p.heatmaps)
+        np.testing.assert_array_equal(p.overlay, draw_overlay(p.segmentation))  # the photo, regions and legend
+        assert p.overlay.shape[0] == 360 and p.overlay.shape[1] > 480  # enlarged 3x, the legend beside it
+        assert p.segmentation.mask.shape == (120, 160) and (p.segmentation.mask >= 0).all()  # all labelled
+        # one sheet, 2 x 2 cells for 3 words: each word's untitled heatmap at its cell's size, below a caption
+        tiles = draw_heatmaps(p.segmentation, max_side=h.SHEET_SIDE // 2, titled=False)
+        assert [w for w, _ in tiles] == ["sky", "grass", "red square"]
+        th, tw = tiles[0][1].shape[:2]
+        assert (th, tw) == (288, 384)  # the 120 x 160 photo's heatmaps at a 384 px longer side
+        strip = int(48 * 1.4)  # the caption: letters of tw / 8 = 48 px
+        assert p.sheet.shape == (2 * (strip + th) + 4, 2 * tw + 4, 3)
+        np.testing.assert_array_equal(p.sheet[strip: strip + th, :tw], tiles[0][1])
+        np.testing.assert_array_equal(p.sheet[strip: strip + th, tw + 4:], tiles[1][1])
+        np.testing.assert_array_equal(p.sheet[2 * strip + th + 4:, :tw], tiles[2][1])
+        assert (p.sheet[:strip, :tw] < 128).any()  # the word is written above its heatmap
+        assert (p.sheet[strip + th + 4:, tw + 4:] == 255).all()  # the empty cell
         assert p.title in p.status and " s · " in p.status
     assert len(result.table) == 6 and all(len(r) == len(h.TABLE_HEADERS) for r in result.table)
     for title in ("Vanilla CLIP", "PACL"):
@@ -176,7 +183,7 @@ def test_every_method_runs(registry, photo, method):
     result = h.compare(registry, str(photo), "sky, grass", [method], MODEL)
     (panel,) = result.panels
     assert panel.ok, panel.status
-    assert panel.annotated[0].shape == (120, 160, 3) and len(panel.heatmaps) == 2
+    assert panel.overlay.ndim == 3 and panel.sheet.ndim == 3
 
 
 def test_shifted_passes_reach_the_segmenter_status_and_archive(registry, photo):
@@ -209,7 +216,7 @@ def headless():
 def test_pacl_without_a_head_is_a_message_not_a_failure(headless, photo):
     result = h.compare(headless, str(photo), "sky, grass", ["vanilla", "pacl"], "tiny, no head")
     vanilla, pacl = result.panels
-    assert vanilla.ok and not pacl.ok and pacl.annotated is None
+    assert vanilla.ok and not pacl.ok and pacl.overlay is None and pacl.sheet is None
     assert "no trained PACL head" in pacl.status and "checkpoints/" in pacl.status
     assert any("no trained PACL head" in n for n in result.notes)
     assert {r[0] for r in result.table} == {"Vanilla CLIP"} and result.download is not None
@@ -232,8 +239,8 @@ def test_background_threshold_adds_a_background_row(registry, photo):
     result = h.compare(registry, str(photo), "sky, grass", ["vanilla"], MODEL, threshold=1.0)
     rows = {r[1]: r for r in result.table}
     assert rows["background"][2] == 100.0 and rows["background"][3] is None  # no cosine reaches 1
-    masks = result.panels[0].annotated[1]
-    assert all(m.sum() == 0 for m, _ in masks)
+    assert (result.panels[0].segmentation.mask == -1).all()
+    np.testing.assert_array_equal(result.panels[0].overlay, draw_overlay(result.panels[0].segmentation))
 
 
 def test_duplicates_and_huge_images_produce_notes(registry, tmp_path):
@@ -242,7 +249,7 @@ def test_duplicates_and_huge_images_produce_notes(registry, tmp_path):
     result = h.compare(registry, str(big), "sky, Sky, grass", ["vanilla"], MODEL)
     assert result.words == ["sky", "grass"]
     assert any("duplicate" in n for n in result.notes) and any("downscaled" in n for n in result.notes)
-    assert result.panels[0].annotated[0].shape == (512, 1024, 3)
+    assert result.panels[0].segmentation.image.shape == (512, 1024, 3)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -18,7 +18,7 @@ from demo.ui import QUEUE_SIZE
 from pacl_core.methods import METHODS
 from tests.helpers import demo_model, serving
 
-SLOT = 3  # outputs per method slot: status, overlay, heatmap gallery
+SLOT = 3  # outputs per method slot: status, overlay, heatmap sheet
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +79,12 @@ def test_each_method_over_http(client, server, photo, method):
     out = segment(client, server[2], photo, "sky, grass, red square", [method])
     assert len(out) == SLOT * len(METHODS) + 3
     i = METHODS.index(method) * SLOT
-    status, overlay_update, gallery = out[i: i + SLOT]
+    status, overlay, sheet = out[i: i + SLOT]  # two image files per method, whatever the number of words
     assert h.method_title(method) in status and "could not run" not in status
-    overlay = overlay_update["value"]  # sent as an update: the legend colours change with the words
-    assert list(overlay_update["color_map"]) == ["sky", "grass", "red square"]
-    assert size(overlay["image"]) == (120, 90)
-    assert [a["label"] for a in overlay["annotations"]] == ["sky", "grass", "red square"]
-    assert all(size(a["image"]) == (120, 90) for a in overlay["annotations"])
-    assert [g["caption"] for g in gallery] == ["sky", "grass", "red square"]
+    width, height = size(overlay)  # the 120 x 90 photo enlarged 4x (to a short side of at least 320 px)
+    assert height == 360 and width > 480 and Path(overlay).suffix == ".jpeg"  # the legend beside it
+    strip = int(48 * 1.4)  # 3 words: 2 x 2 cells, each a caption over the heatmap at a 384 px longer side
+    assert size(sheet) == (2 * 384 + 4, 2 * (strip + 288) + 4) and Path(sheet).suffix == ".jpeg"
     table, download, word = out[-3:]
     assert table["headers"] == h.TABLE_HEADERS and len(table["data"]) == 3
     assert download is None and word["value"] == "sky" and word["choices"][2][0] == "red square"

@@ -1,6 +1,7 @@
 """Drawing: a stable distinct palette, overlays with a legend, heatmaps."""
 
 import numpy as np
+import pytest
 
 from pacl_core.segment import Segmenter
 from pacl_core.viz import (
@@ -84,3 +85,24 @@ def test_plot_lines_draws_each_curve_into_a_picture():
 
     assert has(one, (31, 119, 180)) and not has(one, (255, 127, 14))
     assert has(two, (31, 119, 180)) and has(two, (255, 127, 14)), "one colour per curve"
+
+
+def test_contact_sheet_puts_tiles_row_by_row_in_cells_of_the_largest():
+    from pacl_core.viz import contact_sheet, sheet_columns
+
+    assert [sheet_columns(k) for k in (1, 2, 3, 4, 5, 9, 10)] == [1, 2, 2, 2, 3, 3, 4]
+    tiles = [np.full((20, 30, 3), v, np.uint8) for v in (10, 20, 30)] + [np.full((10, 30, 3), 40, np.uint8)]
+    sheet = contact_sheet(tiles, gap=2)
+    assert sheet.shape == (42, 62, 3)
+    assert (sheet[:20, :30] == 10).all() and (sheet[:20, 32:] == 20).all() and (sheet[22:, :30] == 30).all()
+    assert (sheet[22:32, 32:] == 40).all() and (sheet[32:, 32:] == 255).all()  # the short tile, then white
+    assert (sheet[20:22] == 255).all() and (sheet[:, 30:32] == 255).all()  # the gaps
+    assert contact_sheet(tiles[:1]).shape == (20, 30, 3)
+    titled = contact_sheet(tiles, titles=["a", "b", "c", "d"], gap=2)  # captions of 12 px letters above each
+    strip = int(12 * 1.4)
+    assert titled.shape == (2 * (strip + 20) + 2, 62, 3)
+    assert (titled[strip: strip + 20, :30] == 10).all() and (titled[2 * strip + 22: 2 * strip + 32, 32:] == 40).all()
+    assert (titled[:strip, :30] < 128).any() and (titled[:strip, :30] == 255).mean() > 0.5  # dark letters on white
+    with pytest.raises(ValueError, match="2 titles for 4 tiles"):
+        contact_sheet(tiles, titles=["a", "b"])
+    assert contact_sheet(tiles, columns=4, gap=0).shape == (20, 120, 3)
