@@ -1,10 +1,11 @@
 """Request latency of the Gradio demo, end to end over HTTP: the toy model and a random-init ViT-B/16.
 
-For each model a live server is started on a free loopback port and called with gradio_client exactly as a
-browser's "Segment" click is: the first request (which loads the model), then sequential requests (p50 and
-p95), then one request from each of --users clients at once (the bounded queue at work: how many were served,
-how many refused). The compute time the server reports in each method's status line (the shared backbone pass
-its method was part of) is shown beside the end-to-end time.
+For each model a live server (`python app.py`, its own process, as on a Space) is started on a free loopback
+port and called from this process with gradio_client exactly as a browser's "Segment" click is: the first
+request (which loads the model), then sequential requests (p50 and p95), then one request from each of --users
+clients at once (the bounded queue at work: how many were served, how many refused). The compute time the
+server reports in each method's status line (the shared backbone pass its method was part of) is shown beside
+the end-to-end time. --fetch browser fetches a response's files over parallel connections, as a page does.
 
     python bench/app_latency.py                       # toy and random ViT-B/16, 3 requests each
     python bench/app_latency.py --models toy --requests 20 --users 32 \
@@ -17,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,6 +71,28 @@ def file_urls(value) -> list[str]:
     return []
 
 
+def start_server(model: str, port: int, log) -> subprocess.Popen:
+    """`python app.py --model MODEL` on 127.0.0.1:port in its own process (so the clients here do not share its
+    interpreter lock), returned once it answers HTTP."""
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", model, "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the demo server exited with status {proc.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"the demo server did not answer within 180 s; see {log.name}")
+
+
 def run_model(name: str, methods: list[str], requests: int, users: int, resolution: str, words: str = WORDS,
               fetch: str = "gradio") -> dict:
     """fetch='gradio': gradio_client downloads every output file, one after another; 'browser': the response,
@@ -74,15 +100,14 @@ def run_model(name: str, methods: list[str], requests: int, users: int, resoluti
     import httpx
     from gradio_client import Client, handle_file
 
-    from demo import build_demo, launch_options
     from demo.models import default_registry, pick_default
     from pacl_core.methods import METHODS
 
     registry = default_registry()
     label, _ = pick_default(registry, MODELS[name])  # the dropdown label the page starts with
-    demo = build_demo(model=MODELS[name], registry=registry)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    log = tempfile.NamedTemporaryFile("w", prefix="app_latency-", suffix=".log", delete=False)
+    server = start_server(MODELS[name], port, log)
     try:
         options = {"download_files": False} if fetch == "browser" else {}
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, **options)
@@ -111,7 +136,9 @@ def run_model(name: str, methods: list[str], requests: int, users: int, resoluti
             conc = list(pool.map(lambda c: one(c), clients))
         wall = time.perf_counter() - t0
     finally:
-        demo.close()
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
     times, ctimes = [t for t, _ in seq], [t for t, s in conc if s is not None]  # concurrent: the served ones
     per_method = {m: statistics.median(s[m] for _, s in seq if s and m in s) for m in (seq[0][1] or {})}
     return {"model": name, "label": label, "methods": methods, "resolution": resolution,

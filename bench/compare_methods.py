@@ -12,9 +12,9 @@ vanilla + the training-free methods, side by side in one run, each as the median
   methods), sharing the trunk among methods whose protocols coincide.
 
 Then the server-side split of one request (model / drawing / packaging the archive) for the toy model
-(vanilla + PACL, 9 words, chelsea.jpg) and for random ViT-B/16 (vanilla + 4 training-free methods, 448 px).
+(vanilla + PACL, 9 words, chelsea.jpg) and for random ViT-B/16 (vanilla + every training-free method, 448 px).
 
-    python bench/compare_methods.py [--repeats 3] [--skip-default]
+    python bench/compare_methods.py [--repeats 3] [--skip-default] [--split-only]
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from bench.segment_overhead import bare_encoder  # noqa: E402
 from demo import handlers as h  # noqa: E402
 from demo.models import ModelChoice, ModelRegistry, default_registry, pick_default  # noqa: E402
 from pacl_core.segment import segment_many  # noqa: E402
+from pacl_core.viz import draw_overlay  # noqa: E402
 
 VIT = "ViT-B-16-quickgelu:none"
-METHODS = ["vanilla", "maskclip", "sclip", "clearclip", "naclip"]  # vanilla + every training-free method
+METHODS = ["vanilla", "maskclip", "sclip", "clearclip", "naclip", "scclip"]  # vanilla + every training-free method
 WORDS = "person, dog, cat, car, tree, sky, grass, road, building, water"
 TOY_WORDS = "cat, wall, floor, sky, grass, dog, tree, road, water"
 PHOTO = ROOT / "assets" / "examples" / "chelsea.jpg"
@@ -73,9 +74,9 @@ def split(registry, label, image, words, methods, resolution, repeats: int) -> d
         t3 = time.perf_counter()
         segment_many(segmenters, rgb, result.words)  # the model's share of the request (one group at 448)
         t4 = time.perf_counter()
-        for p in ok:
-            h.annotations(p.segmentation)
-            h.draw_heatmaps(p.segmentation, max_side=h.HEATMAP_SIDE)
+        for p in ok:  # what the page shows: the overlay with its legend and the heatmap sheet
+            draw_overlay(p.segmentation)
+            h.heatmap_sheet(p.segmentation)
         t5 = time.perf_counter()
         parts["request (no archive)"].append(t1 - t0)
         parts["packaging"].append(t2 - t1)
@@ -88,6 +89,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-default", action="store_true", help="leave out the 'model default' column")
+    ap.add_argument("--split-only", action="store_true", help="only the server-side split of one request")
     args = ap.parse_args()
     torch.manual_seed(0)
     registry = ModelRegistry([ModelChoice("vit-random", VIT)])
@@ -108,7 +110,7 @@ def main():
           "(call time) / (bare forward time)")
     cols = ["shared, 448", "demo, 448", "one at a time, 448"] + ([] if args.skip_default else ["demo, model default"])
     print(f"{'k':>2} {'methods':<38} | " + " | ".join(f"{c:>20}" for c in cols) + " | target")
-    for k in range(1, len(METHODS) + 1):
+    for k in range(1, 0 if args.split_only else len(METHODS) + 1):
         methods = METHODS[:k]
         segs448 = [registry.segmenter("vit-random", m, 448) for m in methods]
         calls = {
@@ -131,7 +133,7 @@ def main():
     toy_label, _ = pick_default(toy, "toy")
     rows = [("toy, vanilla+pacl, 9 words, chelsea.jpg", split(toy, toy_label, str(PHOTO), TOY_WORDS,
                                                              ["vanilla", "pacl"], "model default", args.repeats)),
-            ("ViT-B/16, vanilla+4 training-free, 448 px", split(registry, "vit-random", photo, WORDS, METHODS,
+            ("ViT-B/16, vanilla + 5 training-free, 448 px", split(registry, "vit-random", photo, WORDS, METHODS,
                                                                "448", args.repeats))]
     keys = ["request (no archive)", "model", "drawing", "packaging"]
     print(f"{'request':<44} | " + " | ".join(f"{k:>20}" for k in keys))

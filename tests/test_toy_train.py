@@ -9,6 +9,7 @@ import torch
 
 from pacl_core.checkpoint import load_head
 from pacl_core.cli import main
+from pacl_core.errors import PACLError
 from pacl_core.toy import model as toymodel
 from pacl_core.toy import world as toyworld
 from pacl_core.toy.train import ToyTrainConfig, _batches, make_pool, steps_per_epoch, train_clip, train_pacl
@@ -146,8 +147,10 @@ def test_pool_from_worker_processes_equals_the_serial_pool(monkeypatch):
 
 
 def test_config_checks_the_caption_switch():
-    with pytest.raises(AssertionError, match="pacl_captions"):
+    with pytest.raises(PACLError, match="pacl_captions must be one of"):
         ToyTrainConfig(pacl_captions="masks")
+    with pytest.raises(PACLError, match="pacl_lr must be in"):
+        ToyTrainConfig(pacl_lr=0.0)
 
 
 def test_pacl_stage_uses_the_next_draw_each_epoch(tiny_run):
@@ -173,7 +176,7 @@ def test_stage2_alone_trains_only_the_head_on_the_frozen_tower(tmp_path, capsys)
     before = file_sha256(tower)
     out = tmp_path / "head"
     code = main(["toy", "train", "--out", str(out), "--clip", str(tower), "--pacl-steps", "3", "--pool", "32",
-                 "--threads", "1", "--eval-n", "3", "--seed", "4"])
+                 "--threads", "1", "--eval-n", "3", "--seed", "4", "--pacl-lr", "3e-3"])
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["toy_pacl_head.json", "toy_pacl_head.safetensors"]
     assert file_sha256(tower) == before, "the tower is frozen"
@@ -181,9 +184,10 @@ def test_stage2_alone_trains_only_the_head_on_the_frozen_tower(tmp_path, capsys)
     head = load_head(out / toymodel.HEAD_FILE, backbone)
     info = head.meta["training"]
     assert info["stage"] == "pacl only" and info["tower_sha256"] == before and info["train"]["seed"] == 4
+    assert info["train"]["pacl_lr"] == 3e-3
     assert 0 <= info["eval"]["pacl"]["miou"] <= 1 and info["eval"]["n_images"] == 3
 
-    cfg = ToyTrainConfig(seed=4, pacl_steps=3, threads=1,
+    cfg = ToyTrainConfig(seed=4, pacl_steps=3, pacl_lr=3e-3, threads=1,
                          clip_phases=(ToyTrainConfig().clip_phases[0], (96, 250, 32)))
     images, draws = stage2_pool(cfg, progress=False)
     assert images.shape == (32, 96, 96, 3) and len(draws) == cfg.mention_draws
@@ -204,6 +208,7 @@ def test_stage2_alone_trains_only_the_head_on_the_frozen_tower(tmp_path, capsys)
     ("no such file", "no such checkpoint file"),
     ("stage-1 option", "--clip-steps sets stage 1, which --clip skips"),
     ("two pools", "--pool needs 1 comma-separated integers"),
+    ("zero learning rate", "--pacl-lr must be in (0, 1], got 0.0"),
 ])
 def test_stage2_alone_refuses_bad_input_in_one_line(tmp_path, capsys, kind, message):
     args = ["--clip", str(toymodel.head_path())]
@@ -213,6 +218,8 @@ def test_stage2_alone_refuses_bad_input_in_one_line(tmp_path, capsys, kind, mess
         args = ["--clip", str(toymodel.clip_path()), "--clip-steps", "2,2"]
     elif kind == "two pools":
         args = ["--clip", str(toymodel.clip_path()), "--pool", "32,32"]
+    elif kind == "zero learning rate":
+        args = ["--clip", str(toymodel.clip_path()), "--pacl-lr", "0"]
     out = tmp_path / "out"
     assert main(["toy", "train", "--out", str(out), "--eval-n", "0", *args]) == 2
     err = capsys.readouterr().err.strip()

@@ -32,6 +32,15 @@ def test_colorize_and_overlay():
     img = np.full((2, 2, 3), 100, np.uint8)
     out = overlay_mask(img, np.full((2, 2), -1), 3)
     assert np.array_equal(out, img)  # background leaves the image as it is
+    big = np.zeros((6, 6), int)
+    big[:, 3:] = 1
+    big[5, 5] = -1
+    out = overlay_mask(np.full((6, 6, 3), 100, np.uint8), big, 3, alpha=0.5)
+    want = np.round(0.5 * 100 + 0.5 * palette(3)[0].astype(float))
+    assert np.abs(out[1, 0].astype(float) - want).max() <= 1  # inside a region: half photo, half its colour
+    assert (out[:, 2:4] == 255).all()  # the boundary between the two regions is outlined in white
+    many = np.arange(300 * 4).reshape(30, 40) % 300  # more words than the fast table takes
+    assert np.array_equal(colorize_mask(many, 300), np.vstack([palette(300), [BACKGROUND_COLOR]])[many])
 
 
 def test_overlay_with_legend_and_heatmaps(tiny, rng):

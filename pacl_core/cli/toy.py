@@ -59,7 +59,9 @@ def add_parser(sub) -> None:
     t.add_argument("--pool", default=None,
                    help="training scenes per phase, comma-separated (default: the shipped recipe, 24000,6000); "
                         "with --clip one number, stage 2's scenes (default: 6000)")
-    t.add_argument("--pacl-steps", type=int, default=None, help="stage-2 steps (default: the shipped recipe)")
+    t.add_argument("--pacl-steps", type=int, default=None, help="stage-2 steps (default: the recipe's, 1000)")
+    t.add_argument("--pacl-lr", type=float, default=None,
+                   help="stage-2 peak learning rate (default: the recipe's, 5e-3; the shipped head used 2e-3)")
     t.add_argument("--pacl-captions", default=None, choices=("mentions", "scene"),
                    help="stage 2's captions: 'mentions' name one thing per scene (the shipped recipe), 'scene' "
                         "the whole scene")
@@ -119,6 +121,8 @@ def run_train(args) -> int:
     for name in ("pacl_steps", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise PACLError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.pacl_lr is not None and not 0 < args.pacl_lr <= 1:
+        raise PACLError(f"--pacl-lr must be in (0, 1], got {args.pacl_lr}")
     if args.eval_n < 0:
         raise PACLError("--eval-n must be 0 or more")
     if args.registers is not None and not 0 <= args.registers <= 64:
@@ -137,7 +141,7 @@ def run_train(args) -> int:
             raise PACLError(f"--tower-candidates must be steps from 1 to {steps[-1] - 1} of the last phase")
     out = check_out_folder(args.out)
     phases = tuple((p[0], s, q) for p, s, q in zip(cfg.clip_phases, steps, pools))
-    overrides = {"seed": args.seed, "pacl_steps": args.pacl_steps, "threads": args.threads,
+    overrides = {"seed": args.seed, "pacl_steps": args.pacl_steps, "pacl_lr": args.pacl_lr, "threads": args.threads,
                  "pacl_captions": args.pacl_captions, "registers": args.registers,
                  "tower_candidates": candidates or None}
     cfg = ToyTrainConfig(clip_phases=phases, **{k: v for k, v in overrides.items() if v is not None})

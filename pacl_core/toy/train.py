@@ -60,7 +60,9 @@ class ToyTrainConfig:
     weight_decay: float = 0.05
     pacl_steps: int = 1000
     pacl_batch: int = 128
-    pacl_lr: float = 2e-3
+    # 5e-3: over five seeds on the shipped tower, every head reaches >= 0.50 mIoU on held-out scenes (2e-3, which
+    # made the shipped head, left one seed at 0.48); chosen on a validation split (docs/toy-training.md)
+    pacl_lr: float = 5e-3
     pacl_tau: float = 0.1
     pacl_captions: str = "mentions"  # one of PACL_CAPTIONS
     mention_draws: int = 4  # mentions per scene; each epoch of stage 2 uses the next, like COCO's 5 captions
@@ -71,11 +73,17 @@ class ToyTrainConfig:
     tower_candidates: tuple = ()
 
     def __post_init__(self):
-        assert self.pacl_captions in PACL_CAPTIONS, f"pacl_captions must be one of {PACL_CAPTIONS}"
-        assert self.mention_draws >= 1, "mention_draws must be at least 1"
-        assert self.registers >= 0, "registers must be at least 0"
+        if self.pacl_captions not in PACL_CAPTIONS:
+            raise PACLError(f"pacl_captions must be one of {PACL_CAPTIONS}, got {self.pacl_captions!r}")
+        if self.mention_draws < 1:
+            raise PACLError(f"mention_draws must be at least 1, got {self.mention_draws}")
+        if self.registers < 0:
+            raise PACLError(f"registers must be at least 0, got {self.registers}")
+        if not 0 < self.pacl_lr <= 1:
+            raise PACLError(f"pacl_lr must be in (0, 1], got {self.pacl_lr}")
         last = int(self.clip_phases[-1][1])
-        assert all(0 < int(c) < last for c in self.tower_candidates), f"tower candidates must be in 1..{last - 1}"
+        if not all(0 < int(c) < last for c in self.tower_candidates):
+            raise PACLError(f"tower candidates must be steps from 1 to {last - 1} of the last phase")
 
     @property
     def image_size(self) -> int:
