@@ -211,7 +211,7 @@ def test_toy_evaluation_bad_limit_and_unwritable_figure_fail_before_evaluating(t
     def no_evaluation(*args, **kwargs):
         raise AssertionError("the evaluation ran before the settings were checked")
 
-    monkeypatch.setattr(te, "evaluate_method", no_evaluation)
+    monkeypatch.setattr(te, "evaluate_segmenters", no_evaluation)
     (tmp_path / "a_file").write_text("x")
     for argv, message in ((["--limit", "0"], "--limit must be positive"),
                           (["--out", str(tmp_path / "a_file" / "o")], "a_file is not a folder"),
@@ -223,3 +223,31 @@ def test_toy_evaluation_bad_limit_and_unwritable_figure_fail_before_evaluating(t
         te.evaluate_toy(split, toy, limit=-3, roc_png=False)
     with pytest.raises(te.PACLError, match="a_file: exists and is not a folder"):
         te.evaluate_toy(split, toy, roc_png=tmp_path / "a_file" / "roc.png")
+
+
+@pytest.mark.parametrize("shifts, refine", [(1, None), (2, "affinity"), (1, "pamr")])
+def test_several_methods_share_one_trunk_and_equal_each_alone(toy, test_split, monkeypatch, shifts, refine):
+    """evaluate_toy with k methods runs the trunk, at each input size, as often as one method of that size does
+    alone (vanilla and PACL see 96 px, SCLIP and SC-CLIP their own 144 px), and each method's numbers are its own."""
+    from collections import Counter
+
+    sizes = Counter()  # trunk passes per input size
+    trunk = toy.trunk
+    monkeypatch.setattr(toy, "trunk", lambda x, *a, **k: sizes.update([x.shape[-1]]) or trunk(x, *a, **k))
+    methods = ("vanilla", "pacl", "sclip", "scclip")
+    kw = dict(limit=8, roc_png=False, shifts=shifts, refine=refine)
+    together = evaluate_toy(test_split, toy, methods=methods, **kw)
+    passes_together = dict(sizes)
+    assert set(passes_together) == {96, 144}
+    assert list(together)[:len(methods)] == list(methods)
+    for m in methods:
+        sizes.clear()
+        alone = evaluate_toy(test_split, toy, methods=(m,), **kw)
+        size = Segmenter(toy, method=m).image_size
+        assert sizes[size] == passes_together[size], "k methods of one size cost the trunk passes of one"
+        for key in ("miou", "patch_acc", "pixel_acc", "coherence_auc"):
+            assert together[m][key] == pytest.approx(alone[m][key], abs=1e-6), (m, key)
+        assert together[m]["per_class_iou"] == pytest.approx(alone[m]["per_class_iou"], abs=1e-6, nan_ok=True)
+        assert together[m]["seen"]["miou"] == pytest.approx(alone[m]["seen"]["miou"], abs=1e-6)
+        if m == "pacl":  # the attention diagnostic runs at the head's tau, which a run without PACL does not have
+            assert together[m]["attention_on_object"] == pytest.approx(alone[m]["attention_on_object"], abs=1e-6)

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from pacl_core.errors import PACLError
 from pacl_core.inputs import check_out_folder
+from pacl_core.methods import layers_needed
 from pacl_core.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from pacl_core.pamr import pamr_rgb
 from pacl_core.probes import (
@@ -50,7 +51,7 @@ from pacl_core.probes import (
     patch_majority_labels,
     save_roc_png,
 )
-from pacl_core.segment import Segmenter, shifted_scores
+from pacl_core.segment import Segmenter, pixel_scores_many, shifted_scores
 from pacl_core.toy.world import CLASSES, ToyDataset, make_scene
 
 SUBSETS = ("all", "seen", "unseen")
@@ -66,25 +67,39 @@ def subset_labels(item: dict) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def predict(segmenter, images: list[np.ndarray], text: torch.Tensor) -> tuple[torch.Tensor, tuple, np.ndarray]:
-    """Images (H, W, 3) of one size -> patch embeddings (B, T, D), grid, and label maps (B, H, W).
+def predict_many(segmenters: list, images: list[np.ndarray], text: torch.Tensor
+                 ) -> list[tuple[torch.Tensor, tuple, np.ndarray]]:
+    """Images (H, W, 3) of one size -> per segmenter (of one backbone, image size and shifts): patch embeddings
+    (B, T, D), grid, and label maps (B, H, W).
 
-    The batched equivalent of Segmenter(image, words) in 'whole' mode without a background rule (with the
+    The batched equivalent of Segmenter(image, words) in 'whole' mode without a background rule (with each
     segmenter's shifted passes and refinement, if any; the patch embeddings are always those of the unshifted
-    image, before any refinement).
+    image, before any refinement). Blocks 1..L-1 run once for all the segmenters (patch_logits_many's trunk).
     """
-    backbone, S = segmenter.backbone, segmenter.image_size
+    first = segmenters[0]
+    backbone, S = first.backbone, first.image_size
     H, W = images[0].shape[:2]
     x = torch.cat([backbone.preprocess(im, (S, S)) for im in images])  # (B, 3, S, S)
-    emb, grid = segmenter.patch_embeddings(x)  # (B, T, D)
-    if segmenter.shifts > 1:
-        s = segmenter.pixel_scores(x, text)  # (B, K, S, S)
-    else:
-        s = segmenter.scores_from_embeddings(emb, grid, text)  # (B, K, h, w), affinity-refined if asked
-    scores = F.interpolate(s, size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
-    if segmenter.refine == "pamr":
-        scores = pamr_rgb(np.stack(images), scores)  # (B, K, H, W)
-    return emb.float().cpu(), grid, scores.argmax(1).cpu().numpy()
+    keep = sorted({i for sg in segmenters for i in layers_needed(sg.method, backbone.depth)})
+    trunk = backbone.trunk(x, keep)  # x: (B, 1 + T + R, W)
+    tokens = backbone.finish_many(trunk, [sg.method for sg in segmenters])  # method -> (B, 1 + T, D_v)
+    embs = [sg.embed_tokens(tokens[sg.method][:, 1:]) for sg in segmenters]  # (B, T, D) each
+    if first.shifts > 1:
+        scores = pixel_scores_many(segmenters, x, [text] * len(segmenters))  # (B, K, S, S) each
+    else:  # (B, K, h, w) each, affinity-refined where asked
+        scores = [sg.scores_from_embeddings(e, trunk.grid, text) for sg, e in zip(segmenters, embs)]
+    out = []
+    for sg, emb, sc in zip(segmenters, embs, scores):
+        sc = F.interpolate(sc, size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
+        if sg.refine == "pamr":
+            sc = pamr_rgb(np.stack(images), sc)  # (B, K, H, W)
+        out.append((emb.float().cpu(), trunk.grid, sc.argmax(1).cpu().numpy()))
+    return out
+
+
+def predict(segmenter, images: list[np.ndarray], text: torch.Tensor) -> tuple[torch.Tensor, tuple, np.ndarray]:
+    """predict_many for one segmenter: (patch embeddings (B, T, D), grid, label maps (B, H, W))."""
+    return predict_many([segmenter], images, text)[0]
 
 
 def _clean(v: float) -> float | None:
@@ -105,34 +120,44 @@ def _summarise(conf: np.ndarray, emb: torch.Tensor, patch_labels: np.ndarray, te
     return row, roc
 
 
-def evaluate_method(dataset: ToyDataset, segmenter, text: torch.Tensor, indices: list[int], batch: int = 50,
-                    progress: bool = False, tau: float = 1.0) -> tuple[dict, dict]:
-    """One method on the given items -> (metrics dict with seen/unseen parts, ROC of the whole set).
+def evaluate_segmenters(dataset: ToyDataset, segmenters: dict, text: torch.Tensor, indices: list[int],
+                        batch: int = 50, progress: bool = False, tau: float = 1.0) -> dict[str, tuple[dict, dict]]:
+    """Several methods on the given items, each batch through the backbone's trunk once (predict_many)
+    -> {method: (metrics dict with seen/unseen parts, ROC of the whole set)}.
 
-    tau: the softmax temperature of the attention diagnostic (the PACL head's own)."""
+    segmenters: {method: Segmenter} of one backbone, image size and shifts. tau: the softmax temperature of the
+    attention diagnostic (the PACL head's own)."""
     K = len(dataset.classes)
-    conf = {s: np.zeros((K, K), np.int64) for s in SUBSETS}
-    embs, plabels = [], {s: [] for s in SUBSETS}
-    for start in tqdm(range(0, len(indices), batch), desc=f"evaluating {segmenter.method}", unit="batch",
+    methods = list(segmenters)
+    conf = {m: {s: np.zeros((K, K), np.int64) for s in SUBSETS} for m in methods}
+    embs = {m: [] for m in methods}
+    plabels = {s: [] for s in SUBSETS}  # the same for every method: one geometry
+    for start in tqdm(range(0, len(indices), batch), desc=f"evaluating {', '.join(methods)}", unit="batch",
                       disable=not progress, leave=False):
         items = [dataset[i] for i in indices[start:start + batch]]
-        emb, grid, pred = predict(segmenter, [it["image"] for it in items], text)
-        embs.append(emb)
+        labels = {s: np.stack([subset_labels(it)[s] for it in items]) for s in SUBSETS}  # (b, H, W) each
+        results = predict_many(list(segmenters.values()), [it["image"] for it in items], text)
+        grid = results[0][1]  # (h, w), one geometry
+        for m, (emb, _, pred) in zip(methods, results):
+            embs[m].append(emb)
+            for s in SUBSETS:
+                conf[m][s] += confusion_matrix(pred, labels[s], K)
         for s in SUBSETS:
-            labels = np.stack([subset_labels(it)[s] for it in items])  # (b, H, W)
-            conf[s] += confusion_matrix(pred, labels, K)
-            plabels[s].append(patch_majority_labels(labels, grid, K))  # (b, T)
-    emb = torch.cat(embs)  # (N, T, D)
-    result, roc_all = None, None
-    for s in SUBSETS:
-        patch_labels = np.concatenate(plabels[s])  # (N, T)
-        row, roc = _summarise(conf[s], emb, patch_labels, text, dataset.classes, seed=SUBSETS.index(s))
-        if s == "all":
-            result, roc_all = row, roc
-            result["attention_on_object"] = attention_on_target(emb, patch_labels, text, tau, exclude=(0,))
-        else:
-            result[s] = row
-    return result, roc_all
+            plabels[s].append(patch_majority_labels(labels[s], grid, K))  # (b, T)
+    patch_labels = {s: np.concatenate(plabels[s]) for s in SUBSETS}  # (N, T) each
+    out = {}
+    for m in methods:
+        emb = torch.cat(embs[m])  # (N, T, D)
+        result, roc_all = None, None
+        for s in SUBSETS:
+            row, roc = _summarise(conf[m][s], emb, patch_labels[s], text, dataset.classes, seed=SUBSETS.index(s))
+            if s == "all":
+                result, roc_all = row, roc
+                result["attention_on_object"] = attention_on_target(emb, patch_labels[s], text, tau, exclude=(0,))
+            else:
+                result[s] = row
+        out[m] = (result, roc_all)
+    return out
 
 
 def oracle_miou(dataset: ToyDataset, indices: list[int], patch_size: int, image_size: int, shifts: int = 1) -> float:
@@ -194,8 +219,14 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
     heads = [sg.head for sg in segmenters.values() if sg.head is not None]
     tau = float((getattr(heads[0], "meta", None) or {}).get("tau") or 1.0) if heads else 1.0
     out, rocs = {}, {}
-    for method, segmenter in segmenters.items():  # every method's attention at the same tau: the head's
-        out[method], rocs[method] = evaluate_method(dataset, segmenter, text, indices, progress=progress, tau=tau)
+    by_size: dict[int, dict] = {}  # methods whose segmenters see the same input share every trunk pass
+    for method, segmenter in segmenters.items():
+        by_size.setdefault(segmenter.image_size, {})[method] = segmenter
+    for group in by_size.values():  # every method's attention at the same tau: the head's
+        for method, (row, roc) in evaluate_segmenters(dataset, group, text, indices, progress=progress,
+                                                      tau=tau).items():
+            out[method], rocs[method] = row, roc
+    out = {m: out[m] for m in segmenters}  # in the order asked for
     if roc_png is not False:
         save_roc_png(rocs, roc_png, title=f"semantic coherence, {backbone.name}")
     out.update(roc_png=str(roc_png) if roc_png is not False else None, classes=words, words=words,
