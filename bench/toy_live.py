@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pacl_core import toylive, toymodel  # noqa: E402
+from pacl_core.toy import live as toylive  # noqa: E402
+from pacl_core.toy import model as toymodel  # noqa: E402
 from pacl_core.toy.train import EVAL_SEED, evaluate_held_out  # noqa: E402
 
 TARGET_S, TARGET_MIOU = 60.0, 0.45
