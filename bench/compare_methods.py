@@ -85,18 +85,11 @@ def split(registry, label, image, words, methods, resolution, repeats: int) -> d
     return {k: statistics.median(v) for k, v in parts.items()}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip-default", action="store_true", help="leave out the 'model default' column")
-    ap.add_argument("--split-only", action="store_true", help="only the server-side split of one request")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    registry = ModelRegistry([ModelChoice("vit-random", VIT)])
+def k_methods_table(registry, photo: np.ndarray, repeats: int, skip_default: bool) -> None:
+    """The table of k = 1..all methods over one bare forward at 448 px, one row per k."""
     backbone = registry.backbone("vit-random")
     model = bare_encoder(backbone, 448)
     x = torch.randn(1, 3, 448, 448)
-    photo = np.random.default_rng(0).integers(0, 256, (512, 640, 3), dtype=np.uint8)
     words = [w.strip() for w in WORDS.split(",")]
 
     def bare():
@@ -104,13 +97,13 @@ def main():
             model.encode_image(x)
 
     bare()
-    t_bare = statistics.median([paired_ratio(bare, bare, 1)[0] for _ in range(args.repeats)])
+    t_bare = statistics.median([paired_ratio(bare, bare, 1)[0] for _ in range(repeats)])
     print(f"bare encode_image at 448 px: {t_bare * 1000:.0f} ms; {torch.get_num_threads()} threads; "
-          f"640x512 photo, {len(words)} words; ratios = median over {args.repeats} back-to-back pairs of "
+          f"640x512 photo, {len(words)} words; ratios = median over {repeats} back-to-back pairs of "
           "(call time) / (bare forward time)")
-    cols = ["shared, 448", "demo, 448", "one at a time, 448"] + ([] if args.skip_default else ["demo, model default"])
+    cols = ["shared, 448", "demo, 448", "one at a time, 448"] + ([] if skip_default else ["demo, model default"])
     print(f"{'k':>2} {'methods':<38} | " + " | ".join(f"{c:>20}" for c in cols) + " | target")
-    for k in range(1, 0 if args.split_only else len(METHODS) + 1):
+    for k in range(1, len(METHODS) + 1):
         methods = METHODS[:k]
         segs448 = [registry.segmenter("vit-random", m, 448) for m in methods]
         calls = {
@@ -123,10 +116,23 @@ def main():
         }
         cells = []
         for c in cols:
-            t, r = paired_ratio(bare, calls[c], args.repeats)
+            t, r = paired_ratio(bare, calls[c], repeats)
             cells.append(f"{t * 1000:7.0f} ms {r:6.2f}x")
         print(f"{k:>2} {','.join(methods):<38} | " + " | ".join(f"{c:>20}" for c in cells)
               + f" | <= {1.2 + 0.1 * k:.1f}x", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-default", action="store_true", help="leave out the 'model default' column")
+    ap.add_argument("--split-only", action="store_true", help="only the server-side split of one request")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    registry = ModelRegistry([ModelChoice("vit-random", VIT)])
+    photo = np.random.default_rng(0).integers(0, 256, (512, 640, 3), dtype=np.uint8)
+    if not args.split_only:
+        k_methods_table(registry, photo, args.repeats, args.skip_default)
 
     print("\nserver-side split of one request (median seconds; the archive is made after the results are shown)")
     toy = default_registry()

@@ -370,8 +370,8 @@ class Segmenter:
     @torch.no_grad()
     def patch_embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Normalised images (B, 3, H, W) -> this method's patch embeddings (B, T, D) in the joint space."""
-        tokens, grid = self.backbone.patch_tokens(images, self.method)  # (B, T, D_v)
-        return self.embed_tokens(tokens), grid  # (B, T, D)
+        (emb,), grid = patch_embeddings_many([self], images)  # (B, T, D)
+        return emb, grid
 
     @torch.no_grad()
     def scores_from_embeddings(self, emb: torch.Tensor, grid: tuple[int, int], text_emb: torch.Tensor) -> torch.Tensor:
@@ -447,12 +447,19 @@ def patch_logits_many(segmenters: list[Segmenter], images: torch.Tensor, texts: 
     Blocks 1..L-1 run once for all of them (keeping the union of the blocks their methods read); each method
     then runs its own last block, and methods sharing a last block (vanilla, pacl) share that too.
     """
+    embs, grid = patch_embeddings_many(segmenters, images)  # (B, T, D) each
+    return [s.scores_from_embeddings(e, grid, t) for s, e, t in zip(segmenters, embs, texts)]  # (B, K, h, w) each
+
+
+@torch.no_grad()
+def patch_embeddings_many(segmenters: list[Segmenter], images: torch.Tensor) -> tuple[list[torch.Tensor], tuple]:
+    """Segmenter.patch_embeddings for segmenters of one backbone, (B, 3, H, W) -> ([(B, T, D)], grid), with
+    blocks 1..L-1 run once for all of them (keeping the union of the blocks their methods read)."""
     backbone = segmenters[0].backbone
     keep = sorted({i for s in segmenters for i in layers_needed(s.method, backbone.depth)})
     trunk = backbone.trunk(images, keep)  # x: (B, 1 + T + R, W)
     tokens = backbone.finish_many(trunk, [s.method for s in segmenters])  # method -> (B, 1 + T, D_v)
-    return [s.scores_from_embeddings(s.embed_tokens(tokens[s.method][:, 1:]), trunk.grid, t)  # (B, K, h, w)
-            for s, t in zip(segmenters, texts)]
+    return [s.embed_tokens(tokens[s.method][:, 1:]) for s in segmenters], trunk.grid  # (B, T, D) each
 
 
 @torch.no_grad()

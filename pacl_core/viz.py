@@ -43,13 +43,18 @@ def palette(k: int) -> np.ndarray:
 def colorize_mask(mask: np.ndarray, k: int) -> np.ndarray:
     """(H, W) word indices (-1 = background) -> (H, W, 3) uint8 colours."""
     lut = np.vstack([palette(k), np.array([BACKGROUND_COLOR], dtype=np.uint8)])  # index -1 -> last row
-    index = np.where(mask < 0, k, mask)  # (H, W)
-    if k < 256:  # OpenCV's per-channel table look-up, several times faster than numpy indexing
-        index = index.astype(np.uint8)
-        table = np.zeros((256, 1, 3), np.uint8)
-        table[: k + 1, 0] = lut
-        return cv2.LUT(cv2.merge([index, index, index]), table)  # (H, W, 3)
-    return lut[index]
+    return lookup_rgb(lut, np.where(mask < 0, k, mask))  # (H, W, 3)
+
+
+def lookup_rgb(lut: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """An (N, 3) uint8 colour table indexed by an (H, W) integer map -> (H, W, 3) uint8. Up to 256 entries, with
+    OpenCV's per-channel table look-up, several times faster than numpy indexing."""
+    if len(lut) > 256:
+        return lut[index]
+    index = index.astype(np.uint8)
+    table = np.zeros((256, 1, 3), np.uint8)
+    table[: len(lut), 0] = lut
+    return cv2.LUT(cv2.merge([index, index, index]), table)  # (H, W, 3)
 
 
 def enlarge(image: np.ndarray, min_side: int = MIN_DISPLAY_SIDE, nearest: bool = True) -> np.ndarray:
@@ -132,10 +137,7 @@ def apply_colormap(heat: np.ndarray, cmap: str = "turbo") -> np.ndarray:
     """(H, W) in [0, 1] -> (H, W, 3) uint8 colours by table look-up, the entries matplotlib itself picks."""
     lut = colormap_lut(cmap)
     index = np.minimum(np.clip(heat, 0, 1) * len(lut), len(lut) - 1).astype(np.int32)  # (H, W): int(x · N)
-    if len(lut) == 256:  # OpenCV's per-channel table look-up, several times faster than numpy indexing
-        index = index.astype(np.uint8)
-        return cv2.LUT(cv2.merge([index, index, index]), lut[:, None, :])  # (H, W, 3)
-    return lut[index]  # (H, W, 3)
+    return lookup_rgb(lut, index)  # (H, W, 3)
 
 
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, cmap: str = "turbo", alpha: float = 0.5,
@@ -203,19 +205,18 @@ def contact_sheet(tiles: list[np.ndarray], titles: list[str] | None = None, colu
     strip = 0 if titles is None else int(size * 1.4)
     cell = strip + h
     sheet = np.full((rows * cell + (rows - 1) * gap, columns * w + (columns - 1) * gap, 3), fill, np.uint8)
-    for i, tile in enumerate(tiles):
-        y, x = (i // columns) * (cell + gap), (i % columns) * (w + gap)
+    corners = [((i // columns) * (cell + gap), (i % columns) * (w + gap)) for i in range(len(tiles))]  # (y, x)
+    for (y, x), tile in zip(corners, tiles):
         sheet[y + strip: y + strip + tile.shape[0], x: x + tile.shape[1]] = tile
-    if titles is not None:
-        pil = Image.fromarray(sheet)
-        draw = ImageDraw.Draw(pil)
-        font = _font(size)
-        for i, title in enumerate(titles):
-            y, x = (i // columns) * (cell + gap), (i % columns) * (w + gap)
-            text = _short(title, max(4, int(w / (0.6 * size))))
-            draw.text((x + 2, y + (strip - size) // 2), text, fill=(0, 0, 0), font=font)
-        sheet = np.asarray(pil)
-    return sheet
+    if titles is None:
+        return sheet
+    pil = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(pil)
+    font = _font(size)
+    for (y, x), title in zip(corners, titles):
+        draw.text((x + 2, y + (strip - size) // 2), _short(title, max(4, int(w / (0.6 * size)))), fill=(0, 0, 0),
+                  font=font)
+    return np.asarray(pil)
 
 
 def plot_lines(lines: dict, title: str, xlabel: str, ylabel: str, ylim=None, size=(5.0, 2.6)) -> np.ndarray:

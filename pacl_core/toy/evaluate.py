@@ -39,7 +39,6 @@ from tqdm import tqdm
 
 from pacl_core.errors import PACLError
 from pacl_core.inputs import check_out_folder
-from pacl_core.methods import layers_needed
 from pacl_core.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from pacl_core.pamr import pamr_rgb
 from pacl_core.probes import (
@@ -51,7 +50,7 @@ from pacl_core.probes import (
     patch_majority_labels,
     save_roc_png,
 )
-from pacl_core.segment import Segmenter, pixel_scores_many, shifted_scores
+from pacl_core.segment import Segmenter, patch_embeddings_many, pixel_scores_many, shifted_scores
 from pacl_core.toy.world import CLASSES, ToyDataset, make_scene
 
 SUBSETS = ("all", "seen", "unseen")
@@ -74,26 +73,23 @@ def predict_many(segmenters: list, images: list[np.ndarray], text: torch.Tensor
 
     The batched equivalent of Segmenter(image, words) in 'whole' mode without a background rule (with each
     segmenter's shifted passes and refinement, if any; the patch embeddings are always those of the unshifted
-    image, before any refinement). Blocks 1..L-1 run once for all the segmenters (patch_logits_many's trunk).
+    image, before any refinement). Blocks 1..L-1 run once for all the segmenters (segment.patch_embeddings_many).
     """
     first = segmenters[0]
     backbone, S = first.backbone, first.image_size
     H, W = images[0].shape[:2]
     x = torch.cat([backbone.preprocess(im, (S, S)) for im in images])  # (B, 3, S, S)
-    keep = sorted({i for sg in segmenters for i in layers_needed(sg.method, backbone.depth)})
-    trunk = backbone.trunk(x, keep)  # x: (B, 1 + T + R, W)
-    tokens = backbone.finish_many(trunk, [sg.method for sg in segmenters])  # method -> (B, 1 + T, D_v)
-    embs = [sg.embed_tokens(tokens[sg.method][:, 1:]) for sg in segmenters]  # (B, T, D) each
+    embs, grid = patch_embeddings_many(segmenters, x)  # (B, T, D) each, one trunk pass
     if first.shifts > 1:
         scores = pixel_scores_many(segmenters, x, [text] * len(segmenters))  # (B, K, S, S) each
     else:  # (B, K, h, w) each, affinity-refined where asked
-        scores = [sg.scores_from_embeddings(e, trunk.grid, text) for sg, e in zip(segmenters, embs)]
+        scores = [sg.scores_from_embeddings(e, grid, text) for sg, e in zip(segmenters, embs)]
     out = []
     for sg, emb, sc in zip(segmenters, embs, scores):
         sc = F.interpolate(sc, size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
         if sg.refine == "pamr":
             sc = pamr_rgb(np.stack(images), sc)  # (B, K, H, W)
-        out.append((emb.float().cpu(), trunk.grid, sc.argmax(1).cpu().numpy()))
+        out.append((emb.float().cpu(), grid, sc.argmax(1).cpu().numpy()))
     return out
 
 
