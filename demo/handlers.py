@@ -38,7 +38,7 @@ METHOD_TITLES = {"vanilla": "Vanilla CLIP", "pacl": "PACL", "maskclip": "MaskCLI
 DEFAULT_METHODS = ("vanilla", "pacl")  # with a PACL head; without one, vanilla and SC-CLIP (default_methods)
 RESOLUTIONS = ("model default", "96", "160", "224", "320", "448", "672")
 SHIFTS = ("1", "2", "4")  # shifted passes per axis (pacl_core.segment.shifted_scores): 1, 4 or 16 passes
-REFINES = ("none", *REFINERS)  # post-processing of the scores: none, affinity or pamr
+REFINES = ("method default", "none", *REFINERS)  # the method's official refinement (PAMR for NACLIP), none, ...
 DISPLAY_MAX_SIDE = 1024  # larger uploads are downscaled on load: the model sees a few hundred pixels anyway
 HEATMAP_SIDE = 512  # the archive's heatmaps are computed and drawn at most this large
 SHEET_SIDE = 768  # the page's heatmap sheet is about this wide: each word's tile is drawn at its share of it
@@ -131,8 +131,9 @@ def check_shifts(shifts) -> int:
 
 
 def check_refine(refine) -> str | None:
-    """'affinity' -> 'affinity'; 'none' (or nothing) -> None: the segmenter's refinement."""
-    if refine in (None, "", "none"):
+    """'affinity' -> 'affinity'; 'none' -> 'none' (off); 'method default' (or nothing) -> None, the method's own
+    (PAMR for NACLIP, as its official code runs it)."""
+    if refine in (None, "", REFINES[0]):
         return None
     if refine not in REFINES:
         raise PACLError(f"refinement '{refine}' must be one of: {', '.join(REFINES)}")
@@ -203,10 +204,8 @@ def load_model(registry, model: str) -> None:
 
 
 def geometry_text(segmenter) -> str:
-    """What the backbone saw: '448 px whole image' or '336 px short side, 224/112 px windows'."""
-    if segmenter.mode == "whole":
-        return f"{segmenter.image_size} px whole image"
-    return f"{segmenter.image_size} px short side, {segmenter.window}/{segmenter.stride} px windows"
+    """What the backbone saw: '448 px short side, whole image' or '336 px short side, 224/112 px windows'."""
+    return segmenter.geometry.describe()
 
 
 def sharing_text(segmenter, group, size: int | None) -> str:
@@ -224,11 +223,12 @@ def sharing_text(segmenter, group, size: int | None) -> str:
 def method_panel(segmenter, seg, elapsed: float, group, size: int | None) -> Panel:
     """A segmented method's column: status line, overlay and display-size heatmaps."""
     title = method_title(segmenter.method)
-    grid = seg.patch_logits.shape[1:]
+    grid = seg.patch_scores.shape[1:]
     status = (f"**{title}** · {elapsed:.2f} s · {sharing_text(segmenter, group, size)} · "
               f"{grid[0]}×{grid[1]} patches"
               + (f" · {segmenter.shifts}×{segmenter.shifts} shifted passes" if segmenter.shifts > 1 else "")
-              + (f" · {segmenter.refine} refinement" if segmenter.refine else ""))
+              + (f" · {segmenter.refine.upper() if segmenter.refine == 'pamr' else segmenter.refine} refinement"
+                 if segmenter.refine else ""))
     return Panel(segmenter.method, title, status, draw_overlay(seg), heatmap_sheet(seg), seg)
 
 
@@ -259,7 +259,7 @@ def run_methods(registry, model: str, methods: list[str], image: np.ndarray, wor
         start = time.perf_counter()
         try:
             with registry.lock(model):
-                segs = segment_many(group, image, words, background=background)
+                segs = segment_many([s.replace(background=background) for s in group], image, words)
         except PACLError as e:
             for s in group:
                 title = method_title(s.method)
@@ -292,7 +292,7 @@ def compare(registry, image, words, methods, model: str, threshold=0.0, resoluti
     notes = word_notes + notes + [p.status.replace("**", "") for p in panels if not p.ok]
     table = [row for p in panels if p.ok for row in table_rows(p)]
     settings = {"model": model, "image_size": size, "background_threshold": background[1] if background else 0.0,
-                "shifts": shifts, "refine": refine or "none"}
+                "shifts": shifts, "refine": refine or "method default"}
     result = Comparison(words=words, panels=panels, table=table, download=None, notes=notes, settings=settings)
     if package:
         result.download = package_comparison(result)

@@ -265,13 +265,15 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
                 threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Background threshold",
                                       info="pixels whose best cosine is below this become background; 0 = off")
                 resolution = gr.Dropdown(list(h.RESOLUTIONS), value=h.RESOLUTIONS[0], label="Input resolution (px)",
-                                         info="the side the image is resized to; larger = finer, slower")
+                                         info="the short side the image is resized to (aspect ratio kept); "
+                                              "larger = finer, slower")
                 shifts = gr.Radio(list(h.SHIFTS), value=h.SHIFTS[0], label="Shifted passes per axis",
                                   info="average m×m passes of the image moved by fractions of a patch: "
                                        "smoother, less noisy maps for m² times the compute; 1 = one pass")
                 refine = gr.Radio(list(h.REFINES), value=h.REFINES[0], label="Refinement",
-                                  info="affinity: each patch takes the scores of the patches whose embeddings "
-                                       "resemble its own; pamr: smoothed along the image's colour edges")
+                                  info="method default: each method's official setting (PAMR for NACLIP); affinity: "
+                                       "each patch takes the scores of the patches whose embeddings resemble its "
+                                       "own; pamr: smoothed along the image's colour edges")
                 run_btn = gr.Button("Segment", variant="primary", elem_id="run-button")
                 gr.Examples(load_examples(), inputs=[image, words], label="Examples: pick one, then press Segment",
                             cache_examples=False, examples_per_page=8)

@@ -8,12 +8,12 @@ from pacl_core.checkpoint import load_head, save_head
 from pacl_core.errors import PACLError
 from pacl_core.loss import PACLLoss
 from pacl_core.pacl import VisionEmbedder, attended_embedding, compatibility, patch_attention, patch_similarity
-from pacl_core.segment import Segmentation, Segmenter, segment_many
+from pacl_core.segment import Geometry, Readout, Segmentation, Segmenter, segment_many
 from pacl_core.toy.model import load_toy_backbone  # also registers load_backbone("toy")
 
 __version__ = "0.1.0"
 __all__ = [
     "Backbone", "load_backbone", "load_head", "save_head", "PACLError", "PACLLoss", "VisionEmbedder",
-    "attended_embedding", "compatibility", "patch_attention", "patch_similarity", "Segmentation", "Segmenter",
-    "segment_many", "load_toy_backbone",
+    "attended_embedding", "compatibility", "patch_attention", "patch_similarity", "Geometry", "Readout",
+    "Segmentation", "Segmenter", "segment_many", "load_toy_backbone",
 ]

@@ -255,19 +255,25 @@ class Backbone:
 
     # ---- images -------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (1, 3, h, w) normalised float tensor; resized on uint8 (area to shrink, else cubic)."""
+        """(H, W, 3) uint8 -> (1, 3, h, w) normalised float tensor, resized on uint8 with bilinear interpolation
+        (cv2 INTER_LINEAR, mmcv's default and so every official segmentor's)."""
+        return self.preprocess_batch(image[None], size)
+
+    def preprocess_batch(self, images: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """(B, H, W, 3) uint8 of one size -> (B, 3, h, w) normalised, each resized as `preprocess` does."""
         h, w = size
-        if image.shape[:2] != (h, w):
-            shrink = h <= image.shape[0] and w <= image.shape[1]
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-        return self.normalize(torch.from_numpy(np.ascontiguousarray(image))[None])  # (1, 3, h, w)
+        if images.shape[1:3] != (h, w):
+            images = np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR) for im in images])
+        return self.normalize(torch.from_numpy(np.ascontiguousarray(images)))  # (B, 3, h, w)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 on any device -> (B, 3, H, W) normalised float on this backbone's device."""
         return normalize_uint8(images.to(self.device, non_blocking=True), self.mean, self.std)
 
     def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        """(1 + h*w, W) positional embedding for a patch grid, bicubic-interpolated from the native one."""
+        """(1 + h*w, W) positional embedding for a patch grid, as the official segmentors interpolate it: the
+        native one unchanged at the native grid, else bicubic with scale factors ((h + 0.1) / h0, (w + 0.1) / w0)
+        (the factor, not the size, sets where each output samples), no antialiasing."""
         pe = self.model.visual.positional_embedding  # (1 + H0*W0, W)
         if tuple(grid) == self.native_grid:
             return pe
@@ -275,18 +281,21 @@ class Backbone:
         if key not in self._pos_cache:
             h0, w0 = self.native_grid
             cls, pos = pe[:1], pe[1:].reshape(1, h0, w0, -1).permute(0, 3, 1, 2)  # (1, W, H0, W0)
-            pos = F.interpolate(pos.float(), size=grid, mode="bicubic", antialias=True, align_corners=False)
+            factors = ((grid[0] + 0.1) / h0, (grid[1] + 0.1) / w0)
+            pos = F.interpolate(pos.float(), scale_factor=factors, mode="bicubic", align_corners=False,
+                                recompute_scale_factor=False)  # (1, W, h, w)
             pos = pos.to(pe.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)  # (h*w, W)
             self._pos_cache.clear()
             self._pos_cache[key] = torch.cat([cls, pos], dim=0).detach()
         return self._pos_cache[key]
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Normalised images (B, 3, H, W) -> input tokens of the transformer (B, 1 + T, W) and the patch grid."""
+        """Normalised images (B, 3, H, W) -> input tokens of the transformer (B, 1 + T, W) and the patch grid
+        (H // p, W // p): the patch convolution drops any remainder, as in the official forward."""
         visual = self.model.visual
         H, W = images.shape[-2:]
-        if H % self.patch_size or W % self.patch_size:
-            raise PACLError(f"image size {H}x{W} must be a multiple of the patch size {self.patch_size}")
+        if min(H, W) < self.patch_size:
+            raise PACLError(f"image size {H}x{W} is smaller than one {self.patch_size} px patch")
         x = visual.conv1(images.to(visual.conv1.weight.dtype))  # (B, W, h, w)
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, T, W)

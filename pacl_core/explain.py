@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from pacl_core.errors import PACLError
 from pacl_core.inputs import parse_words, to_rgb_array
 from pacl_core.pacl import compatibility, patch_attention, patch_similarity
+from pacl_core.segment import run_pass
 from pacl_core.viz import enlarge, heatmap_overlay
 
 
@@ -81,10 +82,11 @@ def explain(segmenter, image, words, tau: float | None = None) -> Explanation:
         raise PACLError(f"the attention temperature tau must be positive, got {tau}")
     bb = segmenter.backbone
     size = segmenter.image_size
-    x = bb.preprocess(image, (size, size))  # (1, 3, S, S), as the segmenter's whole-image mode sees it
-    emb, (h, w) = segmenter.patch_embeddings(x)  # (1, T, D): e_v(f_v(x))_i for each patch i
-    emb = emb.float()
-    text = bb.text_embeddings(words).to(emb.device).float()  # (K, D): e_t(f_t(y))
+    text = bb.text_embeddings(words).float()  # (K, D): e_t(f_t(y))
+    whole = segmenter.reshape(mode="whole", shifts=1)  # one plain pass over the whole image
+    result = run_pass([whole], image[None], [text], embeddings=True)  # the segmenter's whole-image pass
+    emb, (h, w) = result.embeddings[0].float(), result.grid  # (1, T, D): e_v(f_v(x))_i for each patch i
+    text = text.to(emb.device)
     s = patch_similarity(emb, text)[0]  # (K, T)
     a = patch_attention(emb, text, tau)[0]  # (K, T)
     phi = compatibility(emb, text, tau)[0]  # (K,)

@@ -282,35 +282,47 @@ TRAINING_FREE = ("maskclip", "sclip", "clearclip", "naclip", "scclip")
 LAYERS_NEEDED: dict = {"scclip": scclip_layers}
 
 # Inference settings each method's official code uses; vanilla / pacl keep the model's own. Pixel sizes are for a
-# 224-px-native backbone (ViT-B/16) and scale with the backbone's native size. image_size is the short side the
-# image is resized to, window/stride the sliding window. "datasets" holds the per-benchmark overrides of the
-# official configs; "background" there is "prob:T": background where max softmax(logit_scale · cos) < T.
+# 224-px-native backbone (ViT-B/16) and scale with the backbone's native size. image_size is the short side of
+# mmcv's keep-ratio resize (Resize(scale=(2048, S), keep_ratio=True)), window/stride the sliding window (mode
+# "whole": slide_crop=0). "datasets" holds the per-benchmark overrides of the official configs/cfg_*.py;
+# "background" there is "prob:T": background where the best class's softmax(logit_scale · cos) is below T (prob_thd).
+# Transcribed from each repository at the commit named (docs/methods.md has the table and the sources).
 METHOD_DEFAULTS: dict[str, dict] = {
-    # MaskCLIP's own repo (chongzhou/MaskCLIP, configs/maskclip/*vit16*) runs whole images at short side 512 with
-    # softmax(100 · cos) for its thresholds; its published training-free numbers for ViT-B/16 (as quoted by SCLIP,
-    # ClearCLIP and NACLIP) come from the SCLIP protocol, which we use here.
-    "maskclip": {"logit_scale": 40.0, "mode": "slide", "image_size": 336, "window": 224, "stride": 112},
-    # wangf3014/SCLIP clip_segmentor.py (logit_scale=40, slide_crop=224, slide_stride=112) and configs/cfg_*.py
-    # (Resize short side 336, 448 for COCO-Stuff; logit 65/50 and prob_thd 0.1 on the benchmarks with background).
+    # MaskCLIP has no official evaluation in this protocol (chongzhou/MaskCLIP runs whole images at short side 512
+    # with its own key smoothing and prompt denoising). Its training-free numbers for ViT-B/16 quoted by SCLIP,
+    # ClearCLIP and NACLIP come from SCLIP's pipeline, so MaskCLIP runs through SCLIP's segmentor and configs here.
+    "maskclip": {"logit_scale": 40.0, "mode": "slide", "image_size": 336, "window": 224, "stride": 112,
+                 "datasets": {"coco_stuff": {"image_size": 448}, "cityscapes": {"image_size": 560},
+                              "voc21": {"logit_scale": 65.0, "background": "prob:0.1", "area_threshold": 0.1},
+                              "context60": {"logit_scale": 50.0, "background": "prob:0.1"},
+                              "coco_object": {"logit_scale": 50.0, "background": "prob:0.1"}}},
+    # wangf3014/SCLIP @ b56bd30: clip_segmentor.py (logit_scale=40, slide_crop=224, slide_stride=112, no PAMR) and
+    # configs/cfg_*.py (short side 336; 448 for COCO-Stuff 164k, 560 for Cityscapes; VOC21 logit 65, prob_thd 0.1,
+    # area_thd 0.1; Context60 and COCO-Object logit 50, prob_thd 0.1).
     "sclip": {"logit_scale": 40.0, "mode": "slide", "image_size": 336, "window": 224, "stride": 112,
-              "datasets": {"coco_stuff": {"image_size": 448},
+              "datasets": {"coco_stuff": {"image_size": 448}, "cityscapes": {"image_size": 560},
                            "voc21": {"logit_scale": 65.0, "background": "prob:0.1", "area_threshold": 0.1},
                            "context60": {"logit_scale": 50.0, "background": "prob:0.1"},
                            "coco_object": {"logit_scale": 50.0, "background": "prob:0.1"}}},
-    # mc-lan/ClearCLIP clearclip_segmentor.py (logit_scale=50, slide_crop=448, slide_stride=224) and configs/cfg_*.py
-    # (Resize short side 448; prob_thd 0.5 / 0.15 / 0.4 on VOC21 / Context60 / COCO-Object).
+    # mc-lan/ClearCLIP @ ad68a40: clearclip_segmentor.py (logit_scale=50, slide_crop=448, slide_stride=224; a window
+    # that is not a multiple of the patch is zero-padded, centred) and configs/cfg_*.py (short side 448 everywhere;
+    # Cityscapes slide_crop 224; prob_thd 0.5 / 0.15 / 0.4 on VOC21 / Context60 / COCO-Object).
     "clearclip": {"logit_scale": 50.0, "mode": "slide", "image_size": 448, "window": 448, "stride": 224,
+                  "pad_windows": True,
                   "datasets": {"voc21": {"background": "prob:0.5"}, "context60": {"background": "prob:0.15"},
-                               "coco_object": {"background": "prob:0.4"}}},
-    # sinahmr/NACLIP naclip.py (logit_scale=40, slide_crop=224, slide_stride=112, gaussian_std=5) and configs/cfg_*.py
-    # (short side 336, 448 for COCO-Stuff; prob_thd 0.1 on the benchmarks with background). Its README numbers use
-    # PAMR (test_all.sh ... on: 10 steps, dilations 8 and 16): pass refine="pamr" for those.
+                               "coco_object": {"background": "prob:0.4"}, "cityscapes": {"window": 224}}},
+    # sinahmr/NACLIP @ 0cac3a6 ("Update for v2"): naclip.py (logit_scale=40, slide_crop=224, slide_stride=112,
+    # gaussian_std=5, pamr_steps=10 with dilations (8, 16) by default; whole-image scores go to the resized input
+    # first, then to the photo) and configs/cfg_*.py (short side 336, 560 for Cityscapes; VOC21 and VOC20 whole
+    # image, slide_crop=0; prob_thd 0.1 on VOC21, Context60, COCO-Object).
     "naclip": {"logit_scale": 40.0, "mode": "slide", "image_size": 336, "window": 224, "stride": 112,
-               "datasets": {"coco_stuff": {"image_size": 448}, "voc21": {"background": "prob:0.1"},
-                            "context60": {"background": "prob:0.1"}, "coco_object": {"background": "prob:0.1"}}},
-    # SuleBai/SC-CLIP scclip_segmentor.py (logit_scale=40, slide_crop=224, slide_stride=112) and configs/cfg_*.py
-    # (Resize short side 336 everywhere, 560 for Cityscapes; VOC21 logit 50, prob_thd 0.15, area_thd 0.1;
-    # Context60 prob_thd 0.15; COCO-Object logit 55, prob_thd 0.35). No PAMR in its published numbers.
+               "refine": "pamr", "upsample": "input",
+               "datasets": {"voc21": {"mode": "whole", "background": "prob:0.1"}, "voc20": {"mode": "whole"},
+                            "context60": {"background": "prob:0.1"}, "coco_object": {"background": "prob:0.1"},
+                            "cityscapes": {"image_size": 560}}},
+    # SuleBai/SC-CLIP @ 0417ba9: scclip_segmentor.py (logit_scale=40, slide_crop=224, slide_stride=112, no PAMR) and
+    # configs/cfg_*.py (short side 336 everywhere, 560 for Cityscapes; VOC21 logit 50, prob_thd 0.15, area_thd 0.1;
+    # Context60 prob_thd 0.15; COCO-Object logit 55, prob_thd 0.35).
     "scclip": {"logit_scale": 40.0, "mode": "slide", "image_size": 336, "window": 224, "stride": 112,
                "datasets": {"voc21": {"logit_scale": 50.0, "background": "prob:0.15", "area_threshold": 0.1},
                             "context60": {"background": "prob:0.15"},

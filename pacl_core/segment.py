@@ -1,20 +1,23 @@
 """Open-vocabulary segmentation: an image and some words in, per-word score maps and a label mask out.
 
-`Segmenter(backbone, method)` scores every patch by its cosine to every word's text embedding, upsamples
-the patch scores to the image, and takes the per-pixel argmax (with an optional background rule).
-`method` is one checked string: "vanilla" (CLIP's own patch projection), "pacl" (a trained e_v head), or a
-training-free variant of the last block (see pacl_core.methods). `shifts=m` averages m x m passes of the image
-shifted by fractions of a patch (`shifted_scores`): a test-time augmentation that evens out each patch's noise.
-`refine` post-processes the scores: "affinity" (a random walk over the patches weighted by their own embeddings,
-pacl_core.affinity; per pass, before upsampling) or "pamr" (guided by the image's colours, after upsampling).
-`area_threshold=a` is SCLIP's / SC-CLIP's area_thd: a class that is the best word at no more than a share a of the
-pixels falls away, and its pixels take the next best word (or background) - `area_keep`.
-`segment_many(segmenters, image, words)` runs several methods on one image: those of one input geometry share
-the backbone's trunk (patch embedding and blocks 1..L-1) and differ only in their last block and scoring.
+One pipeline for every caller (CLI, evaluation, demo, toy world, live training), equal end to end to the official
+segmentors (SCLIP, NACLIP, ClearCLIP, SC-CLIP; docs/methods.md):
+- a `Geometry` says what the backbone sees: the photo resized keeping its aspect ratio (mmcv's rule: short side
+  `size`, long side at most 2048, bilinear), the whole of it in one pass or mmseg's sliding windows over it, and
+  optional shifted passes. One geometry = one trunk pass, shared by every method of that geometry;
+- a `Readout` says how one method reads that pass: its last block and embedder (vanilla, pacl, or a training-free
+  variant, pacl_core.methods), the logit scale, refinement (affinity on the patches, or PAMR guided by the network
+  input resized to the photo), the area threshold and the background rule;
+- `Segmenter(backbone, method, ...)` holds one of each (unset settings take the method's official defaults) and
+  `segment_batch` / `segment_many` run several of them: cosines of every patch with every word ("scores", never
+  logits) -> upsampled to the photo -> refined -> argmax (`Segmenter.masks`).
+`shifts=m` averages m x m passes shifted by fractions of a patch (`shifted_scores`), an opt-in of this project.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -28,7 +31,7 @@ from pacl_core.errors import PACLError
 from pacl_core.inputs import MAX_WORDS, check_pixels, parse_words, to_rgb_array
 from pacl_core.methods import check_method, layers_needed, method_defaults
 from pacl_core.pacl import VisionEmbedder, patch_similarity
-from pacl_core.pamr import pamr_rgb
+from pacl_core.pamr import pamr
 from pacl_core.prompts import get_templates
 
 MODES = ("whole", "slide")
@@ -148,11 +151,11 @@ def shift_offsets(patch: int, shifts: int) -> list[int]:
     return [((2 * a + 1) * patch) // (2 * shifts) - patch // 2 for a in range(shifts)]
 
 
-def shifted_scores(patch_logits, images: torch.Tensor, patch: int, shifts: int,
+def shifted_scores(patch_scores_fn, images: torch.Tensor, patch: int, shifts: int,
                    logit_scale: float | None = None) -> torch.Tensor:
     """Pixel-level scores (B, K, H, W): the mean over shifts x shifts passes of the upsampled patch scores.
 
-    patch_logits: (B, 3, H, W) -> (B, K, h, w). Each pass sees the image moved by (dy, dx) from shift_offsets
+    patch_scores_fn: (B, 3, H, W) -> (B, K, h, w). Each pass sees the image moved by (dy, dx) from shift_offsets
     (mirrored at the border), so every pixel falls into a different patch in each pass; its scores are put back
     in place and averaged. shifts=1 is plain bilinear upsampling of one pass.
 
@@ -162,14 +165,14 @@ def shifted_scores(patch_logits, images: torch.Tensor, patch: int, shifts: int,
     s̄ = (mean log-normaliser + log mean probability) / logit_scale. So softmax(logit_scale · s̄) is the mean
     probability, and s̄ is the plain cosine wherever the passes (and neighbouring patches) agree.
     """
-    return shifted_scores_many(lambda v: [patch_logits(v)], images, patch, shifts, [logit_scale])[0]
+    return shifted_scores_many(lambda v: [patch_scores_fn(v)], images, patch, shifts, [logit_scale])[0]
 
 
-def shifted_scores_many(patch_logits, images: torch.Tensor, patch: int, shifts: int,
+def shifted_scores_many(patch_scores_fn, images: torch.Tensor, patch: int, shifts: int,
                         logit_scales: list) -> list[torch.Tensor]:
-    """shifted_scores for several score maps from the same passes: patch_logits (B, 3, H, W) -> a list of
+    """shifted_scores for several score maps from the same passes: patch_scores_fn (B, 3, H, W) -> a list of
     (B, K_i, h, w), one per entry of logit_scales (each None or a number, as in shifted_scores) -> a list of
-    (B, K_i, H, W). Each shifted view goes through patch_logits once, whatever the number of maps."""
+    (B, K_i, H, W). Each shifted view goes through patch_scores_fn once, whatever the number of maps."""
     H, W = images.shape[-2:]
     offsets = shift_offsets(patch, shifts)
     pad = max(abs(o) for o in offsets)  # at most patch / 2, so below H and W as reflect padding needs
@@ -185,7 +188,7 @@ def shifted_scores_many(patch_logits, images: torch.Tensor, patch: int, shifts: 
     for dy in offsets:
         for dx in offsets:
             view = padded[:, :, pad + dy:pad + dy + H, pad + dx:pad + dx + W]  # (B, 3, H, W): image[y + dy, x + dx]
-            for i, (low, scale) in enumerate(zip(patch_logits(view), logit_scales)):  # (B, K, h, w) each
+            for i, (low, scale) in enumerate(zip(patch_scores_fn(view), logit_scales)):  # (B, K, h, w) each
                 if scale is None:
                     total[i] = total[i] + put_back(low, dy, dx)  # (B, K, H, W)
                 else:
@@ -226,8 +229,8 @@ class Segmentation:
     words: list[str]
     image: np.ndarray  # (H, W, 3) uint8, the image as segmented
     mask: np.ndarray  # (H, W) int16 word index, -1 = background
-    patch_logits: np.ndarray  # (K, h, w) float32 patch-level cosines (after affinity refinement, if any)
-    low_logits: np.ndarray  # (K, h', w') the scores before upsampling (the patch grid, or the slide / shifts canvas)
+    patch_scores: np.ndarray  # (K, h, w) float32 patch-level cosines (after affinity refinement, if any)
+    low_scores: np.ndarray  # (K, h', w') the scores before the final upsampling (the patch grid, or a canvas)
     method: str
     logit_scale: float
     background: tuple | None = None
@@ -239,7 +242,7 @@ class Segmentation:
         """(K, H, W) float32: each pixel's (upsampled) cosine with each word; made on first use."""
         if self.refined is not None:
             return self.refined
-        return upsample_scores(torch.from_numpy(self.low_logits), self.image.shape[:2]).numpy()
+        return upsample_scores(torch.from_numpy(self.low_scores), self.image.shape[:2]).numpy()
 
     @cached_property
     def probs(self) -> np.ndarray:
@@ -260,7 +263,7 @@ class Segmentation:
             full = torch.from_numpy(self.refined)[None]  # (1, K, H, W)
             out = F.interpolate(full, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
             return out[0].numpy()  # (K, h, w)
-        return upsample_scores(torch.from_numpy(self.low_logits), tuple(size)).numpy()
+        return upsample_scores(torch.from_numpy(self.low_scores), tuple(size)).numpy()
 
     def heatmaps_at(self, size: tuple[int, int]) -> np.ndarray:
         """`heatmaps` at another resolution (K, h, w) in [0, 1]."""
@@ -296,58 +299,112 @@ def check_area_threshold(value) -> float | None:
     return value
 
 
-def _round_to(n: float, multiple: int) -> int:
-    return max(multiple, int(round(n / multiple)) * multiple)
+# ---- geometry: what the backbone sees ------------------------------------------------------------------------
+RESIZE_LONG_CAP = 2048  # mmcv Resize(scale=(2048, S), keep_ratio=True): the long side never exceeds this
 
 
-def _window_starts(length: int, window: int, stride: int) -> list[int]:
-    starts = list(range(0, max(length - window, 0) + 1, stride))
-    if starts[-1] + window < length:
-        starts.append(length - window)
-    return starts
+def resized_shape(shape, short: int, long_cap: int = RESIZE_LONG_CAP) -> tuple[int, int]:
+    """mmcv's keep-ratio rule, as every official test pipeline resizes: one factor min(long_cap / long side,
+    short / short side), each side rounded to the nearest pixel. (233, 350) at 336 -> (336, 505)."""
+    H, W = shape[:2]
+    f = min(long_cap / max(H, W), short / min(H, W))
+    return int(H * f + 0.5), int(W * f + 0.5)
 
 
+def window_boxes(shape, window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """mmseg's sliding windows over an (H, W) canvas -> [(y1, y2, x1, x2)]: a window every `stride` px, the last
+    one moved back to end at the border; a canvas smaller than a window is one (smaller) window on that axis."""
+    H, W = shape
+
+    def starts(n: int) -> list[tuple[int, int]]:
+        spans = []
+        for i in range(max(n - window + stride - 1, 0) // stride + 1):
+            end = min(i * stride + window, n)
+            spans.append((max(end - window, 0), end))
+        return spans
+
+    return [(y1, y2, x1, x2) for y1, y2 in starts(H) for x1, x2 in starts(W)]
+
+
+def centred_padding(h: int, w: int, patch: int) -> tuple[int, int, int, int]:
+    """ClearCLIP's padding of a window to a multiple of the patch: (left, right, top, bottom), the odd pixel last."""
+    dh, dw = -h % patch, -w % patch
+    return dw // 2, dw - dw // 2, dh // 2, dh - dh // 2
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the backbone sees of an image. One geometry = one trunk pass per window and shifted view, shared by
+    every method (Readout) of that geometry."""
+
+    size: int  # the short side (px) the image is resized to, aspect ratio kept (resized_shape)
+    mode: str = "whole"  # whole: the resized image in one pass; slide: windows over it
+    window: int = 224  # slide: the window's side (px)
+    stride: int = 112  # slide: the step between windows (px)
+    shifts: int = 1  # shifts x shifts passes moved by fractions of a patch (an opt-in of this project)
+    # ClearCLIP: a window that is not a multiple of the patch is zero-padded, centred. Not part of the trunk-sharing
+    # key: windows that need no padding (nearly all) are shared with the methods that do not pad (_slide)
+    pad_windows: bool = field(default=False, compare=False)
+
+    def input_shape(self, shape) -> tuple[int, int]:
+        """(H, W) of a photo -> (h, w) of the resized image the backbone reads."""
+        return resized_shape(shape, self.size)
+
+    def key(self) -> tuple:
+        """What decides the trunk passes: equal keys share every pass (the window only matters in slide mode)."""
+        return (self.size, self.mode, self.shifts) + ((self.window, self.stride) if self.mode == "slide" else ())
+
+    def describe(self) -> str:
+        """'448 px short side, whole image' or '336 px short side, 224/112 px windows'."""
+        where = "whole image" if self.mode == "whole" else f"{self.window}/{self.stride} px windows"
+        return f"{self.size} px short side, {where}"
+
+
+@dataclass(frozen=True, eq=False)
+class Readout:
+    """How one method reads a geometry's pass, and how its scores become a label mask."""
+
+    method: str = "vanilla"  # the last block and embedder (pacl_core.methods)
+    head: object = None  # the PACL head (VisionEmbedder) for method 'pacl'
+    logit_scale: float = 100.0  # softmax(logit_scale · cosine) over words, for the probability rules
+    background: tuple | None = None  # (rule, threshold), see parse_background
+    area_threshold: float | None = None  # SCLIP's / SC-CLIP's area_thd (area_keep)
+    refine: str | None = None  # affinity (per pass, on the patches) or pamr (after upsampling)
+    templates: tuple | None = None  # prompt templates; None: the backbone's own
+    upsample: str = "direct"  # direct: scores to the photo at once; "input": via the resized input first (NACLIP)
+
+
+UPSAMPLES = ("direct", "input")
+
+
+# ---- the segmenter -------------------------------------------------------------------------------------------
 class Segmenter:
-    """Segment images with one method on one frozen backbone (shared by every method)."""
+    """One method on one frozen backbone: a Geometry (what the backbone sees) and a Readout (how the method reads
+    it). Settings left unset take the method's official defaults (pacl_core.methods.METHOD_DEFAULTS)."""
 
     def __init__(self, backbone, method: str = "vanilla", head: VisionEmbedder | str | None = None,
                  image_size: int | None = None, mode: str | None = None, window: int | None = None,
                  stride: int | None = None, background=None, logit_scale: float | None = None,
                  max_words: int = MAX_WORDS, refine: str | None = None, shifts: int = 1,
                  area_threshold: float | None = None, templates=None):
-        self.backbone, self.method = backbone, check_method(method)
+        self.backbone, method = backbone, check_method(method)
         layers_needed(method, backbone.depth)  # a method that needs more blocks than the model has fails here
-        # settings left unset (None) take the method's official defaults (pacl_core.methods.METHOD_DEFAULTS)
         defaults = method_defaults(method, native_size=backbone.native_size)
-        mode = mode or defaults.get("mode", "whole")
-        if mode not in MODES:
-            raise PACLError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
-        if refine not in (None, *REFINERS):
+        self.geometry = make_geometry(backbone, defaults, image_size, mode, window, stride, shifts)
+        if refine not in (None, "none", *REFINERS):
             raise PACLError(f"unknown refine '{refine}'; use one of {', '.join(REFINERS)} (or none)")
-        self.head = self._resolve_head(head) if method == "pacl" else None
-        p = backbone.patch_size
-        if not isinstance(shifts, int) or not 1 <= shifts <= p:
-            raise PACLError(f"shifts must be a whole number from 1 to the patch size ({p}), got {shifts}")
-        for name, value in (("image_size", image_size), ("window", window), ("stride", stride)):
-            check_pixels(name, value)
+        refine = defaults.get("refine") if refine is None else (None if refine == "none" else refine)
         if logit_scale is not None and not 0 < logit_scale < float("inf"):
             raise PACLError(f"logit_scale must be a positive number, got {logit_scale}")
-        self.shifts = shifts
-        self.image_size = _round_to(image_size or defaults.get("image_size") or backbone.image_size, p)
-        self.mode, self.refine = mode, refine
-        self.window = _round_to(window or defaults.get("window") or backbone.native_size, p)
-        self.stride = _round_to(stride or (defaults.get("stride") if window is None else None) or self.window // 2, p)
-        name, side = ("window", self.window) if mode == "slide" else ("image_size", self.image_size)  # one pass
-        if side // p > MAX_GRID:
-            raise PACLError(f"{name} {side} px is {side // p}x{side // p} patches in one pass; at most "
-                            f"{MAX_GRID}x{MAX_GRID} ({MAX_GRID * p} px with {p} px patches)"
-                            + ("; use slide mode for larger images" if mode == "whole" else ""))
-        self.background = parse_background(background)
-        self.area_threshold = check_area_threshold(area_threshold)
+        head = self._resolve_head(head) if method == "pacl" else None
+        head_scale = (getattr(head, "meta", None) or {}).get("logit_scale") if head is not None else None
+        self.readout = Readout(
+            method=method, head=head, logit_scale=float(logit_scale or defaults.get("logit_scale") or head_scale
+                                                        or backbone.logit_scale),
+            background=parse_background(background), area_threshold=check_area_threshold(area_threshold),
+            refine=refine, templates=None if templates is None else get_templates(templates),
+            upsample=defaults.get("upsample", "direct"))
         self.max_words = max_words
-        self.templates = None if templates is None else get_templates(templates)  # None: the backbone's own
-        head_scale = (getattr(self.head, "meta", None) or {}).get("logit_scale") if self.head is not None else None
-        self.logit_scale = float(logit_scale or defaults.get("logit_scale") or head_scale or backbone.logit_scale)
 
     def _resolve_head(self, head):
         if head is None:
@@ -360,20 +417,55 @@ class Segmenter:
             head = load_head(head, self.backbone)
         return head.to(self.backbone.device).eval()
 
-    # ---- the patch level: the same numbers for every method -----------------------------------
+    def replace(self, **readout) -> Segmenter:
+        """The same geometry and head with other readout settings (e.g. background=('score', 0.2)): no reload."""
+        if "background" in readout:
+            readout["background"] = parse_background(readout["background"])
+        if "area_threshold" in readout:
+            readout["area_threshold"] = check_area_threshold(readout["area_threshold"])
+        new = copy.copy(self)
+        new.readout = dataclasses.replace(self.readout, **readout)
+        return new
+
+    def reshape(self, **geometry) -> Segmenter:
+        """The same readout on another geometry, e.g. reshape(mode="whole", shifts=1); itself if nothing changes."""
+        changed = dataclasses.replace(self.geometry, **geometry)
+        if changed == self.geometry:
+            return self
+        new = copy.copy(self)
+        new.geometry = changed
+        return new
+
+    # the settings, by name
+    method = property(lambda self: self.readout.method)
+    head = property(lambda self: self.readout.head)
+    logit_scale = property(lambda self: self.readout.logit_scale)
+    background = property(lambda self: self.readout.background)
+    area_threshold = property(lambda self: self.readout.area_threshold)
+    refine = property(lambda self: self.readout.refine)
+    templates = property(lambda self: self.readout.templates)
+    image_size = property(lambda self: self.geometry.size)
+    mode = property(lambda self: self.geometry.mode)
+    window = property(lambda self: self.geometry.window)
+    stride = property(lambda self: self.geometry.stride)
+    shifts = property(lambda self: self.geometry.shifts)
+
+    def text(self, words: list[str]) -> torch.Tensor:
+        """(K, D) prompt-ensembled embeddings of the words with this segmenter's templates (cached)."""
+        return self.backbone.text_embeddings(words, self.templates)
+
+    # ---- the patch level ----------------------------------------------------------------------------------
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Patch tokens after ln_post (B, T, D_v) -> this method's patch embeddings (B, T, D) in the joint space."""
         if self.method == "pacl":
             return self.head(tokens.to(self.head.linear.weight.dtype))  # (B, T, D)
         return self.backbone.vanilla_patch_embeddings(tokens)  # (B, T, D)
 
-    @torch.no_grad()
-    def patch_embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Normalised images (B, 3, H, W) -> this method's patch embeddings (B, T, D) in the joint space."""
-        (emb,), grid = patch_embeddings_many([self], images)  # (B, T, D)
+    def patch_embeddings(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised images (B, 3, H, W) -> this method's patch embeddings (B, T, D) and the grid."""
+        (emb,), grid = patch_embeddings([self], x)
         return emb, grid
 
-    @torch.no_grad()
     def scores_from_embeddings(self, emb: torch.Tensor, grid: tuple[int, int], text_emb: torch.Tensor) -> torch.Tensor:
         """Patch embeddings (B, T, D) -> cosine of every patch with every word (B, K, h, w), after the
         affinity refinement when refine="affinity"."""
@@ -382,138 +474,212 @@ class Segmenter:
             s = affinity_refine(emb, s)  # (B, K, T)
         return s.view(s.shape[0], s.shape[1], *grid)  # (B, K, h, w)
 
-    def patch_logits(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """Cosine of every patch with every word: (B, 3, H, W), (K, D) -> (B, K, h, w)."""
-        return patch_logits_many([self], images, [text_emb])[0]  # (B, K, h, w)
+    # ---- the image level ----------------------------------------------------------------------------------
+    def masks(self, low: torch.Tensor, images: np.ndarray, inputs: torch.Tensor | None = None, groups=None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores before the final upsampling (B, K, h', w') of photos (B, H, W, 3) -> label masks (B, H, W) int64
+        (-1 = background) and, with PAMR, the refined full-resolution scores (B, K, H, W).
 
-    def pixel_scores(self, images: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """Cosines at the input's pixels, (B, 3, H, W), (K, D) -> (B, K, H, W); with shifts > 1 the passes are
-        averaged as word probabilities at the segmenter's logit scale (shifted_scores)."""
-        return pixel_scores_many([self], images, [text_emb])[0]  # (B, K, H, W)
-
-    # ---- the image level ----------------------------------------------------------------------
-    @property
-    def geometry(self) -> tuple:
-        """What the backbone sees: segmenters with equal geometry on one backbone share every trunk pass."""
-        if self.mode == "whole":
-            return (id(self.backbone), "whole", self.image_size, self.shifts)
-        return (id(self.backbone), "slide", self.image_size, self.window, self.stride, self.shifts)
-
-    def text(self, words: list[str]) -> torch.Tensor:
-        """(K, D) prompt-ensembled embeddings of the words with this segmenter's templates (cached)."""
-        return self.backbone.text_embeddings(words, self.templates)
-
-    def finish(self, image: np.ndarray, words: list[str], low: torch.Tensor, background="default",
-               notes=(), groups=None) -> Segmentation:
-        """The low-resolution scores (K, h', w') of one image -> its Segmentation (refinement, mask, patch level).
-        groups: a class id per word for the area threshold (see area_keep); by default each word is its own class."""
-        background = self.background if background == "default" else parse_background(background)
-        H, W = image.shape[:2]
-        if groups is not None and len(groups) != len(words):
-            raise PACLError(f"{len(groups)} class ids for {len(words)} words")
-        refined = None
-        if self.refine == "pamr":
-            full = self._pamr(image, upsample_scores(low, (H, W)))  # (K, H, W)
+        The one readout every caller uses: upsampled bilinearly to the photo (row blocks, never all of (K, H, W)
+        at once without PAMR), PAMR guided by the normalised network input `inputs` (B, 3, h, w) resized to the
+        photo (as the official segmentors do), the area threshold, then the argmax and the background rule."""
+        B, K = low.shape[:2]
+        H, W = images.shape[1:3]
+        if groups is not None and len(groups) != K:
+            raise PACLError(f"{len(groups)} class ids for {K} words")
+        if self.refine != "pamr":
+            masks = [mask_from_low(lo, (H, W), self.logit_scale, self.background, self.area_threshold, groups)
+                     for lo in low]  # (H, W) each
+            return torch.stack(masks), None
+        full = F.interpolate(low.float(), size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
+        if inputs is None:  # no network input at hand: the photo itself, normalised as the backbone does
+            inputs = self.backbone.normalize(torch.from_numpy(np.ascontiguousarray(images)))  # (B, 3, H, W)
+        guide = F.interpolate(inputs.float(), size=(H, W), mode="bilinear", align_corners=False)  # (B, 3, H, W)
+        full = pamr(guide.to(full.device), full)  # (B, K, H, W)
+        masks = []
+        for f in full:
             keep = None
             if self.area_threshold is not None:
-                keep = area_keep(best_word_counts([full], len(words)), self.area_threshold, groups)  # (K,)
-            mask = label_mask(full, self.logit_scale, background, keep)
-            refined = full.cpu().numpy()
-        else:
-            mask = mask_from_low(low, (H, W), self.logit_scale, background, self.area_threshold, groups)  # (H, W)
-        # patch level: the grid itself (whole), or the pixel-level scores (slide, shifts) pooled back to patches
-        pixel_level = self.mode == "slide" or self.shifts > 1
-        patch = F.avg_pool2d(low[None], self.backbone.patch_size)[0] if pixel_level else low
-        return Segmentation(words=list(words), image=image, mask=mask.to(torch.int16).cpu().numpy(),
-                            patch_logits=patch.float().cpu().numpy(), low_logits=low.float().cpu().numpy(),
-                            method=self.method, logit_scale=self.logit_scale, background=background,
-                            notes=list(notes), refined=refined)
+                keep = area_keep(best_word_counts([f], K), self.area_threshold, groups)  # (K,)
+            masks.append(label_mask(f, self.logit_scale, self.background, keep))  # (H, W)
+        return torch.stack(masks), full
 
-    def _pamr(self, image: np.ndarray, scores: torch.Tensor) -> torch.Tensor:
-        """PAMR-refined scores (K, H, W), guided by the image's colours (as SCLIP / NACLIP do)."""
-        return pamr_rgb(image[None], scores[None])[0]  # (K, H, W)
+    def finish(self, image: np.ndarray, words: list[str], low: torch.Tensor, patch: torch.Tensor,
+               inputs: torch.Tensor | None = None, notes=(), groups=None) -> Segmentation:
+        """One image's scores before the final upsampling (K, h', w') and at the patch level (K, h, w) -> its
+        Segmentation. groups: a class id per word for the area threshold (see area_keep)."""
+        mask, refined = self.masks(low[None], image[None], None if inputs is None else inputs[None], groups)
+        return Segmentation(words=list(words), image=image, mask=mask[0].to(torch.int16).cpu().numpy(),
+                            patch_scores=patch.float().cpu().numpy(), low_scores=low.float().cpu().numpy(),
+                            method=self.method, logit_scale=self.logit_scale, background=self.background,
+                            notes=list(notes), refined=None if refined is None else refined[0].cpu().numpy())
 
-    def __call__(self, image, words, background="default", groups=None) -> Segmentation:
+    def __call__(self, image, words, groups=None) -> Segmentation:
         """Segment one image (PIL, numpy or path; any size) with words ('dog, sky' or a list). groups: a class
         id per word for the area threshold (see area_keep); by default each word is its own class."""
-        return segment_many([self], image, words, background, groups)[self.method]
+        return segment_many([self], image, words, groups)[self.method]
 
 
-# ---- several methods, one trunk per input geometry ---------------------------------------------------------
+def make_geometry(backbone, defaults: dict, image_size, mode, window, stride, shifts) -> Geometry:
+    """The geometry a segmenter's settings ask for (unset ones from the method's defaults), checked."""
+    mode = mode or defaults.get("mode", "whole")
+    if mode not in MODES:
+        raise PACLError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
+    p = backbone.patch_size
+    if not isinstance(shifts, int) or isinstance(shifts, bool) or not 1 <= shifts <= p:
+        raise PACLError(f"shifts must be a whole number from 1 to the patch size ({p}), got {shifts}")
+    for name, value in (("image_size", image_size), ("window", window), ("stride", stride)):
+        check_pixels(name, value)
+    size = int(image_size or defaults.get("image_size") or backbone.image_size)
+    win = int(window or defaults.get("window") or backbone.native_size)
+    step = int(stride or (defaults.get("stride") if window is None else None) or max(win // 2, 1))
+    if min(size, win) < p:
+        raise PACLError(f"input size {size} px and window {win} px must each be at least one patch ({p} px)")
+    name, side = ("window", win) if mode == "slide" else ("image_size", size)  # one pass is at least this large
+    if side // p > MAX_GRID:
+        raise PACLError(f"{name} {side} px is {side // p}x{side // p} patches in one pass; at most "
+                        f"{MAX_GRID}x{MAX_GRID} ({MAX_GRID * p} px with {p} px patches)"
+                        + ("; use slide mode for larger images" if mode == "whole" else ""))
+    return Geometry(size=size, mode=mode, window=win, stride=step, shifts=shifts,
+                    pad_windows=mode == "slide" and bool(defaults.get("pad_windows", False)))
+
+
+# ---- the pass: one geometry, several methods, a batch of images ---------------------------------------------
 @torch.no_grad()
-def patch_logits_many(segmenters: list[Segmenter], images: torch.Tensor, texts: list) -> list[torch.Tensor]:
-    """Cosines of every patch with every word for segmenters of one backbone, (B, 3, H, W) -> [(B, K, h, w)].
-
-    Blocks 1..L-1 run once for all of them (keeping the union of the blocks their methods read); each method
-    then runs its own last block, and methods sharing a last block (vanilla, pacl) share that too.
-    """
-    embs, grid = patch_embeddings_many(segmenters, images)  # (B, T, D) each
-    return [s.scores_from_embeddings(e, grid, t) for s, e, t in zip(segmenters, embs, texts)]  # (B, K, h, w) each
-
-
-@torch.no_grad()
-def patch_embeddings_many(segmenters: list[Segmenter], images: torch.Tensor) -> tuple[list[torch.Tensor], tuple]:
-    """Segmenter.patch_embeddings for segmenters of one backbone, (B, 3, H, W) -> ([(B, T, D)], grid), with
-    blocks 1..L-1 run once for all of them (keeping the union of the blocks their methods read)."""
+def patch_embeddings(segmenters: list[Segmenter], x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    """Normalised images (B, 3, H, W) -> per segmenter its patch embeddings (B, T, D), and the grid. Blocks 1..L-1
+    run once for all of them (keeping the union of the blocks their methods read); each method runs its own last
+    block, shared where the block is the same (vanilla and pacl)."""
     backbone = segmenters[0].backbone
     keep = sorted({i for s in segmenters for i in layers_needed(s.method, backbone.depth)})
-    trunk = backbone.trunk(images, keep)  # x: (B, 1 + T + R, W)
+    trunk = backbone.trunk(x, keep)  # x: (B, 1 + T + R, W)
     tokens = backbone.finish_many(trunk, [s.method for s in segmenters])  # method -> (B, 1 + T, D_v)
     return [s.embed_tokens(tokens[s.method][:, 1:]) for s in segmenters], trunk.grid  # (B, T, D) each
 
 
-@torch.no_grad()
-def pixel_scores_many(segmenters: list[Segmenter], images: torch.Tensor, texts: list) -> list[torch.Tensor]:
-    """Segmenter.pixel_scores for segmenters of one geometry, each shifted view through the trunk once."""
-    scales = [s.logit_scale if s.shifts > 1 else None for s in segmenters]  # one pass: plain upsampled cosines
-    return shifted_scores_many(lambda v: patch_logits_many(segmenters, v, texts), images,
-                               segmenters[0].backbone.patch_size, segmenters[0].shifts, scales)
+def patch_scores(segmenters: list[Segmenter], x: torch.Tensor, texts: list
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[int, int]]:
+    """Normalised images (B, 3, H, W) -> per segmenter the cosine of every patch with every word (B, K, h, w),
+    its patch embeddings (B, T, D), and the grid: one trunk pass (patch_embeddings)."""
+    embs, grid = patch_embeddings(segmenters, x)  # (B, T, D) each
+    return [s.scores_from_embeddings(e, grid, t) for s, e, t in zip(segmenters, embs, texts)], embs, grid
 
 
-def _logits_whole(segmenters: list[Segmenter], image: np.ndarray, texts: list) -> list[torch.Tensor]:
-    """Per segmenter the patch grid (K, h, w), or with shifts the pixel-level average (K, S, S)."""
+def view_scores(segmenters: list[Segmenter], x: torch.Tensor, texts: list) -> list[torch.Tensor]:
+    """Scores at a view's own pixels, (B, 3, H, W) -> [(B, K, H, W)]: one pass upsampled bilinearly (as the
+    official forward_feature does per window), or with shifts the average of the shifted passes."""
+    shifts = segmenters[0].shifts
+    scales = [s.logit_scale if shifts > 1 else None for s in segmenters]  # one pass: plain upsampled cosines
+    return shifted_scores_many(lambda v: patch_scores(segmenters, v, texts)[0], x,
+                               segmenters[0].backbone.patch_size, shifts, scales)
+
+
+@dataclass
+class Pass:
+    """What one geometry's pass over a batch of same-sized photos gives each of several segmenters."""
+
+    low: list[torch.Tensor]  # per segmenter (B, K, h', w'): the scores before the final upsampling to the photo
+    patch: list[torch.Tensor]  # per segmenter (B, K, h, w): the patch level
+    inputs: torch.Tensor  # (B, 3, h_in, w_in) the normalised resized images (PAMR's guide)
+    embeddings: list[torch.Tensor] | None = None  # per segmenter (B, T, D) of the plain whole pass, if asked for
+    grid: tuple[int, int] | None = None  # the patch grid of those embeddings
+
+
+def check_input_shape(backbone, shape, geometry: Geometry) -> tuple[int, int]:
+    """The resized (h, w) a photo gives, or a one-line PACLError if a side would be shorter than one patch."""
+    h, w = geometry.input_shape(shape)
+    p = backbone.patch_size
+    if min(h, w) < p:
+        raise PACLError(f"a {shape[1]}x{shape[0]} image is too thin: resized to a {geometry.size} px short side "
+                        f"(long side at most {RESIZE_LONG_CAP} px) it is {w}x{h} px, under one {p} px patch")
+    if geometry.mode == "whole" and max(h, w) // p > MAX_GRID:
+        raise PACLError(f"a {w}x{h} px input is more than {MAX_GRID} patches on a side in one pass; "
+                        "lower the input size or use slide mode")
+    return h, w
+
+
+def run_pass(segmenters: list[Segmenter], images: np.ndarray, texts: list, embeddings: bool = False) -> Pass:
+    """Photos of one size (B, H, W, 3) uint8 through one geometry for several segmenters of one backbone.
+
+    embeddings=True also returns each method's patch embeddings of one plain pass over the whole resized input (an
+    extra pass when the geometry has windows or shifts)."""
     first = segmenters[0]
-    S = first.image_size
-    x = first.backbone.preprocess(image, (S, S))  # (1, 3, S, S)
-    if first.shifts > 1:
-        return [lg[0] for lg in pixel_scores_many(segmenters, x, texts)]  # (K, S, S) each
-    return [lg[0] for lg in patch_logits_many(segmenters, x, texts)]  # (K, h, w) each
+    geo, backbone = first.geometry, first.backbone
+    shape = check_input_shape(backbone, images.shape[1:3], geo)
+    x = backbone.preprocess_batch(images, shape)  # (B, 3, h, w)
+    plain = None
+    if embeddings or (geo.mode == "whole" and geo.shifts == 1):
+        plain = patch_scores(segmenters, x, texts)  # ([(B, K, h, w)], [(B, T, D)], grid): one plain whole pass
+    if geo.mode == "slide":
+        low = [torch.cat(parts) for parts in zip(*(_slide(segmenters, xi[None], texts) for xi in x))]
+        patch = [F.avg_pool2d(lo, backbone.patch_size) for lo in low]  # (B, K, h', w') each, pooled to patches
+    elif geo.shifts > 1:
+        low = view_scores(segmenters, x, texts)  # (B, K, h, w) each, at the input's pixels
+        patch = [F.avg_pool2d(lo, backbone.patch_size) for lo in low]
+    else:
+        patch = plain[0]
+        low = [sc if s.readout.upsample == "direct" else
+               F.interpolate(sc, size=shape, mode="bilinear", align_corners=False)  # (B, K, h_in, w_in)
+               for s, sc in zip(segmenters, patch)]
+    return Pass(low, patch, x, plain[1] if embeddings else None, plain[2] if embeddings else None)
 
 
-def _logits_slide(segmenters: list[Segmenter], image: np.ndarray, texts: list) -> list[torch.Tensor]:
-    """Per segmenter the average of per-window logits over a grid of windows covering the resized image
-    -> (K, H', W'); every window goes through the trunk once for all segmenters."""
-    first = segmenters[0]
-    H, W = image.shape[:2]
-    p, win, stride = first.backbone.patch_size, first.window, first.stride
-    scale = first.image_size / min(H, W)
-    Hs, Ws = max(win, _round_to(H * scale, p)), max(win, _round_to(W * scale, p))
-    x = first.backbone.preprocess(image, (Hs, Ws))  # (1, 3, Hs, Ws)
-    totals = [torch.zeros(t.shape[0], Hs, Ws, device=x.device) for t in texts]  # (K, Hs, Ws) each
-    count = torch.zeros(1, Hs, Ws, device=x.device)
-    boxes = [(y, x0) for y in _window_starts(Hs, win, stride) for x0 in _window_starts(Ws, win, stride)]
-    per_batch = max(1, 16 // first.shifts ** 2)  # windows per backbone batch; each holds (K, win, win) scores
-    for i in range(0, len(boxes), per_batch):
-        batch = boxes[i:i + per_batch]
-        crops = torch.cat([x[:, :, y:y + win, x0:x0 + win] for y, x0 in batch])  # (b, 3, win, win)
-        for total, logits in zip(totals, pixel_scores_many(segmenters, crops, texts)):  # (b, K, win, win)
-            for (y, x0), lg in zip(batch, logits):
-                total[:, y:y + win, x0:x0 + win] += lg
-        for y, x0 in batch:
-            count[:, y:y + win, x0:x0 + win] += 1
-    return [total / count for total in totals]  # (K, Hs, Ws) each
+def _slide(segmenters: list[Segmenter], x: torch.Tensor, texts: list) -> list[torch.Tensor]:
+    """One normalised input (1, 3, h, w) -> per segmenter the window-averaged scores (1, K, h, w): mmseg's windows,
+    each upsampled to its own pixels, summed and divided by how many windows cover each pixel."""
+    p, geo = segmenters[0].backbone.patch_size, segmenters[0].geometry
+    h, w = x.shape[-2:]
+    totals = [torch.zeros(1, t.shape[0], h, w, device=x.device) for t in texts]  # (1, K, h, w) each
+    count = torch.zeros(1, 1, h, w, device=x.device)
+    by_shape: dict[tuple, list] = {}
+    for box in window_boxes((h, w), geo.window, geo.stride):
+        by_shape.setdefault((box[1] - box[0], box[3] - box[2]), []).append(box)
+    per_batch = max(1, 8 // geo.shifts ** 2)  # windows per backbone batch; each holds (K, win, win) scores
+    for (ch, cw), boxes in by_shape.items():
+        pad = centred_padding(ch, cw, p)
+        # a window off the patch multiple is padded for the methods that pad (ClearCLIP), cut for the others
+        parts = [[i for i, s in enumerate(segmenters) if s.geometry.pad_windows == padded] for padded in (True, False)]
+        parts = [part for part in parts if part] if any(pad) else [list(range(len(segmenters)))]
+        for part in parts:
+            padding = pad if segmenters[part[0]].geometry.pad_windows else (0, 0, 0, 0)
+            for i in range(0, len(boxes), per_batch):
+                batch = boxes[i:i + per_batch]
+                crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in batch])  # (b, 3, ch, cw)
+                crops = F.pad(crops, padding)  # zeros of the normalised input, as ClearCLIP pads
+                views = view_scores([segmenters[j] for j in part], crops, [texts[j] for j in part])
+                for j, sc in zip(part, views):  # (b, K, ch', cw') each
+                    sc = sc[:, :, padding[2]:padding[2] + ch, padding[0]:padding[0] + cw]  # (b, K, ch, cw)
+                    for (y1, y2, x1, x2), one in zip(batch, sc):
+                        totals[j][0, :, y1:y2, x1:x2] += one
+        for y1, y2, x1, x2 in boxes:
+            count[:, :, y1:y2, x1:x2] += 1
+    return [t / count for t in totals]  # (1, K, h, w) each
 
 
 def group_by_geometry(segmenters) -> list[list[Segmenter]]:
-    """Segmenters grouped by input geometry (backbone, mode, size, window, stride, shifts), first-seen order:
-    each group shares one trunk pass per window and shifted view."""
+    """Segmenters grouped by backbone and Geometry, first-seen order: each group shares every trunk pass."""
     groups: dict[tuple, list] = {}
     for s in segmenters:
-        groups.setdefault(s.geometry, []).append(s)
+        groups.setdefault((id(s.backbone), s.geometry.key()), []).append(s)
     return list(groups.values())
 
 
-def segment_many(segmenters, image, words, background="default", groups=None) -> dict[str, Segmentation]:
+def segment_batch(segmenters, images: np.ndarray, words: list[str], groups=None, notes=()) -> list[dict]:
+    """Photos of one size (B, H, W, 3) uint8 and K words -> per photo {method: Segmentation}; segmenters of one
+    geometry share every trunk pass. groups: a class id per word for the area threshold (Segmenter.finish)."""
+    out = [{} for _ in range(len(images))]
+    for group in group_by_geometry(segmenters):
+        texts = [s.text(words) for s in group]  # (K, D) each
+        result = run_pass(group, images, texts)
+        for j, s in enumerate(group):
+            for i, image in enumerate(images):
+                out[i][s.method] = s.finish(image, words, result.low[j][i], result.patch[j][i], result.inputs[i],
+                                            notes, groups)
+    methods = [s.method for s in segmenters]
+    return [{m: o[m] for m in methods} for o in out]
+
+
+def segment_many(segmenters, image, words, groups=None) -> dict[str, Segmentation]:
     """Segment one image with several segmenters (one per method) -> {method: Segmentation}.
 
     Segmenters of one input geometry share the patch embedding and blocks 1..L-1 (pacl_core.backbone.Trunk);
@@ -528,10 +694,4 @@ def segment_many(segmenters, image, words, background="default", groups=None) ->
         return {}
     image = to_rgb_array(image)  # (H, W, 3) uint8
     words, notes = parse_words(words, min(s.max_words for s in segmenters))
-    out = {}
-    for group in group_by_geometry(segmenters):
-        texts = [s.text(words) for s in group]  # (K, D) each
-        lows = (_logits_whole if group[0].mode == "whole" else _logits_slide)(group, image, texts)
-        for s, low in zip(group, lows):
-            out[s.method] = s.finish(image, words, low, background, notes, groups)
-    return {m: out[m] for m in methods}
+    return segment_batch(segmenters, image[None], words, groups, notes)[0]

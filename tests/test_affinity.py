@@ -6,7 +6,7 @@ import torch
 
 from pacl_core.affinity import affinity_refine, affinity_transition
 from pacl_core.errors import PACLError
-from pacl_core.segment import Segmenter
+from pacl_core.segment import Segmenter, patch_scores, resized_shape
 from tests.helpers import random_image
 
 
@@ -71,13 +71,14 @@ def test_segmenter_affinity_refine(tiny, rng):
     plain = Segmenter(tiny, image_size=48)
     refined = Segmenter(tiny, image_size=48, refine="affinity")
     seg = refined(img, words)
-    x = tiny.preprocess(img, (48, 48))
+    x = tiny.preprocess(img, resized_shape(img.shape, 48))
     text = tiny.text_embeddings(words)
     emb, (h, w) = plain.patch_embeddings(x)
-    expected = affinity_refine(emb, plain.patch_logits(x, text).flatten(2)).view(1, 3, h, w)[0]  # by hand
-    torch.testing.assert_close(torch.from_numpy(seg.patch_logits), expected)
+    raw = patch_scores([plain], x, [text])[0][0]  # (1, 3, h, w)
+    expected = affinity_refine(emb, raw.flatten(2)).view(1, 3, h, w)[0]  # by hand
+    torch.testing.assert_close(torch.from_numpy(seg.patch_scores), expected)
     assert np.array_equal(seg.mask, seg.scores.argmax(0)) and seg.mask.shape == (40, 52)
-    assert not np.allclose(seg.patch_logits, plain(img, words).patch_logits)
+    assert not np.allclose(seg.patch_scores, plain(img, words).patch_scores)
     both = Segmenter(tiny, image_size=48, refine="affinity", shifts=2, mode="slide", window=32)(img, words)
     assert both.mask.shape == (40, 52)
     with pytest.raises(PACLError, match="affinity"):

@@ -94,7 +94,7 @@ def test_segmenter_applies_it(tiny, rng):
     image = random_image(rng, 40, 56)
     plain = Segmenter(tiny, "vanilla", mode="whole", image_size=32)
     seg = plain(image, words)
-    scores = upsample_scores(torch.from_numpy(seg.low_logits), image.shape[:2])  # (K, H, W)
+    scores = upsample_scores(torch.from_numpy(seg.low_scores), image.shape[:2])  # (K, H, W)
     shares = np.bincount(seg.mask.flatten(), minlength=len(words)) / seg.mask.size
     present = sorted(s for s in shares if s > 0)
     assert len(present) >= 2, "the random case must predict at least two words"

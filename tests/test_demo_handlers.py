@@ -159,10 +159,10 @@ def test_an_explicit_resolution_runs_every_method_in_one_shared_pass(registry, p
     assert len(calls) == 1  # one backbone trunk for all six methods
     for p in result.panels:
         assert p.ok and f"one shared pass for {len(METHODS)} methods at the chosen 96 px whole image" in p.status
-        assert p.segmentation.patch_logits.shape[1:] == (12, 12)  # whole image, 96 px, 8 px patches
+        assert p.segmentation.patch_scores.shape[1:] == (12, 12)  # whole image, 96 px, 8 px patches
         alone = h.compare(registry, str(photo), "sky, grass", [p.method], MODEL, 0.0, "96").panels[0]
         np.testing.assert_array_equal(alone.segmentation.mask, p.segmentation.mask)
-        np.testing.assert_allclose(alone.segmentation.low_logits, p.segmentation.low_logits, atol=1e-5)
+        np.testing.assert_allclose(alone.segmentation.low_scores, p.segmentation.low_scores, atol=1e-5)
 
 
 def test_model_default_shares_the_pass_among_methods_of_one_protocol(registry, photo, monkeypatch):
@@ -191,7 +191,7 @@ def test_shifted_passes_reach_the_segmenter_status_and_archive(registry, photo):
     shifted = h.compare(registry, str(photo), "sky, grass", ["pacl"], MODEL, shifts="2")
     (p1,), (p2,) = plain.panels, shifted.panels
     assert p2.ok and "2×2 shifted passes" in p2.status and "shifted" not in p1.status
-    assert p2.segmentation.low_logits.shape[1:] == (96, 96)  # pixel-level: the average of the 4 passes
+    assert p2.segmentation.low_scores.shape[1:] == (96, 96)  # pixel-level: the average of the 4 passes
     assert not np.allclose(p1.segmentation.scores, p2.segmentation.scores)
     assert json.loads(zipfile.ZipFile(shifted.download).read("settings.json"))["shifts"] == 2
 
@@ -302,7 +302,7 @@ def test_lesson_gives_the_teaching_view_for_one_word(registry, photo):
     rgb, _ = h.check_image(str(photo))
     vanilla = registry.segmenter(MODEL, "vanilla")  # reference: CLIP's own patch cosines for "grass"
     x = backbone.preprocess(rgb, (vanilla.image_size,) * 2)
-    want = vanilla.patch_logits(x, backbone.text_embeddings(["sky", "grass"]))[0, 1].numpy()
+    want = vanilla.patch_scores(x, backbone.text_embeddings(["sky", "grass"]))[0, 1].numpy()
     assert v.similarity_range == pytest.approx((float(want.min()), float(want.max())), abs=1e-5)
     pacl_phi, vanilla_phi, cls = lesson.table[1][1:4]
     assert pacl_phi != vanilla_phi and -1 <= cls <= 1

@@ -59,7 +59,7 @@ def test_the_trained_head_runs_in_compare_and_the_teaching_view(registry, run, t
     lesson = h.lesson(registry, image, "background, star, ring", "star", label)
     assert lesson.method == "pacl"
     shipped = h.compare(registry, image, "background, star, ring", ["pacl"], TOY_LABEL, package=False)
-    assert not np.array_equal(shipped.panels[0].segmentation.patch_logits, result.panels[1].segmentation.patch_logits)
+    assert not np.array_equal(shipped.panels[0].segmentation.patch_scores, result.panels[1].segmentation.patch_scores)
 
 
 def test_stop_ends_the_run_and_keeps_the_head_so_far(registry):

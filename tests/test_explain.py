@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pacl_core.errors import PACLError
 from pacl_core.explain import draw_grid, explain, head_tau
 from pacl_core.pacl import VisionEmbedder
-from pacl_core.segment import Segmenter
+from pacl_core.segment import Segmenter, patch_scores, resized_shape
 
 WORDS = ["red circle", "blue square", "green grass"]
 
@@ -37,14 +37,14 @@ def ex(pacl_segmenter, picture):
 
 
 def _embeddings(segmenter, image):
-    x = segmenter.backbone.preprocess(image, (segmenter.image_size,) * 2)
+    x = segmenter.backbone.preprocess(image, resized_shape(image.shape, segmenter.image_size))  # aspect kept
     emb, grid = segmenter.patch_embeddings(x)
     return emb[0].double().numpy(), grid
 
 
 def test_shapes_and_grid(ex, pacl_segmenter, picture):
-    h = w = pacl_segmenter.image_size // pacl_segmenter.backbone.patch_size
-    assert ex.words == WORDS and ex.grid == (h, w) == (8, 8)
+    h, w = (side // pacl_segmenter.backbone.patch_size for side in resized_shape(picture.shape, 64))
+    assert ex.words == WORDS and ex.grid == (h, w) == (8, 13)  # the 64 px short side, the aspect ratio kept
     assert ex.similarity.shape == ex.attention.shape == (3, h, w)
     assert ex.compatibility.shape == ex.cls_cosine.shape == (3,)
     assert ex.image.shape == picture.shape and ex.method == "pacl"
@@ -86,14 +86,14 @@ def test_cls_cosine_is_clips_own_image_text_score(ex, tiny, picture):
 def test_lower_tau_concentrates_attention(pacl_segmenter, picture):
     wide = explain(pacl_segmenter, picture, WORDS, tau=1.0).effective_patches()
     sharp = explain(pacl_segmenter, picture, WORDS, tau=0.01).effective_patches()
-    assert np.all(sharp < wide) and np.all(wide <= 64 + 1e-6) and np.all(sharp >= 1 - 1e-6)
+    assert np.all(sharp < wide) and np.all(wide <= 8 * 13 + 1e-6) and np.all(sharp >= 1 - 1e-6)
 
 
 def test_vanilla_segmenter_explains_clips_own_patches(tiny, picture):
     seg = Segmenter(tiny, "vanilla", image_size=32)
     ex = explain(seg, picture, "red circle, blue square")
-    x = tiny.preprocess(picture, (32, 32))
-    logits = seg.patch_logits(x, tiny.text_embeddings(ex.words))[0].numpy()
+    x = tiny.preprocess(picture, resized_shape(picture.shape, 32))
+    logits = patch_scores([seg], x, [tiny.text_embeddings(ex.words)])[0][0][0].numpy()
     np.testing.assert_allclose(ex.similarity, logits, atol=1e-5)
     assert ex.method == "vanilla" and ex.tau == 1.0
 

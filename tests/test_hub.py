@@ -91,8 +91,8 @@ def test_a_cached_head_loads_offline_and_matches_the_local_file(hub, tiny, head_
     # the Segmenter takes the spec as it takes a file, and gives the same maps
     x = torch.randn(2, 3, 32, 32)
     text = torch.nn.functional.normalize(torch.randn(3, tiny.embed_dim), dim=-1)
-    a = Segmenter(tiny, method="pacl", head="hf-hub:org/pacl-tiny").patch_logits(x, text)
-    b = Segmenter(tiny, method="pacl", head=str(path)).patch_logits(x, text)
+    a = Segmenter(tiny, method="pacl", head="hf-hub:org/pacl-tiny").patch_scores(x, text)
+    b = Segmenter(tiny, method="pacl", head=str(path)).patch_scores(x, text)
     assert torch.equal(a, b)
 
 

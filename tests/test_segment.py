@@ -15,6 +15,8 @@ from pacl_core.segment import (
     Segmenter,
     label_mask,
     parse_background,
+    patch_scores,
+    resized_shape,
     shift_offsets,
     shifted_scores,
     upsample_scores,
@@ -31,7 +33,7 @@ def test_mask_size_equals_image(tiny, rng, shape, mode):
     assert seg.mask.shape == (h, w) and seg.scores.shape == (3, h, w) and seg.heatmaps.shape == (3, h, w)
     assert seg.image.shape == (h, w, 3)
     assert seg.mask.min() >= 0 and seg.mask.max() < 3
-    assert seg.patch_logits.ndim == 3 and seg.patch_logits.shape[0] == 3
+    assert seg.patch_scores.ndim == 3 and seg.patch_scores.shape[0] == 3
     assert np.array_equal(seg.mask, seg.scores.argmax(0))
 
 
@@ -40,11 +42,11 @@ def test_sixteen_bit_array_is_accepted(tiny, rng):
     assert Segmenter(tiny)(img, ["a", "b"]).mask.shape == (40, 40)
 
 
-def test_patch_logits_are_cosines(tiny):
+def test_patch_scores_are_cosines(tiny):
     seg = Segmenter(tiny, image_size=32)
     x = torch.randn(2, 3, 32, 32)
     text = tiny.text_embeddings(["dog", "cat", "sky"])
-    got = seg.patch_logits(x, text)
+    got = patch_scores([seg], x, [text])[0][0]
     assert got.shape == (2, 3, 4, 4)
     tokens, _ = tiny.patch_tokens(x)
     emb = tokens @ tiny.model.visual.proj  # (2, 16, D)
@@ -52,9 +54,11 @@ def test_patch_logits_are_cosines(tiny):
     torch.testing.assert_close(got, ref.permute(0, 2, 1).reshape(2, 3, 4, 4))
 
 
-def test_whole_mode_uses_chosen_size(vitb, rng):
+def test_whole_mode_keeps_the_aspect_ratio(vitb, rng):
     seg = Segmenter(vitb, image_size=448)(random_image(rng, 300, 500), ["sky"])
-    assert seg.patch_logits.shape == (1, 28, 28)
+    assert seg.patch_scores.shape == (1, 28, 46)  # 448x747 px (mmcv's rule), the 11 px remainder dropped
+    assert resized_shape((233, 350), 336) == (336, 505) and resized_shape((350, 233), 336) == (505, 336)
+    assert resized_shape((100, 4000), 336) == (51, 2048)  # the long side is capped at 2048 px
 
 
 def test_heatmaps_and_probs(tiny, rng):
@@ -234,16 +238,16 @@ def test_segmenter_shifts(tiny, rng):
     shifted = Segmenter(tiny, image_size=48, shifts=2)
     seg = shifted(img, "dog, grass, sky")
     assert seg.mask.shape == (40, 56) and np.array_equal(seg.mask, seg.scores.argmax(0))
-    assert seg.low_logits.shape == (3, 48, 48) and seg.patch_logits.shape == plain.patch_logits.shape == (3, 6, 6)
-    x = tiny.preprocess(img, (48, 48))
+    assert seg.low_scores.shape == (3, 48, 67) and seg.patch_scores.shape == plain.patch_scores.shape == (3, 6, 8)
+    x = tiny.preprocess(img, (48, 67))  # short side 48, the aspect ratio kept
     text = tiny.text_embeddings(["dog", "grass", "sky"])
-    ref = shifted_scores(lambda v: shifted.patch_logits(v, text), x, 8, 2, shifted.logit_scale)[0]  # by hand
-    torch.testing.assert_close(torch.from_numpy(seg.low_logits), ref)
+    ref = shifted_scores(lambda v: patch_scores([shifted], v, [text])[0][0], x, 8, 2, shifted.logit_scale)[0]
+    torch.testing.assert_close(torch.from_numpy(seg.low_scores), ref)
     assert not np.allclose(seg.scores, plain.scores)
     slide = Segmenter(tiny, image_size=48, mode="slide", window=32, shifts=2)(img, "dog, grass, sky")
     assert slide.mask.shape == (40, 56)
     one_patch = Segmenter(tiny, image_size=8, shifts=8)(img, "dog, grass")  # a 1x1 grid: offsets up to half a patch
-    assert one_patch.mask.shape == (40, 56) and one_patch.low_logits.shape == (2, 8, 8)
+    assert one_patch.mask.shape == (40, 56) and one_patch.low_scores.shape == (2, 8, 11)
 
 
 @pytest.mark.parametrize("shifts", [0, 9, -1, 1.5])

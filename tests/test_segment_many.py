@@ -9,7 +9,7 @@ from pacl_core import methods as M
 from pacl_core.backbone import Backbone
 from pacl_core.errors import PACLError
 from pacl_core.pacl import VisionEmbedder
-from pacl_core.segment import Segmenter, group_by_geometry, segment_many
+from pacl_core.segment import Segmenter, group_by_geometry, resized_shape, segment_many
 from tests.helpers import random_image, small_vit
 
 WORDS = "sky, grass, red square, water"
@@ -94,7 +94,7 @@ def test_declared_layers_reach_each_method_and_the_trunk_keeps_their_union(deep,
     segs = [Segmenter(deep, m, image_size=32, mode="whole") for m in ("vanilla", "reads12", "reads2")]
     shared = segment_many(segs, image, WORDS)
     assert kept == [(1, 2)]  # one trunk pass, the union of what the methods declared
-    x = deep.preprocess(image, (32, 32))
+    x = deep.preprocess(image, resized_shape(image.shape, 32))  # short side 32, aspect kept: (32, 45)
     ref = by_hand(deep, x)
     assert set(seen["reads12"]) == {1, 2} and set(seen["reads2"]) == {2}  # each method sees only its own
     torch.testing.assert_close(seen["reads12"][1], ref[1])
@@ -102,7 +102,7 @@ def test_declared_layers_reach_each_method_and_the_trunk_keeps_their_union(deep,
     kept.clear()
     alone = segs[1](image, WORDS)
     assert kept == [(1, 2)]
-    np.testing.assert_allclose(shared["reads12"].low_logits, alone.low_logits, atol=1e-5)
+    np.testing.assert_allclose(shared["reads12"].low_scores, alone.low_scores, atol=1e-5)
     monkeypatch.setitem(M.LAYERS_NEEDED, "reads2", (4,))  # block L's output is not part of the trunk
     with pytest.raises(PACLError, match="only 4 blocks"):
         Segmenter(deep, "reads2")
@@ -110,8 +110,8 @@ def test_declared_layers_reach_each_method_and_the_trunk_keeps_their_union(deep,
 
 def assert_same(shared, alone, label):
     assert shared.method == alone.method and shared.words == alone.words, label
-    np.testing.assert_allclose(shared.low_logits, alone.low_logits, atol=1e-5, err_msg=label)
-    np.testing.assert_allclose(shared.patch_logits, alone.patch_logits, atol=1e-5, err_msg=label)
+    np.testing.assert_allclose(shared.low_scores, alone.low_scores, atol=1e-5, err_msg=label)
+    np.testing.assert_allclose(shared.patch_scores, alone.patch_scores, atol=1e-5, err_msg=label)
     if alone.refined is not None:
         np.testing.assert_allclose(shared.refined, alone.refined, atol=1e-5, err_msg=label)
     assert np.array_equal(shared.mask, alone.mask), label

@@ -10,9 +10,9 @@ import torch
 
 from pacl_core.backbone import load_backbone
 from pacl_core.cli import main
-from pacl_core.segment import Segmenter
+from pacl_core.segment import Segmenter, patch_scores, segment_batch, view_scores
 from pacl_core.toy import model as toymodel
-from pacl_core.toy.evaluate import evaluate_toy, predict
+from pacl_core.toy.evaluate import evaluate_toy
 from pacl_core.toy.world import CLASSES, write_split
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
@@ -110,8 +110,8 @@ def test_passes_averaged_as_probabilities_beat_averaged_cosines(toy, test_split)
     seg = Segmenter(toy, "pacl", shifts=2)
     def miou(scores):
         return mean_iou(confusion_matrix(scores.argmax(1).numpy(), labels, len(CLASSES)))
-    ensemble = miou(seg.pixel_scores(x, text))
-    cosines = miou(shifted_scores(lambda v: seg.patch_logits(v, text), x, toy.patch_size, 2))
+    ensemble = miou(view_scores([seg], x, [text])[0])
+    cosines = miou(shifted_scores(lambda v: patch_scores([seg], v, [text])[0][0], x, toy.patch_size, 2))
     assert ensemble >= cosines + 0.02, (ensemble, cosines)
 
 
@@ -139,14 +139,16 @@ def test_shipped_numbers_reproduce(toy, tmp_path):
     assert result["pacl"]["miou"] > result["vanilla"]["miou"]
 
 
-def test_batched_prediction_matches_the_segmenter(toy, test_split):
+def test_a_batch_through_the_one_pipeline_equals_each_image_alone(toy, test_split):
     from pacl_core.toy.world import ToyDataset
 
-    item = ToyDataset(test_split)[0]
+    data = ToyDataset(test_split)
+    images = np.stack([data[i]["image"] for i in range(3)])  # (3, H, W, 3): how evaluate_toy batches scenes
     for shifts, refine in ((1, None), (2, None), (1, "affinity"), (2, "affinity"), (1, "pamr")):
         segmenter = Segmenter(toy, "pacl", shifts=shifts, refine=refine)
-        _, _, pred = predict(segmenter, [item["image"]], toy.text_embeddings(list(CLASSES)))
-        assert np.array_equal(pred[0], segmenter(item["image"], list(CLASSES)).mask), (shifts, refine)
+        batch = segment_batch([segmenter], images, list(CLASSES))
+        for image, result in zip(images, batch):
+            assert np.array_equal(result["pacl"].mask, segmenter(image, list(CLASSES)).mask), (shifts, refine)
 
 
 def test_examples_listed_and_segmented_by_cli(tmp_path, no_network):

@@ -65,8 +65,9 @@ def add_parser(sub) -> None:
                    help="a class covering no more than this share of the image falls away, its pixels to the next "
                         "best class or background (SCLIP's / SC-CLIP's area_thd; default: the method's official "
                         "value, 0.1 on voc21 for sclip and scclip), or none")
-    g.add_argument("--refine", default=None, choices=REFINERS,
-                   help="refine the score maps: affinity (the patches' own embeddings) or pamr (the image's colours)")
+    g.add_argument("--refine", default=None, choices=("none", *REFINERS),
+                   help="refine the score maps: affinity (the patches' own embeddings) or pamr (the image's colours); "
+                        "default: the method's official setting (PAMR for NACLIP), none for off")
     add_shifts_arg(g, default=None)  # None: not given, so a method's own protocol applies (one pass); toy too
     g.add_argument("--class-names", default=None,
                    help="file with one line per class (background excluded), optionally comma-separated synonyms")
@@ -166,7 +167,7 @@ def _run_toy(args, methods) -> int:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     results = evaluate_toy(args.root, backbone, methods=tuple(methods or ("vanilla", "pacl")), head=args.head,
                            limit=args.limit, roc_png=roc if roc else None, progress=args.progress and not args.json,
-                           shifts=args.shifts or 1, refine=args.refine)
+                           shifts=args.shifts or 1, refine=None if args.refine == "none" else args.refine)
     if args.probe:
         results["object_patch_probe"] = object_patch_probe(backbone)
     if args.out:

@@ -45,9 +45,10 @@ def add_parser(sub) -> None:
     p.add_argument("--background", default="none",
                    help="none, score:T (background where the best cosine < T), entropy:T (where the word "
                         "distribution's entropy > T) or prob:T (where the best word's probability < T)")
-    p.add_argument("--refine", default="none", choices=("none", *REFINERS),
+    p.add_argument("--refine", default=None, choices=("none", *REFINERS),
                    help="post-processing of the score maps: affinity (a random walk over the patches, weighted by "
-                        "their own embeddings), pamr (guided by the colours, as SCLIP / NACLIP use it) or none")
+                        "their own embeddings), pamr (guided by the colours, as SCLIP / NACLIP use it) or none "
+                        "(default: the method's official setting, PAMR for NACLIP)")
     add_shifts_arg(p)
     p.add_argument("--out", required=True, help="output folder (one subfolder per image)")
     add_model_args(p)
@@ -79,7 +80,7 @@ def run(args) -> int:
             notes.append(f"method {methods[0]}: this model has no PACL head (pass --head FILE.safetensors for pacl)")
     segmenters = [Segmenter(backbone, method=m, head=args.head if m == "pacl" else None, mode=args.mode,
                             window=args.window, stride=args.stride, background=args.background,
-                            image_size=args.image_size, refine=None if args.refine == "none" else args.refine,
+                            image_size=args.image_size, refine=args.refine,
                             shifts=args.shifts) for m in methods]
     for n in notes:
         print(f"note: {n}")

@@ -23,11 +23,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pacl_core.errors import PACLError
-from pacl_core.eval.datasets import METHOD_DATASET_KEYS, DatasetSpec, SegDataset, read_class_names
+from pacl_core.eval.datasets import METHOD_DATASET_KEYS, DatasetSpec, SegDataset, get_spec, read_class_names
 from pacl_core.methods import TRAINING_FREE, method_defaults
 from pacl_core.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from pacl_core.prompts import get_templates
-from pacl_core.segment import Segmenter, segment_many
+from pacl_core.segment import Segmentation, Segmenter, segment_many
 from pacl_core.train.distributed import global_sum
 
 TRAINING_FREE_TEMPLATES = "imagenet80"  # MaskCLIP, SCLIP, ClearCLIP and NACLIP all use CLIP's 80 ImageNet prompts
@@ -49,7 +49,7 @@ def resolve_protocol(spec: DatasetSpec, method: str, backbone, user: dict) -> di
             "stride": round(spec.stride * scale), "background": spec.default_background, "logit_scale": None,
             "templates": TRAINING_FREE_TEMPLATES if method in TRAINING_FREE else "imagenet7", "refine": None,
             "shifts": 1, "area_threshold": None}
-    proto = {k: md.get(k, v) for k, v in base.items()}
+    proto = {k: md.get(k, v) for k, v in base.items()}  # the official per-benchmark settings (METHOD_DEFAULTS)
     if user.get("window") is not None and user.get("stride") is None:
         proto["stride"] = None  # the segmenter's default: half the given window
     proto.update({k: v for k, v in user.items() if v is not None and k in base})
@@ -121,6 +121,29 @@ def make_segmenter(backbone, method: str, proto: dict, head=None, num_words: int
     return Segmenter(backbone, **kwargs)
 
 
+def benchmark_segmenter(spec: DatasetSpec, backbone, method: str, user: dict | None = None, head=None,
+                        names_file=None) -> tuple[Segmenter, list[str], np.ndarray, np.ndarray | None]:
+    """(segmenter, words, each word's class id, area-threshold groups) for one method on one benchmark, with the
+    official protocol (resize, windows, refinement, background, area threshold, logit scale, templates)."""
+    words, word_class = class_words(spec, names_file)
+    proto = resolve_protocol(spec, method, backbone, user or {})
+    segmenter = make_segmenter(backbone, method, proto, head=head, num_words=len(words))
+    # groups, for the area threshold: synonyms are one class, background words none
+    groups = np.where(word_class == 0, -1, word_class) if spec.background else word_class
+    return segmenter, words, word_class, groups
+
+
+def segment_for_benchmark(backbone, dataset: str, method: str, image: np.ndarray, names_file=None, head=None,
+                          user: dict | None = None) -> tuple[Segmentation, np.ndarray]:
+    """One photo (H, W, 3) uint8 segmented as `evaluate` segments a benchmark's images -> (its Segmentation: the
+    words' scores at the photo's size, after refinement; the predicted class ids (H, W), 0 = background where
+    the benchmark has one)."""
+    spec = get_spec(dataset)
+    segmenter, words, word_class, groups = benchmark_segmenter(spec, backbone, method, user, head, names_file)
+    seg = segment_many([segmenter], image, words, groups=groups)[method]
+    return seg, mask_to_classes(seg.mask, word_class, image.shape[:2])
+
+
 def shard_indices(n: int) -> range:
     """This process's images: every W-th from its rank under torchrun, all of them otherwise."""
     if dist.is_available() and dist.is_initialized():
@@ -151,10 +174,9 @@ def evaluate_dataset_many(dataset: SegDataset, segmenters, words: list[str], wor
     trunk once per input geometry; under torchrun the confusion matrices are summed over the processes."""
     K = dataset.spec.num_classes
     conf = {s.method: np.zeros((K, K), dtype=np.int64) for s in segmenters}
-    groups = np.where(word_class == 0, -1, word_class) if dataset.spec.background else word_class
+    groups = np.where(word_class == 0, -1, word_class) if dataset.spec.background else word_class  # area_keep
     for i in tqdm(shard_indices(len(dataset)), desc=desc, unit="img", disable=not progress, dynamic_ncols=True):
         _, image, label = dataset[i]
-        # groups, for the area threshold: synonyms are one class, background words none
         for method, seg in segment_many(segmenters, image, words, groups=groups).items():
             assert len(seg.words) == len(words), "the segmenter dropped or merged class names"
             conf[method] += confusion_matrix(mask_to_classes(seg.mask, word_class, label.shape), label, K)
@@ -183,7 +205,7 @@ def evaluate_methods(dataset: SegDataset, backbone, methods: list[str], user: di
         proto = resolve_protocol(dataset.spec, method, backbone, user)
         segmenter = make_segmenter(backbone, method, proto, head=head, num_words=len(words))
         proto.update(image_size=segmenter.image_size, mode=segmenter.mode, window=segmenter.window,
-                     stride=segmenter.stride, logit_scale=segmenter.logit_scale)
+                     stride=segmenter.stride, logit_scale=segmenter.logit_scale, refine=segmenter.refine)
         segmenters.append(segmenter)
         protos[method] = proto
     desc = f"{dataset.spec.name} {','.join(methods)}"

@@ -40,7 +40,6 @@ from tqdm import tqdm
 from pacl_core.errors import PACLError
 from pacl_core.inputs import check_out_folder
 from pacl_core.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from pacl_core.pamr import pamr_rgb
 from pacl_core.probes import (
     attention_on_target,
     coherence_roc,
@@ -50,7 +49,7 @@ from pacl_core.probes import (
     patch_majority_labels,
     save_roc_png,
 )
-from pacl_core.segment import Segmenter, patch_embeddings_many, pixel_scores_many, shifted_scores
+from pacl_core.segment import Segmenter, group_by_geometry, run_pass, shifted_scores
 from pacl_core.toy.world import CLASSES, ToyDataset, make_scene
 
 SUBSETS = ("all", "seen", "unseen")
@@ -63,39 +62,6 @@ def subset_labels(item: dict) -> dict[str, np.ndarray]:
     seen_obj = (item["instances"] > 0) & ~unseen
     return {"all": mask, "seen": np.where(unseen, IGNORE_INDEX, mask),
             "unseen": np.where(seen_obj, IGNORE_INDEX, mask)}
-
-
-@torch.no_grad()
-def predict_many(segmenters: list, images: list[np.ndarray], text: torch.Tensor
-                 ) -> list[tuple[torch.Tensor, tuple, np.ndarray]]:
-    """Images (H, W, 3) of one size -> per segmenter (of one backbone, image size and shifts): patch embeddings
-    (B, T, D), grid, and label maps (B, H, W).
-
-    The batched equivalent of Segmenter(image, words) in 'whole' mode without a background rule (with each
-    segmenter's shifted passes and refinement, if any; the patch embeddings are always those of the unshifted
-    image, before any refinement). Blocks 1..L-1 run once for all the segmenters (segment.patch_embeddings_many).
-    """
-    first = segmenters[0]
-    backbone, S = first.backbone, first.image_size
-    H, W = images[0].shape[:2]
-    x = torch.cat([backbone.preprocess(im, (S, S)) for im in images])  # (B, 3, S, S)
-    embs, grid = patch_embeddings_many(segmenters, x)  # (B, T, D) each, one trunk pass
-    if first.shifts > 1:
-        scores = pixel_scores_many(segmenters, x, [text] * len(segmenters))  # (B, K, S, S) each
-    else:  # (B, K, h, w) each, affinity-refined where asked
-        scores = [sg.scores_from_embeddings(e, grid, text) for sg, e in zip(segmenters, embs)]
-    out = []
-    for sg, emb, sc in zip(segmenters, embs, scores):
-        sc = F.interpolate(sc, size=(H, W), mode="bilinear", align_corners=False)  # (B, K, H, W)
-        if sg.refine == "pamr":
-            sc = pamr_rgb(np.stack(images), sc)  # (B, K, H, W)
-        out.append((emb.float().cpu(), grid, sc.argmax(1).cpu().numpy()))
-    return out
-
-
-def predict(segmenter, images: list[np.ndarray], text: torch.Tensor) -> tuple[torch.Tensor, tuple, np.ndarray]:
-    """predict_many for one segmenter: (patch embeddings (B, T, D), grid, label maps (B, H, W))."""
-    return predict_many([segmenter], images, text)[0]
 
 
 def _clean(v: float) -> float | None:
@@ -118,7 +84,7 @@ def _summarise(conf: np.ndarray, emb: torch.Tensor, patch_labels: np.ndarray, te
 
 def evaluate_segmenters(dataset: ToyDataset, segmenters: dict, text: torch.Tensor, indices: list[int],
                         batch: int = 50, progress: bool = False, tau: float = 1.0) -> dict[str, tuple[dict, dict]]:
-    """Several methods on the given items, each batch through the backbone's trunk once (predict_many)
+    """Several methods on the given items, each batch through the backbone's trunk once (segment.run_pass)
     -> {method: (metrics dict with seen/unseen parts, ROC of the whole set)}.
 
     segmenters: {method: Segmenter} of one backbone, image size and shifts. tau: the softmax temperature of the
@@ -132,10 +98,12 @@ def evaluate_segmenters(dataset: ToyDataset, segmenters: dict, text: torch.Tenso
                       disable=not progress, leave=False):
         items = [dataset[i] for i in indices[start:start + batch]]
         labels = {s: np.stack([subset_labels(it)[s] for it in items]) for s in SUBSETS}  # (b, H, W) each
-        results = predict_many(list(segmenters.values()), [it["image"] for it in items], text)
-        grid = results[0][1]  # (h, w), one geometry
-        for m, (emb, _, pred) in zip(methods, results):
-            embs[m].append(emb)
+        images = np.stack([it["image"] for it in items])  # (b, H, W, 3)
+        result = run_pass(list(segmenters.values()), images, [text] * len(methods), embeddings=True)
+        grid = result.grid  # (h, w), one geometry
+        for m, sg, emb, low in zip(methods, segmenters.values(), result.embeddings, result.low):
+            embs[m].append(emb.float().cpu())  # (b, T, D): the plain pass, before any refinement
+            pred = sg.masks(low, images, result.inputs)[0].cpu().numpy()  # (b, H, W), the one readout
             for s in SUBSETS:
                 conf[m][s] += confusion_matrix(pred, labels[s], K)
         for s in SUBSETS:
@@ -210,19 +178,16 @@ def evaluate_toy(root, backbone, head=None, methods=("vanilla", "pacl"), limit=N
     indices = list(range(len(dataset) if limit is None else min(int(limit), len(dataset))))
     words = list(dataset.classes)
     text = backbone.text_embeddings(words)  # (K, D)
-    segmenters = {m: Segmenter(backbone, method=m, head=head if m == "pacl" else None, shifts=shifts, refine=refine)
+    segmenters = {m: Segmenter(backbone, method=m, head=head if m == "pacl" else None, shifts=shifts,
+                               refine=refine or "none", mode="whole")  # the whole scene at each method's size
                   for m in methods}
     heads = [sg.head for sg in segmenters.values() if sg.head is not None]
     tau = float((getattr(heads[0], "meta", None) or {}).get("tau") or 1.0) if heads else 1.0
-    out, rocs = {}, {}
-    by_size: dict[int, dict] = {}  # methods whose segmenters see the same input share every trunk pass
-    for method, segmenter in segmenters.items():
-        by_size.setdefault(segmenter.image_size, {})[method] = segmenter
-    for group in by_size.values():  # every method's attention at the same tau: the head's
-        for method, (row, roc) in evaluate_segmenters(dataset, group, text, indices, progress=progress,
-                                                      tau=tau).items():
-            out[method], rocs[method] = row, roc
-    out = {m: out[m] for m in segmenters}  # in the order asked for
+    found = {}  # methods of one geometry share every trunk pass; every attention at the head's tau
+    for group in group_by_geometry(segmenters.values()):
+        found.update(evaluate_segmenters(dataset, {s.method: s for s in group}, text, indices, progress=progress,
+                                         tau=tau))
+    out, rocs = {m: found[m][0] for m in segmenters}, {m: found[m][1] for m in segmenters}
     if roc_png is not False:
         save_roc_png(rocs, roc_png, title=f"semantic coherence, {backbone.name}")
     out.update(roc_png=str(roc_png) if roc_png is not False else None, classes=words, words=words,

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pacl_core.errors import PACLError
 from pacl_core.metrics import confusion_matrix, mean_iou
-from pacl_core.pacl import VisionEmbedder, patch_similarity
+from pacl_core.pacl import VisionEmbedder
 from pacl_core.probes import patch_accuracy, patch_majority_labels
 from pacl_core.segment import Segmenter
 from pacl_core.toy.train import ToyTrainConfig, new_head, pacl_training, stage2_inputs, stage2_pool
@@ -93,7 +92,7 @@ def make_check_set(backbone, n: int, seed: int = CHECK_SEED) -> CheckSet:
     scenes = [make_scene(seed, i, "test", size) for i in range(n)]
     images = np.stack([s.image for s in scenes])  # (n, H, W, 3)
     masks = np.stack([s.mask for s in scenes])  # (n, H, W)
-    x = torch.cat([backbone.preprocess(im, (size, size)) for im in images])  # (n, 3, S, S)
+    x = backbone.preprocess_batch(images, images.shape[1:3])  # (n, 3, S, S), as the segmenter sees them
     tokens, grid = backbone.patch_tokens(x)  # (n, T, D_v)
     text = backbone.text_embeddings(list(CLASSES)).float().cpu()  # (K, D)
     labels = patch_majority_labels(masks, grid, len(CLASSES))  # (n, T)
@@ -101,12 +100,12 @@ def make_check_set(backbone, n: int, seed: int = CHECK_SEED) -> CheckSet:
 
 
 @torch.no_grad()
-def check_scores(emb: torch.Tensor, check: CheckSet) -> dict:
-    """Patch embeddings (n, T, D) of the check scenes -> one-pass mIoU and patch accuracy, as evaluate_toy."""
-    n, K = len(emb), len(check.text)
-    s = patch_similarity(emb.float(), check.text).view(n, K, *check.grid)  # (n, K, h, w)
-    up = F.interpolate(s, size=check.masks.shape[1:], mode="bilinear", align_corners=False)  # (n, K, H, W)
-    conf = confusion_matrix(up.argmax(1).numpy(), check.masks, K)
+def measure(segmenter, emb: torch.Tensor, check: CheckSet) -> dict:
+    """Patch embeddings (n, T, D) of the check scenes -> one-pass mIoU and patch accuracy, read out by the
+    segmenter's own pipeline (Segmenter.masks), as evaluate_toy does."""
+    scores = segmenter.scores_from_embeddings(emb, check.grid, check.text)  # (n, K, h, w)
+    pred = segmenter.masks(scores, check.images)[0].numpy()  # (n, H, W)
+    conf = confusion_matrix(pred, check.masks, len(check.text))
     return {"miou": mean_iou(conf), "patch_acc": patch_accuracy(emb, check.patch_labels, check.text)}
 
 
@@ -148,13 +147,14 @@ def live_training(backbone, cfg: LiveConfig | None = None, scene: int = 0, words
         vanilla_view = Segmenter(backbone, "vanilla")(check.images[scene], list(words))
     prepare = time.perf_counter() - t0
     tcfg = cfg.train_config()
-    vanilla = check_scores(backbone.vanilla_patch_embeddings(check.tokens), check)
+    plain = Segmenter(backbone, "vanilla")  # the readout of every check: one whole pass, no background
+    vanilla = measure(plain, backbone.vanilla_patch_embeddings(check.tokens), check)
     head, losses, checks = new_head(backbone, tcfg), [], []
 
     def snapshot(step: int, done: bool = False, stopped: bool = False) -> LiveSnapshot:
         kept = copy.deepcopy(head).eval().requires_grad_(False)
         with torch.no_grad():
-            checks.append({"step": step, **check_scores(kept(check.tokens), check)})
+            checks.append({"step": step, **measure(plain, kept(check.tokens), check)})
         with lock:
             view = Segmenter(backbone, "pacl", head=kept)(check.images[scene], list(words))
         return LiveSnapshot(step, tcfg.pacl_steps, list(losses), list(checks), vanilla, view, vanilla_view, kept,
