@@ -5,10 +5,10 @@ tests/official_pipeline.py re-implements each official segmentor's test pipeline
 positional-embedding interpolation, whole/slide windows, upsampling, PAMR, background and area rules, per-benchmark
 settings. Here, on a small random ViT (tests/model_configs/PACL-Small16-Test.json: 224 px, patch 16, 12 blocks)
 with every bias, LayerNorm, class and positional embedding randomised, and on four synthetic images (an upscaled
-landscape, a slightly downscaled portrait, an upscaled portrait, and a strip whose resized short side is below the
-window), pacl_core.eval.evaluate.segment_for_benchmark must give the same label maps (>= 99.9% of pixels) and the
-same score maps (max |a - b| <= 1e-4 max |b|) as the reference. Until that function exists those comparisons skip;
-the reference's own pieces are checked here now.
+landscape, a slightly downscaled portrait, an upscaled portrait, and a strip whose resized short side, 120 px, is
+below every window and not a multiple of the patch), pacl_core.eval.evaluate.segment_for_benchmark must give the
+same label maps (>= 99.9% of pixels) and the same score maps (max |a - b| <= 1e-4 max |b|) as the reference.
+Until that function exists those comparisons skip; the reference's own pieces are checked here now.
 """
 
 from pathlib import Path
@@ -27,7 +27,7 @@ CASES = [(m, b) for m in METHODS for b in ("voc21", "context60")] + [
     ("naclip", "context59"),  # slide mode + PAMR, no background
     ("clearclip", "context59"),  # padded crops, no background
 ]
-SIZES = {"landscape": (150, 230), "portrait_down": (370, 340), "portrait": (250, 170), "strip": (25, 512)}
+SIZES = {"landscape": (150, 230), "portrait_down": (370, 340), "portrait": (250, 170), "strip": (30, 512)}
 
 VOC = ["aeroplane", "bicycle", "bird", "ship, boat", "bottle", "bus", "car", "cat", "chair", "cow", "table", "dog",
        "horse", "motorbike", "person, person in shirt, person in jeans", "pottedplant", "sheep", "sofa", "train",
@@ -120,11 +120,11 @@ def backbone(project, model):
 
 # ---- the project against the reference --------------------------------------------------------------
 @pytest.mark.parametrize("image", list(SIZES))
-@pytest.mark.parametrize("method, benchmark", CASES)
-def test_project_equals_official(project, backbone, model, names_files, method, benchmark, image):
-    want_scores, want_labels = op.official_segment(model, method, benchmark, IMAGES[image], names_files[benchmark])
-    seg, labels = project(backbone, benchmark, method, IMAGES[image], names_file=str(names_files[benchmark]))
-    assert list(seg.words) == op.read_names(names_files[benchmark])[0]
+@pytest.mark.parametrize("method, dataset", CASES)  # not "benchmark": pytest-benchmark owns that name
+def test_project_equals_official(project, backbone, model, names_files, method, dataset, image):
+    want_scores, want_labels = op.official_segment(model, method, dataset, IMAGES[image], names_files[dataset])
+    seg, labels = project(backbone, dataset, method, IMAGES[image], names_file=str(names_files[dataset]))
+    assert list(seg.words) == op.read_names(names_files[dataset])[0]
     scores = torch.as_tensor(np.asarray(seg.scores), dtype=torch.float64)  # (Q, H, W)
     labels = torch.as_tensor(np.asarray(labels))  # (H, W)
     assert scores.shape == want_scores.shape and labels.shape == want_labels.shape
@@ -151,8 +151,8 @@ def test_settings_transcribed():
 def test_mmcv_resize_rule():
     assert op.resized_size(233, 350, 336) == (336, 505)
     assert op.resized_size(370, 340, 336) == (366, 336)  # a downscale
-    assert op.resized_size(25, 512, 336) == (100, 2048)  # the long side's limit: short side below the window
-    assert op.resized_size(25, 512, 448) == (100, 2048)
+    assert op.resized_size(30, 512, 336) == (120, 2048)  # the long side's limit: short side below the window
+    assert op.resized_size(30, 512, 448) == (120, 2048)
     assert op.official_resize(IMAGES["landscape"], 448).shape == (448, 687, 3)
     flat = np.full((30, 41, 3), 77, dtype=np.uint8)
     assert (op.official_resize(flat, 336) == 77).all()
@@ -167,14 +167,15 @@ def test_normalisation():
 def test_pos_embed_native_grid_unchanged_and_interpolated_shape():
     pos = torch.randn(197, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # (1 + 14^2, W)
     assert op.official_pos_embed(pos, (14, 14)) is pos
+    assert op.official_pos_embed(pos, (7, 28)) is pos  # official: same token count, native embedding as is
     out = op.official_pos_embed(pos, (21, 32))
     assert out.shape == (1 + 21 * 32, 8) and torch.equal(out[0], pos[0])
     flat = torch.ones(197, 8, dtype=torch.float64)
     torch.testing.assert_close(op.official_pos_embed(flat, (6, 14)), torch.ones(1 + 84, 8, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("h, w, crop, stride", [(336, 505, 224, 112), (100, 2048, 224, 112), (448, 687, 448, 224),
-                                                (100, 2048, 448, 224), (224, 224, 224, 112), (120, 90, 224, 112)])
+@pytest.mark.parametrize("h, w, crop, stride", [(336, 505, 224, 112), (120, 2048, 224, 112), (448, 687, 448, 224),
+                                                (120, 2048, 448, 224), (224, 224, 224, 112), (120, 90, 224, 112)])
 def test_slide_windows_cover_every_pixel(h, w, crop, stride):
     count = np.zeros((h, w), dtype=int)
     for y1, y2, x1, x2 in op.slide_windows(h, w, crop, stride):
@@ -185,7 +186,7 @@ def test_slide_windows_cover_every_pixel(h, w, crop, stride):
 
 
 def test_clearclip_centre_padding():
-    assert op.centre_pad(100, 448, 16) == (0, 0, 6, 6)
+    assert op.centre_pad(120, 448, 16) == (0, 0, 4, 4)
     assert op.centre_pad(205, 227, 16) == (6, 7, 1, 2)
     assert op.centre_pad(224, 448, 16) == (0, 0, 0, 0)
 
@@ -224,14 +225,15 @@ def test_short_context_text_equals_encode_text(model):
 
 
 def test_reference_runs_and_float32_stays_within_the_tolerance(model, names_files):
-    """The reference's outputs are well-formed, and the same pipeline in float32 stays far inside the tolerance the
-    project is held to (so 1e-4 and 99.9% are reachable by a float32 implementation)."""
-    for method, benchmark, image in [("naclip", "voc21", "strip"), ("scclip", "context60", "landscape")]:
-        cos, labels = op.official_segment(model, method, benchmark, IMAGES[image], names_files[benchmark])
-        queries, classes = op.read_names(names_files[benchmark])
+    """The reference's outputs are well-formed, and the same pipeline in float32 stays inside half the tolerance the
+    project is held to (so 1e-4 and 99.9% are reachable in float32; PAMR is the most sensitive step: float32
+    bilinear weights move its guide by ~1e-5, which its sharp affinities amplify to a few 1e-5)."""
+    for method, dataset, image in [("naclip", "voc21", "landscape"), ("scclip", "context60", "strip")]:
+        cos, labels = op.official_segment(model, method, dataset, IMAGES[image], names_files[dataset])
+        queries, classes = op.read_names(names_files[dataset])
         assert cos.dtype == torch.float64 and cos.shape == (len(queries), *SIZES[image])
         assert labels.dtype == torch.int64 and 0 <= labels.min() and labels.max() <= max(classes)
-        cos32, labels32 = op.official_segment(model, method, benchmark, IMAGES[image], names_files[benchmark],
+        cos32, labels32 = op.official_segment(model, method, dataset, IMAGES[image], names_files[dataset],
                                               dtype=torch.float32)
-        assert float((cos32.double() - cos).abs().max() / cos.abs().max()) < 1e-5
+        assert float((cos32.double() - cos).abs().max() / cos.abs().max()) < 5e-5
         assert float((labels32 == labels).double().mean()) >= 0.999
