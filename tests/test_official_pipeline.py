@@ -83,10 +83,12 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model():
+    """The random test model; the reference's float64 copy is taken here, before the project ever sees it."""
     open_clip.add_model_config(Path(__file__).resolve().parent / "model_configs")
     torch.manual_seed(0)
     m = open_clip.create_model(MODEL).eval()
     randomise(m)
+    op.model_copy(m)
     return m
 
 
