@@ -16,6 +16,17 @@ The last blocks come from the slow references of tests/test_methods.py (MaskCLIP
 tests/test_scclip.py (SC-CLIP); NACLIP's is vectorised here (its per-pair reference is too slow at whole-image
 grids) and checked against tests/test_methods.py by tests/test_official_pipeline.py.
 
+Readings of the official code where it is ambiguous:
+- ClearCLIP's configs/base_config.py says model_type='vanilla'; ClearCLIP here is model_type='ClearCLIP'
+  (q-q attention) with ignore_residual=True, as the paper and the method name mean; everything else from configs.
+- SC-CLIP locates its LOF anomalies as (i // gh, i % gh) on a (gh, gw) grid: right only on square grids (all its
+  224-px windows); here they are row-major (i // gw, i % gw) on every grid, as tests/test_scclip.py does.
+- Every repository adds the native positional embedding as is whenever the token count is g0^2, even on a
+  non-square grid (e.g. 7 x 28 for g0 = 14); kept here (official_pos_embed).
+- ClearCLIP splits synonyms on "," (not ", "): the open_clip tokenizer cleans the extra space, same prompts.
+- The official code upsamples (Q, ...) cosine maps; this one resamples the (D, ...) features, which is the same
+  (see window_map).
+
 Entry point: official_segment(model, method, benchmark, image, names_file) -> (cosines (Q, H, W), labels (H, W)).
 """
 
