@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bench.segment_overhead import bare_encoder  # noqa: E402
 from demo import handlers as h  # noqa: E402
 from demo.models import ModelChoice, ModelRegistry, default_registry, pick_default  # noqa: E402
-from pacl_core.segment import segment_many  # noqa: E402
+from pacl_core.segment import resized_shape, segment_many  # noqa: E402
 from pacl_core.viz import draw_overlay  # noqa: E402
 
 VIT = "ViT-B-16-quickgelu:none"
@@ -86,10 +86,12 @@ def split(registry, label, image, words, methods, resolution, repeats: int) -> d
 
 
 def k_methods_table(registry, photo: np.ndarray, repeats: int, skip_default: bool) -> None:
-    """The table of k = 1..all methods over one bare forward at 448 px, one row per k."""
+    """The table of k = 1..all methods over one bare forward of the same input size (the photo at a 448 px short
+    side, its aspect ratio kept, as the segmenters see it), one row per k."""
     backbone = registry.backbone("vit-random")
-    model = bare_encoder(backbone, 448)
-    x = torch.randn(1, 3, 448, 448)
+    shape = resized_shape(photo.shape, 448)  # (448, 560) for the 512x640 photo
+    model = bare_encoder(backbone, shape)
+    x = torch.randn(1, 3, *shape)
     words = [w.strip() for w in WORDS.split(",")]
 
     def bare():
@@ -98,7 +100,7 @@ def k_methods_table(registry, photo: np.ndarray, repeats: int, skip_default: boo
 
     bare()
     t_bare = statistics.median([paired_ratio(bare, bare, 1)[0] for _ in range(repeats)])
-    print(f"bare encode_image at 448 px: {t_bare * 1000:.0f} ms; {torch.get_num_threads()} threads; "
+    print(f"bare encode_image at {shape[0]}x{shape[1]} px: {t_bare * 1000:.0f} ms; {torch.get_num_threads()} threads; "
           f"640x512 photo, {len(words)} words; ratios = median over {repeats} back-to-back pairs of "
           "(call time) / (bare forward time)")
     cols = ["shared, 448", "demo, 448", "one at a time, 448"] + ([] if skip_default else ["demo, model default"])

@@ -227,8 +227,7 @@ def method_panel(segmenter, seg, elapsed: float, group, size: int | None) -> Pan
     status = (f"**{title}** · {elapsed:.2f} s · {sharing_text(segmenter, group, size)} · "
               f"{grid[0]}×{grid[1]} patches"
               + (f" · {segmenter.shifts}×{segmenter.shifts} shifted passes" if segmenter.shifts > 1 else "")
-              + (f" · {segmenter.refine.upper() if segmenter.refine == 'pamr' else segmenter.refine} refinement"
-                 if segmenter.refine else ""))
+              + (f" · {segmenter.refine} refinement" if segmenter.refine else ""))
     return Panel(segmenter.method, title, status, draw_overlay(seg), heatmap_sheet(seg), seg)
 
 

@@ -272,10 +272,11 @@ class Backbone:
 
     def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         """(1 + h*w, W) positional embedding for a patch grid, as the official segmentors interpolate it: the
-        native one unchanged at the native grid, else bicubic with scale factors ((h + 0.1) / h0, (w + 0.1) / w0)
-        (the factor, not the size, sets where each output samples), no antialiasing."""
+        native one unchanged for as many patches as the native grid has (any shape, as they check), else bicubic
+        with scale factors ((h + 0.1) / h0, (w + 0.1) / w0) (the factor, not the size, sets where each output
+        samples), no antialiasing."""
         pe = self.model.visual.positional_embedding  # (1 + H0*W0, W)
-        if tuple(grid) == self.native_grid:
+        if grid[0] * grid[1] == self.native_grid[0] * self.native_grid[1]:  # as they test it: the token count
             return pe
         key = (tuple(grid), pe.data_ptr(), pe._version)
         if key not in self._pos_cache:

@@ -26,6 +26,7 @@ from pacl_core.checkpoint import save_head
 from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
 from pacl_core.pacl import VisionEmbedder
+from pacl_core.segment import patch_scores, resized_shape
 from pacl_core.viz import draw_heatmaps, draw_overlay
 
 HEAD_LABEL = "PACL head: tiny_head (PACL-Tiny-Test:none)"
@@ -158,8 +159,9 @@ def test_an_explicit_resolution_runs_every_method_in_one_shared_pass(registry, p
     result = h.compare(registry, str(photo), "sky, grass", list(METHODS), MODEL, 0.0, "96")
     assert len(calls) == 1  # one backbone trunk for all six methods
     for p in result.panels:
-        assert p.ok and f"one shared pass for {len(METHODS)} methods at the chosen 96 px whole image" in p.status
-        assert p.segmentation.patch_scores.shape[1:] == (12, 12)  # whole image, 96 px, 8 px patches
+        assert p.ok and f"one shared pass for {len(METHODS)} methods at the chosen 96 px short side, whole image" \
+            in p.status
+        assert p.segmentation.patch_scores.shape[1:] == (12, 16)  # the whole 3:4 photo, 96x128 px, 8 px patches
         alone = h.compare(registry, str(photo), "sky, grass", [p.method], MODEL, 0.0, "96").panels[0]
         np.testing.assert_array_equal(alone.segmentation.mask, p.segmentation.mask)
         np.testing.assert_allclose(alone.segmentation.low_scores, p.segmentation.low_scores, atol=1e-5)
@@ -191,7 +193,7 @@ def test_shifted_passes_reach_the_segmenter_status_and_archive(registry, photo):
     shifted = h.compare(registry, str(photo), "sky, grass", ["pacl"], MODEL, shifts="2")
     (p1,), (p2,) = plain.panels, shifted.panels
     assert p2.ok and "2×2 shifted passes" in p2.status and "shifted" not in p1.status
-    assert p2.segmentation.low_scores.shape[1:] == (96, 96)  # pixel-level: the average of the 4 passes
+    assert p2.segmentation.low_scores.shape[1:] == (96, 128)  # pixel-level: the average of the 4 passes
     assert not np.allclose(p1.segmentation.scores, p2.segmentation.scores)
     assert json.loads(zipfile.ZipFile(shifted.download).read("settings.json"))["shifts"] == 2
 
@@ -204,7 +206,7 @@ def test_refinement_reaches_the_segmenter_status_and_archive(registry, photo, re
     assert p2.ok and f"{refine} refinement" in p2.status and "refinement" not in p1.status
     assert p2.segmentation.method == "pacl" and not np.allclose(p1.segmentation.scores, p2.segmentation.scores)
     assert json.loads(zipfile.ZipFile(refined.download).read("settings.json"))["refine"] == refine
-    assert json.loads(zipfile.ZipFile(plain.download).read("settings.json"))["refine"] == "none"
+    assert json.loads(zipfile.ZipFile(plain.download).read("settings.json"))["refine"] == "method default"
 
 
 @pytest.fixture(scope="module")
@@ -301,8 +303,8 @@ def test_lesson_gives_the_teaching_view_for_one_word(registry, photo):
     backbone = registry.backbone(MODEL)
     rgb, _ = h.check_image(str(photo))
     vanilla = registry.segmenter(MODEL, "vanilla")  # reference: CLIP's own patch cosines for "grass"
-    x = backbone.preprocess(rgb, (vanilla.image_size,) * 2)
-    want = vanilla.patch_scores(x, backbone.text_embeddings(["sky", "grass"]))[0, 1].numpy()
+    x = backbone.preprocess(rgb, resized_shape(rgb.shape, vanilla.image_size))  # the whole photo, aspect kept
+    want = patch_scores([vanilla], x, [backbone.text_embeddings(["sky", "grass"])])[0][0][0, 1].numpy()
     assert v.similarity_range == pytest.approx((float(want.min()), float(want.max())), abs=1e-5)
     pacl_phi, vanilla_phi, cls = lesson.table[1][1:4]
     assert pacl_phi != vanilla_phi and -1 <= cls <= 1

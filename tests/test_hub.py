@@ -20,7 +20,7 @@ from pacl_core.cli import main
 from pacl_core.errors import PACLError
 from pacl_core.hub import HubHead, parse_hub_spec
 from pacl_core.pacl import VisionEmbedder
-from pacl_core.segment import Segmenter
+from pacl_core.segment import Segmenter, patch_scores
 from tests.helpers import cache_repo
 
 TINY = "PACL-Tiny-Test:none"
@@ -91,8 +91,8 @@ def test_a_cached_head_loads_offline_and_matches_the_local_file(hub, tiny, head_
     # the Segmenter takes the spec as it takes a file, and gives the same maps
     x = torch.randn(2, 3, 32, 32)
     text = torch.nn.functional.normalize(torch.randn(3, tiny.embed_dim), dim=-1)
-    a = Segmenter(tiny, method="pacl", head="hf-hub:org/pacl-tiny").patch_scores(x, text)
-    b = Segmenter(tiny, method="pacl", head=str(path)).patch_scores(x, text)
+    a = patch_scores([Segmenter(tiny, method="pacl", head="hf-hub:org/pacl-tiny")], x, [text])[0][0]
+    b = patch_scores([Segmenter(tiny, method="pacl", head=str(path))], x, [text])[0][0]
     assert torch.equal(a, b)
 
 

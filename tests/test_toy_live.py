@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pacl_core.checkpoint import load_head
+from pacl_core.segment import Segmenter
 from pacl_core.toy import live as toylive
 from pacl_core.toy import model as toymodel
 from pacl_core.toy import world as toyworld
@@ -19,15 +20,15 @@ def toy():
     return toymodel.load_toy_backbone()
 
 
-def test_check_scores_are_evaluate_toys_one_pass_numbers(toy, tmp_path):
+def test_live_measurements_are_evaluate_toys_one_pass_numbers(toy, tmp_path):
     """Reference: the full evaluator on the same scenes written to disk."""
     check = toylive.make_check_set(toy, 6, seed=77)
     toyworld.write_split(tmp_path, "test", seed=77, n=6, size=toy.native_size)
     want = evaluate_toy(tmp_path, toy, roc_png=False)
     head = load_head(toy.default_head, toy)
     with torch.no_grad():
-        got = toylive.check_scores(head(check.tokens), check)
-    vanilla = toylive.check_scores(toy.vanilla_patch_embeddings(check.tokens), check)
+        got = toylive.measure(Segmenter(toy), head(check.tokens), check)
+    vanilla = toylive.measure(Segmenter(toy), toy.vanilla_patch_embeddings(check.tokens), check)
     for name, row in (("pacl", got), ("vanilla", vanilla)):
         assert row["miou"] == pytest.approx(want[name]["miou"], abs=1e-6), name
         assert row["patch_acc"] == pytest.approx(want[name]["patch_acc"], abs=1e-6), name
@@ -49,7 +50,7 @@ def test_live_training_trains_measures_and_keeps_vanilla_fixed(toy):
     check = toylive.make_check_set(toy, TINY.check)
     assert np.array_equal(snaps[0].pacl_view.image, check.images[1]), "the chosen check scene"
     with torch.no_grad():
-        again = toylive.check_scores(snaps[-1].head(check.tokens), check)
+        again = toylive.measure(Segmenter(toy), snaps[-1].head(check.tokens), check)
     assert again == {k: snaps[-1].checks[-1][k] for k in again}, "each snapshot's head is the one measured"
     assert snaps[-1].example_captions and all(isinstance(c, str) for c in snaps[-1].example_captions)
 
