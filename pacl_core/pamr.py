@@ -1,13 +1,13 @@
-"""PAMR mask refinement (Araslanov & Roth, CVPR 2020), the optional post-processing of SCLIP and NACLIP.
+"""PAMR mask refinement (Araslanov & Roth, CVPR 2020): NACLIP's default post-processing, an option of SCLIP.
 
 Each pixel's class scores are repeatedly replaced by an average of its neighbours' scores (8 neighbours at each
 dilation), weighted by how similar the neighbours' colours are: softmax over neighbours of
--|I_i - I_j| / (0.1 · local std), averaged over colour channels. Defaults are NACLIP's (`--pamr on`).
+-|I_i - I_j| / (0.1 · local std), averaged over colour channels; the guide I is the normalised network input
+resized to the photo (pacl_core.segment.Segmenter.masks). Defaults are NACLIP's (`--pamr on`).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,12 +55,6 @@ def local_std(image: torch.Tensor, offsets, centres: int) -> torch.Tensor:
     mean = (centres * image + sum(shifted(image, dy, dx, d) for dy, dx, d in offsets)) / n  # (B, C, H, W)
     sq = centres * (image - mean) ** 2 + sum((shifted(image, dy, dx, d) - mean) ** 2 for dy, dx, d in offsets)
     return (sq / (n - 1)).sqrt()  # (B, C, H, W)
-
-
-def pamr_rgb(images, scores: torch.Tensor) -> torch.Tensor:
-    """PAMR with NACLIP's defaults on uint8 pictures: images (B, H, W, 3) array, scores (B, K, h, w) -> (B, K, H, W)."""
-    rgb = torch.from_numpy(np.ascontiguousarray(images)).to(scores.device).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
-    return pamr(rgb / 255.0, scores)
 
 
 def pamr(image: torch.Tensor, scores: torch.Tensor, steps: int = PAMR_STEPS, dilations=PAMR_DILATIONS) -> torch.Tensor:

@@ -280,3 +280,14 @@ def test_one_pass_is_capped_at_max_grid_patches(tiny):
     assert Segmenter(tiny, mode="slide", image_size=(MAX_GRID + 1) * p, window=4 * p).window == 4 * p
     with pytest.raises(PACLError, match="window .* patches in one pass"):
         Segmenter(tiny, mode="slide", window=(MAX_GRID + 1) * p)
+
+
+@pytest.mark.parametrize("shape", [(1, 5000), (5000, 1), (3, 2000)])
+def test_a_photo_too_thin_for_one_patch_is_one_clear_error(tiny, shape):
+    """mmcv's rule caps the long side at 2048 px, so a thin photo's short side can fall under one patch."""
+    image = np.zeros((*shape, 3), np.uint8)
+    for mode in ("whole", "slide"):
+        with pytest.raises(PACLError, match=r"too thin: resized to a 48 px short side .* under one 8 px patch"):
+            Segmenter(tiny, image_size=48, mode=mode, window=32)(image, "sky")
+    assert Segmenter(tiny, image_size=48, mode="slide", window=32)(np.zeros((20, 2000, 3), np.uint8), "sky") \
+        .mask.shape == (20, 2000)  # 20 px short side -> 20x2000 at most 2048: a window smaller than 32 px, as mmseg
