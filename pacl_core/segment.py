@@ -374,9 +374,6 @@ class Readout:
     upsample: str = "direct"  # direct: scores to the photo at once; "input": via the resized input first (NACLIP)
 
 
-UPSAMPLES = ("direct", "input")
-
-
 # ---- the segmenter -------------------------------------------------------------------------------------------
 class Segmenter:
     """One method on one frozen backbone: a Geometry (what the backbone sees) and a Readout (how the method reads
