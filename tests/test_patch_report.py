@@ -1,0 +1,150 @@
+"""Point at a patch (pacl_core.explain.patch_report) against independent computations: the segmenter's own patch
+scores, the backbone's own tokens and CLIP's own image embedding."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pacl_core.errors import PACLError
+from pacl_core.explain import FROZEN, patch_pass, patch_report, report_from_pass, word_maps
+from pacl_core.pacl import VisionEmbedder
+from pacl_core.segment import Segmenter
+
+WORDS = ["red circle", "blue square", "green grass"]
+METHODS = ("vanilla", "pacl", "sclip", "scclip")
+
+
+@pytest.fixture(scope="module")
+def head(tiny):
+    torch.manual_seed(3)
+    head = VisionEmbedder(tiny.width, tiny.embed_dim)
+    head.meta = {"tau": 0.05}
+    return head
+
+
+@pytest.fixture(scope="module")
+def picture():
+    rng = np.random.default_rng(1)
+    img = np.zeros((48, 80, 3), np.uint8)  # not square: the point maps to the resized image per axis
+    img[:, :40] = (220, 30, 30)
+    img[:, 40:] = (30, 30, 220)
+    return np.clip(img + rng.integers(0, 30, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def report(tiny, picture, head):
+    return patch_report(tiny, picture, WORDS, (61.0, 10.0), METHODS, head=head, image_size=64)
+
+
+def _segmenter(tiny, method, head, size=64):
+    return Segmenter(tiny, method, head=head if method == "pacl" else None, image_size=size, mode="whole")
+
+
+def test_the_point_picks_its_patch_per_axis(report):
+    # 64 px square input, 8 px patches: x 61 of 80 -> 48.8 px -> column 6; y 10 of 48 -> 13.3 px -> row 1
+    assert report.grid == (8, 8) and report.patch == (1, 6) and report.point == (61.0, 10.0)
+    assert report.words == WORDS
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cosines_are_the_segmenters_patch_scores_at_that_patch(report, tiny, picture, head, method):
+    seg = _segmenter(tiny, method, head)
+    x = tiny.preprocess(picture, (64, 64))
+    logits = seg.patch_logits(x, seg.text(WORDS))[0].numpy()  # (K, h, w)
+    np.testing.assert_allclose(report.cosines[method], logits[:, 1, 6], atol=1e-5)
+    scale = seg.logit_scale
+    assert report.logit_scales[method] == scale
+    z = scale * logits[:, 1, 6].astype(np.float64)
+    np.testing.assert_allclose(report.probs[method], np.exp(z - z.max()) / np.exp(z - z.max()).sum(), atol=1e-5)
+    assert report.best_words()[method] == WORDS[int(np.argmax(logits[:, 1, 6]))]
+
+
+def test_cls_cosine_is_clips_own_image_text_score(report, tiny, picture):
+    x = tiny.preprocess(picture, (tiny.native_size, tiny.native_size))
+    with torch.no_grad():
+        image_emb = F.normalize(tiny.model.encode_image(x), dim=-1)[0]
+    np.testing.assert_allclose(report.cls_cosines, (tiny.text_embeddings(WORDS) @ image_emb).numpy(), atol=1e-5)
+
+
+def test_cls_from_the_pass_itself_at_the_native_size(tiny, picture):
+    rep = patch_report(tiny, picture, WORDS, (0, 0), ("vanilla",), image_size=tiny.native_size)
+    x = tiny.preprocess(picture, (tiny.native_size, tiny.native_size))
+    with torch.no_grad():
+        image_emb = F.normalize(tiny.model.encode_image(x), dim=-1)[0]
+    np.testing.assert_allclose(rep.cls_cosines, (tiny.text_embeddings(WORDS) @ image_emb).numpy(), atol=1e-5)
+    assert rep.grid == (4, 4) and rep.patch == (0, 0)
+
+
+def _cosine_with_all(vectors: np.ndarray, t: int) -> np.ndarray:
+    v = vectors.astype(np.float64)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v @ v[t]
+
+
+def test_coherence_is_the_cosine_of_the_patchs_token_with_every_token(report, tiny, picture, head):
+    x = tiny.preprocess(picture, (64, 64))
+    t = 1 * 8 + 6
+    tokens, _ = tiny.patch_tokens(x, "vanilla")  # (1, T, D_v), the frozen tokens
+    np.testing.assert_allclose(report.coherence[FROZEN], _cosine_with_all(tokens[0].numpy(), t).reshape(8, 8),
+                               atol=1e-5)
+    assert report.coherence[FROZEN][1, 6] == pytest.approx(1.0, abs=1e-5)
+    for method in METHODS:
+        emb, _ = _segmenter(tiny, method, head).patch_embeddings(x)  # (1, T, D)
+        np.testing.assert_allclose(report.coherence[method], _cosine_with_all(emb[0].numpy(), t).reshape(8, 8),
+                                   atol=1e-5)
+
+
+def test_attention_share_is_pacls_attention_on_this_patch_at_the_heads_tau(report, tiny, picture, head):
+    seg = _segmenter(tiny, "pacl", head)
+    s = seg.patch_logits(tiny.preprocess(picture, (64, 64)), seg.text(WORDS))[0].numpy().reshape(3, -1)  # (K, T)
+    z = s.astype(np.float64) / 0.05
+    a = np.exp(z - z.max(axis=1, keepdims=True))
+    a /= a.sum(axis=1, keepdims=True)
+    assert report.tau == 0.05
+    np.testing.assert_allclose(report.attention_share, a[:, 1 * 8 + 6], atol=1e-5)
+
+
+def test_no_attention_share_without_pacl(tiny, picture):
+    rep = patch_report(tiny, picture, WORDS, (5, 5), ("vanilla", "maskclip"), image_size=64)
+    assert rep.attention_share is None and rep.tau is None and set(rep.cosines) == {"vanilla", "maskclip"}
+
+
+def test_a_kept_pass_answers_every_click_without_a_backbone_pass(tiny, picture, head, report, monkeypatch):
+    pp = patch_pass(tiny, picture, METHODS, head=head, image_size=64)
+    calls = []
+    monkeypatch.setattr(type(tiny), "trunk", lambda *a, **k: calls.append(1))
+    again = report_from_pass(pp, WORDS, (61.0, 10.0))
+    for method in METHODS:
+        np.testing.assert_allclose(again.cosines[method], report.cosines[method], atol=1e-6)
+    np.testing.assert_allclose(again.cls_cosines, report.cls_cosines, atol=1e-6)
+    corner = report_from_pass(pp, WORDS, (79.9, 47.9))
+    assert corner.patch == (7, 7)
+    maps = word_maps(pp, WORDS, "Blue square")
+    assert maps["vanilla"].shape == (8, 8)
+    np.testing.assert_allclose(maps["sclip"][1, 6], report.cosines["sclip"][1], atol=1e-5)
+    assert calls == [], "no trunk pass after the first"
+    assert pp.nbytes > 0
+
+
+def test_plain_data_is_json_ready(report):
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["patch"] == [1, 6] and data["words"] == WORDS and len(data["cls_cosines"]) == 3
+    assert len(data["coherence"][FROZEN]) == 8 and set(data["cosines"]) == set(METHODS)
+
+
+@pytest.mark.parametrize("point", [(80, 10), (-1, 0), (10, 48), (float("nan"), 1), "here", None])
+def test_a_point_off_the_image_is_one_line(tiny, picture, point):
+    with pytest.raises(PACLError, match="point"):
+        patch_report(tiny, picture, WORDS, point)
+
+
+def test_bad_vocabulary_and_missing_head_are_one_line(tiny, picture):
+    with pytest.raises(PACLError, match="no words"):
+        patch_report(tiny, picture, " , ", (1, 1))
+    with pytest.raises(PACLError, match="PACL head"):
+        patch_report(tiny, picture, WORDS, (1, 1), ("pacl",))
+    with pytest.raises(PACLError, match="no method"):
+        patch_report(tiny, picture, WORDS, (1, 1), ())
