@@ -305,6 +305,8 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
                                                     label="PACL's and vanilla CLIP's patch-level score φ̂ "
                                                           "next to CLIP's CLS cosine")
                         gr.Markdown(LESSON)
+                    from .patch_tab import patch_tab  # the "Point at a patch" tab (demo/patch_tab.py)
+                    patch_tab(demo, registry, image, words, methods, model_box, resolution)
                     with gr.Tab("Train PACL yourself", id="train"):
                         trainings = trainings or tr.Trainings()
                         train_parts = _train_tab(trainings.live)
