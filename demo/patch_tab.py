@@ -44,16 +44,19 @@ def patch_tab(demo: gr.Blocks, registry, image, words, methods, model_box, resol
             with gr.Column(scale=1, min_width=420):
                 status = gr.Markdown("Pick an image and words on the left, then open this tab or press "
                                      "*Show this patch*.", elem_id="patch-status")
+                gr.Markdown("**This patch's cosine with each word**, per method, beside the whole image's (CLS)")
                 bars = gr.Image(label="This patch's cosine with each word, per method, beside the CLS cosine",
-                                type="numpy", interactive=False, elem_id="patch-bars", format="png")
-        coherence = gr.Image(label="Semantic coherence: this patch's cosine with every patch (dark = least "
-                                   "similar, bright = most; 1 at the patch itself)",
-                             type="numpy", interactive=False, elem_id="patch-coherence", format="jpeg")
+                                show_label=False, type="numpy", interactive=False, elem_id="patch-bars",
+                                format="png", buttons=["fullscreen"])
+        gr.Markdown("**Semantic coherence**: this patch's cosine with every patch (dark = least similar, bright = "
+                    "most; 1 at the patch itself)")
+        coherence = gr.Image(label="Semantic coherence", show_label=False, type="numpy", interactive=False,
+                             elem_id="patch-coherence", format="jpeg", buttons=["fullscreen"])
         with gr.Row(equal_height=False):
             word = gr.Dropdown([], label="Word to see large", allow_custom_value=True, elem_id="patch-word", scale=0,
                                min_width=220, info="its cosine with every patch, per method, with its score range")
-            large = gr.Image(label="One word, large", type="numpy", interactive=False, elem_id="patch-large",
-                             format="jpeg", scale=3)
+            large = gr.Image(label="One word, large", show_label=False, type="numpy", interactive=False,
+                             elem_id="patch-large", format="jpeg", scale=3, buttons=["fullscreen"])
         table = gr.Dataframe(label="Per word: CLS cosine; this patch's cosine and probability per method; PACL's "
                                    "attention share", interactive=False, wrap=True)
         data = gr.JSON(label="The same numbers as data (what the /patch endpoint serves)", open=False)
@@ -66,8 +69,7 @@ def patch_tab(demo: gr.Blocks, registry, image, words, methods, model_box, resol
                           resolution, px, py, chosen)
         _warn(view.notes)
         return (view.picture, view.status, view.bars, view.coherence,
-                gr.Image(view.word_view, label=f"“{view.word}”: its cosine with every patch, per method (colour "
-                                                "bar: the map's own range)"),
+                view.word_view,
                 gr.Dropdown(choices=view.report.words, value=view.word),
                 gr.Dataframe(view.table, headers=view.headers), view.data)
 

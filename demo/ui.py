@@ -273,8 +273,8 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
                                   info="affinity: each patch takes the scores of the patches whose embeddings "
                                        "resemble its own; pamr: smoothed along the image's colour edges")
                 run_btn = gr.Button("Segment", variant="primary", elem_id="run-button")
-                gr.Examples(load_examples(), inputs=[image, words], label="Examples: pick one, then press Segment",
-                            cache_examples=False, examples_per_page=8)
+                from .examples import model_examples  # toy scenes for the toy model, photos for real ones
+                model_examples(registry, default_label, image, words, model_box, load_examples())
             with gr.Column(scale=3):
                 with gr.Tabs():
                     with gr.Tab("Compare methods", id="compare") as compare_tab:

@@ -148,3 +148,102 @@ def test_bad_vocabulary_and_missing_head_are_one_line(tiny, picture):
         patch_report(tiny, picture, WORDS, (1, 1), ("pacl",))
     with pytest.raises(PACLError, match="no method"):
         patch_report(tiny, picture, WORDS, (1, 1), ())
+
+
+# ---- the demo's handler (demo/patch.py), called directly -----------------------------------------------------
+TOY_WORDS = "background, circle, square, triangle, star, heart, cross, ring, moon"
+
+
+@pytest.fixture(scope="module")
+def toy_registry(tmp_path_factory):
+    from demo.models import default_registry
+
+    return default_registry(tmp_path_factory.mktemp("no-checkpoints"), hub_heads="")
+
+
+@pytest.fixture(scope="module")
+def scene():
+    from demo.ui import EXAMPLES_DIR
+
+    return str(EXAMPLES_DIR / "toy_01.png")
+
+
+def test_a_click_reads_the_kept_pass_and_equals_the_api(toy_registry, scene, monkeypatch):
+    from demo.models import TOY_LABEL
+    from demo.patch import PassCache, point_at
+    from pacl_core.toy.model import ToyBackbone
+
+    cache = PassCache()
+    first = point_at(toy_registry, cache, "s1", scene, TOY_WORDS, ["vanilla", "pacl"], TOY_LABEL, x=70, y=20)
+    assert not first.data["pass_kept"] and len(cache) == 1
+    calls = []
+    real = ToyBackbone.trunk
+    monkeypatch.setattr(ToyBackbone, "trunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = point_at(toy_registry, cache, "s1", scene, TOY_WORDS, ["vanilla", "pacl"], TOY_LABEL, x=70, y=20)
+    assert again.data["pass_kept"] and calls == [], "a click costs no backbone pass"
+    backbone = toy_registry.backbone(TOY_LABEL)
+    head = toy_registry.segmenter(TOY_LABEL, "pacl").head
+    monkeypatch.setattr(ToyBackbone, "trunk", real)
+    want = patch_report(backbone, scene, TOY_WORDS, (70, 20), ("vanilla", "pacl"), head=head)
+    assert again.report.patch == want.patch == (2, 8)  # 96 px scene, 96 px input, 8 px patches
+    for m in ("vanilla", "pacl"):
+        np.testing.assert_allclose(again.report.cosines[m], want.cosines[m], atol=1e-6)
+    np.testing.assert_allclose(again.report.attention_share, want.attention_share, atol=1e-6)
+    assert json.loads(json.dumps(again.data))["patch"] == [2, 8]
+    assert again.picture.shape == (384, 384, 3) and again.bars.ndim == 3 and again.word_view.ndim == 3
+    assert again.headers[:2] == ["word", "CLS cosine"] and len(again.table) == 9
+    assert "row 3, column 9" in again.status and "kept pass" in again.status
+
+
+def test_a_click_on_the_picture_lands_on_its_patch():
+    from demo.patch import picture_shape, to_image_point
+
+    assert picture_shape((96, 96)) == (384, 384)  # small scenes are drawn 4x, browsers report picture pixels
+    assert to_image_point((383, 0), (96, 96)) == pytest.approx((95.875, 0.125))
+    with pytest.raises(PACLError, match="click"):
+        to_image_point(None, (96, 96))
+
+
+def test_the_cache_is_bounded_per_session_and_in_bytes_and_forgets_closed_sessions(tiny, picture):
+    from demo.patch import PassCache
+
+    pp = patch_pass(tiny, picture, ("vanilla",), image_size=32)
+    cache = PassCache(per_session=2, max_bytes=3 * pp.nbytes)
+    for i in range(3):
+        cache.put("a", ("img", i), pp)
+    assert cache.get("a", ("img", 0)) is None and cache.get("a", ("img", 2)) is pp and len(cache) == 2
+    cache.put("b", ("img", 0), pp)
+    cache.put("c", ("img", 0), pp)
+    assert len(cache) == 3 and cache.nbytes() <= 3 * pp.nbytes  # the least recently used went first
+    cache.drop("c")
+    assert "c" not in cache.sessions()
+
+
+@pytest.mark.parametrize("image, words, x, y, match", [
+    (None, TOY_WORDS, 1, 1, "no image yet"),
+    ("scene", " , ", 1, 1, "no words"),
+    ("scene", TOY_WORDS, 96, 1, "outside"),
+    ("scene", TOY_WORDS, "left", 1, "two numbers"),
+])
+def test_bad_input_is_one_line(toy_registry, scene, image, words, x, y, match):
+    from demo.models import TOY_LABEL
+    from demo.patch import PassCache, point_at
+
+    with pytest.raises(PACLError, match=match):
+        point_at(toy_registry, PassCache(), "s", scene if image else None, words, ["vanilla"], TOY_LABEL, x=x, y=y)
+
+
+def test_pacl_without_a_head_is_left_out_with_a_note(tiny, picture, tmp_path):
+    from demo.models import ModelChoice, ModelRegistry
+    from demo.patch import PassCache, point_at
+
+    registry = ModelRegistry([ModelChoice("tiny", "PACL-Tiny-Test:none")])
+    path = tmp_path / "pic.png"
+    from PIL import Image
+
+    Image.fromarray(picture).save(path)
+    view = point_at(registry, PassCache(), "s", str(path), WORDS, ["vanilla", "pacl"], "tiny")
+    assert list(view.report.cosines) == ["vanilla"] and "PACL is left out" in view.notes[0]
+    assert view.report.point == (39.5, 23.5)  # no point yet: the centre
+    with pytest.raises(PACLError, match="no trained PACL head"):
+        point_at(registry, PassCache(), "s", str(path), WORDS, ["pacl"], "tiny")
