@@ -180,7 +180,8 @@ def main(argv=None) -> int:
     import torch
 
     results = []
-    print(f"CPU threads: {torch.get_num_threads()}  image: {IMAGE.name}  words: {args.words!r}  "
+    images = (f"{TOY_SCENE.name} (toy), " if USE_TOY_SCENE else "") + IMAGE.name
+    print(f"CPU threads: {torch.get_num_threads()}  image: {images}  words: {args.words!r}  "
           f"methods: {args.methods}  sequential requests: {args.requests}  output files fetched: {args.fetch}  "
           f"shifts: {args.shifts}  refine: {args.refine}")
     print(f"{'model':<11} {'first (load)':>12} {'p50':>8} {'p95':>8} {args.users} users: {'wall':>7} "
