@@ -247,3 +247,29 @@ def test_pacl_without_a_head_is_left_out_with_a_note(tiny, picture, tmp_path):
     assert view.report.point == (39.5, 23.5)  # no point yet: the centre
     with pytest.raises(PACLError, match="no trained PACL head"):
         point_at(registry, PassCache(), "s", str(path), WORDS, ["pacl"], "tiny")
+
+
+@pytest.mark.slow
+def test_the_patch_endpoint_serves_the_same_data(toy_registry, scene):
+    """/patch over HTTP (gradio_client, a live server): the report's data, the pass kept between calls."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from demo import build_demo
+    from demo.models import TOY_LABEL
+    from tests.helpers import serving
+
+    with serving(build_demo(model="toy", registry=toy_registry)) as url:
+        client = Client(url, verbose=False)
+        args = (handle_file(scene), TOY_WORDS, ["vanilla", "pacl"], TOY_LABEL, "model default")
+        first = client.predict(*args, 70, 20, None, api_name="/patch")[-1]
+        again = client.predict(*args, 10, 90, "ring", api_name="/patch")[-1]
+        with pytest.raises(AppError, match="outside"):
+            client.predict(*args, 96, 20, None, api_name="/patch")
+    backbone = toy_registry.backbone(TOY_LABEL)
+    want = patch_report(backbone, scene, TOY_WORDS, (70, 20), ("vanilla", "pacl"),
+                        head=toy_registry.segmenter(TOY_LABEL, "pacl").head)
+    assert first["patch"] == [2, 8] and not first["pass_kept"] and first["words"] == want.words
+    np.testing.assert_allclose(first["cosines"]["pacl"], want.cosines["pacl"], atol=1e-5)
+    np.testing.assert_allclose(first["cls_cosines"], want.cls_cosines, atol=1e-5)
+    assert again["patch"] == [11, 1] and again["pass_kept"], "the second call read the kept pass"
