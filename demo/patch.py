@@ -240,42 +240,46 @@ def method_colours(methods: list[str]) -> dict[str, tuple]:
     return {m: tuple(int(v) for v in c) for m, c in zip(methods, palette(len(methods) + 2)[2:])}
 
 
+def _legend(draw: ImageDraw.ImageDraw, entries: list[tuple[str, tuple]], font) -> None:
+    """One row of colour swatches and names along the top."""
+    x = 4
+    for name, colour in entries:
+        draw.rectangle([x, 6, x + 12, 18], fill=colour)
+        draw.text((x + 16, 5), name, fill=(0, 0, 0), font=font)
+        x += 28 + int(font.getlength(name))
+
+
+def _axis(values: np.ndarray, left: int, span: int) -> tuple[float, float, float]:
+    """(x of 0, pixels per unit, largest |value|): symmetric about 0 when some value is negative."""
+    top = max(0.05, float(np.abs(values).max()))
+    if values.min() < 0:
+        return left + span / 2, span / (2 * top), top
+    return float(left), span / top, top
+
+
 def draw_bars(report: PatchReport, width: int = 720) -> np.ndarray:
     """Grouped horizontal bars: per word the CLS cosine (grey), then this patch's cosine under each method; each
     method's own word is starred."""
     methods = list(report.cosines)
-    colours = method_colours(methods)
+    colours = {None: CLS_COLOUR, **method_colours(methods)}
     K, n = len(report.words), len(methods) + 1
     bar = int(np.clip(720 / (K * n), 4, 14))
-    gap, font_size = max(4, bar), 13
-    legend_h, left, right = 26, 150, 54
-    height = legend_h + K * (n * bar + gap) + 22
-    values = np.concatenate([report.cls_cosines, *report.cosines.values()])
-    top = max(0.05, float(np.abs(values).max()))
-    span = width - left - right
-    zero = left + span * (top if values.min() < 0 else 0) / (2 * top if values.min() < 0 else top)
-    scale = (span / (2 * top)) if values.min() < 0 else span / top
-    pil = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(pil)
-    font = _font(font_size)
-    x = 4
-    for name, colour in [("CLS (whole image)", CLS_COLOUR), *[(h.method_title(m), colours[m]) for m in methods]]:
-        draw.rectangle([x, 6, x + 12, 18], fill=colour)
-        draw.text((x + 16, 5), name, fill=(0, 0, 0), font=font)
-        x += 28 + int(font.getlength(name))
+    gap, legend_h, left, span = max(4, bar), 26, 150, width - 150 - 54
+    zero, scale, top = _axis(np.concatenate([report.cls_cosines, *report.cosines.values()]), left, span)
+    pil = Image.new("RGB", (width, legend_h + K * (n * bar + gap) + 22), (255, 255, 255))
+    draw, font = ImageDraw.Draw(pil), _font(13)
+    _legend(draw, [("CLS (whole image)", CLS_COLOUR), *[(h.method_title(m), colours[m]) for m in methods]], font)
     best = report.best_words()
     y = legend_h
     for k, word in enumerate(report.words):
-        starred = [m for m in methods if best[m] == word]
-        label = word if len(word) <= 18 else word[:17] + "…"
-        draw.text((4, y + (n * bar - font_size) // 2), label, fill=(0, 0, 0), font=font)
-        for i, (value, colour, m) in enumerate([(report.cls_cosines[k], CLS_COLOUR, None),
-                                                *[(report.cosines[m][k], colours[m], m) for m in methods]]):
-            end = zero + float(value) * scale
-            y0 = y + i * bar
-            draw.rectangle([min(zero, end), y0, max(zero, end), y0 + bar - 2], fill=colour)
-            if m in starred:
-                draw.text((max(zero, end) + 3, y0 + bar // 2 - 7), "★", fill=colour, font=_font(12))
+        draw.text((4, y + (n * bar - 13) // 2), word if len(word) <= 18 else word[:17] + "…", fill=(0, 0, 0),
+                  font=font)
+        rows = [(None, report.cls_cosines[k])] + [(m, report.cosines[m][k]) for m in methods]
+        for i, (m, value) in enumerate(rows):
+            end, y0 = zero + float(value) * scale, y + i * bar
+            draw.rectangle([min(zero, end), y0, max(zero, end), y0 + bar - 2], fill=colours[m])
+            if m is not None and best[m] == word:  # the word this method gives the patch
+                draw.text((max(zero, end) + 3, y0 + bar // 2 - 7), "★", fill=colours[m], font=_font(12))
         y += n * bar + gap
     draw.line([(zero, legend_h - 2), (zero, y)], fill=(0, 0, 0), width=1)
     draw.text((zero - 4, y + 2), "0", fill=(0, 0, 0), font=font)
