@@ -182,9 +182,9 @@ class PatchPass:
     resized: tuple[int, int]  # (H', W') the size the backbone saw
     grid: tuple[int, int]  # (h, w) patches, as the pass made them
     segmenters: dict[str, Segmenter]  # method -> its segmenter at this geometry (text templates, logit scale)
-    embeddings: dict[str, torch.Tensor]  # method -> (T, D) its patch embeddings, L2-normalised
-    tokens: torch.Tensor  # (T, D_v) the frozen vision tokens after ln_post, L2-normalised
-    cls: torch.Tensor  # (D,) CLIP's own image embedding, L2-normalised
+    embeddings: dict[str, np.ndarray]  # method -> (T, D) float32 its patch embeddings, L2-normalised
+    tokens: np.ndarray  # (T, D_v) float32 the frozen vision tokens after ln_post, L2-normalised
+    cls: np.ndarray  # (D,) float32 CLIP's own image embedding, L2-normalised
     tau: float | None = None  # the PACL head's attention temperature, when PACL is among the methods
     seconds: float = 0.0  # how long the pass took
     notes: list[str] = field(default_factory=list)
@@ -196,8 +196,7 @@ class PatchPass:
     @property
     def nbytes(self) -> int:
         """Memory held by the pass's tensors."""
-        tensors = [*self.embeddings.values(), self.tokens, self.cls]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(a.nbytes for a in [*self.embeddings.values(), self.tokens, self.cls])
 
     def patch_at(self, point) -> tuple[int, int]:
         """(x, y) in the image's pixels -> (row, col) of the patch the backbone saw there; PACLError outside."""
@@ -307,38 +306,45 @@ def patch_pass(backbone, image, methods=("vanilla",), head=None, image_size: int
     emb, frozen, cls, grid, resized = _method_patch_embeddings(backbone, segmenters, rgb)
     tau = head_tau(segmenters["pacl"]) if "pacl" in segmenters else None
     return PatchPass(image_shape=_original_size(image, rgb), resized=resized, grid=grid, segmenters=segmenters,
-                     embeddings={m: F.normalize(e, dim=-1) for m, e in emb.items()},
-                     tokens=F.normalize(frozen, dim=-1), cls=cls, tau=tau, seconds=time.perf_counter() - start)
+                     embeddings={m: _unit(e) for m, e in emb.items()}, tokens=_unit(frozen), cls=_unit(cls),
+                     tau=tau, seconds=time.perf_counter() - start)
 
 
-@torch.no_grad()
+def _unit(x: torch.Tensor) -> np.ndarray:
+    """A tensor (..., D) -> float32 numpy, L2-normalised along the last axis."""
+    return F.normalize(x.detach().float(), dim=-1).cpu().numpy()
+
+
+def _softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = z.astype(np.float64) - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
 def report_from_pass(pp: PatchPass, words, point) -> PatchReport:
     """What the patch under `point` matches, read from a kept pass: no backbone pass, only text embeddings (cached
-    by the backbone) and a few dot products."""
+    by the backbone) and a few dot products.
+
+    The click's arithmetic is a handful of matrix-vector products, done in numpy: torch's threaded kernels took
+    tens of milliseconds for them on a busy 2-core machine. They are the equations of pacl_core.pacl on unit
+    vectors: s = cos(patch, word) (patch_similarity), a = softmax over patches of s / τ (patch_attention)."""
     first = next(iter(pp.segmenters.values()))
     words, _ = parse_words(words, first.max_words)
     row, col = pp.patch_at(point)
     h, w = pp.grid
     t = row * w + col  # this patch's index among the T tokens
-    cosines, probs, scales, coherence = {}, {}, {}, {FROZEN: (pp.tokens @ pp.tokens[t]).view(h, w)}  # (h, w)
+    cosines, probs, scales, coherence = {}, {}, {}, {FROZEN: (pp.tokens @ pp.tokens[t]).reshape(h, w)}  # (h, w)
     share = None
     for m, seg in pp.segmenters.items():
-        text = seg.text(words).to(pp.embeddings[m].device).float()  # (K, D)
-        cos = F.normalize(text, dim=-1) @ pp.embeddings[m][t]  # (K,)
-        cosines[m], scales[m] = cos, seg.logit_scale
-        probs[m] = torch.softmax(seg.logit_scale * cos, dim=0)  # (K,)
-        coherence[m] = (pp.embeddings[m] @ pp.embeddings[m][t]).view(h, w)  # (h, w)
+        emb, text = pp.embeddings[m], _unit(seg.text(words))  # (T, D), (K, D)
+        cosines[m], scales[m] = text @ emb[t], seg.logit_scale  # (K,)
+        probs[m] = _softmax(seg.logit_scale * cosines[m])  # (K,), as the segmenter's scores_to_probs
+        coherence[m] = (emb @ emb[t]).reshape(h, w)  # (h, w)
         if m == "pacl":
-            share = patch_attention(pp.embeddings[m][None], text, pp.tau)[0, :, t]  # (K,)
-    text = pp.segmenters[next(iter(pp.segmenters))].backbone.text_embeddings(words).float()  # (K, D), CLIP's own
-    cls_cos = F.normalize(text, dim=-1) @ pp.cls.to(text.device)  # (K,)
-
-    def numpy(d):
-        return {k: v.cpu().numpy() for k, v in d.items()}
-
-    return PatchReport(patch=(row, col), point=_check_point(point), grid=(h, w), words=words,
-                       cls_cosines=cls_cos.cpu().numpy(), cosines=numpy(cosines), probs=numpy(probs),
-                       coherence=numpy(coherence), attention_share=None if share is None else share.cpu().numpy(),
+            share = _softmax((text @ emb.T) / pp.tau, axis=1)[:, t]  # (K, T) a(x, y) -> (K,) at this patch
+    cls_cos = _unit(first.backbone.text_embeddings(words)) @ pp.cls  # (K,): CLIP's own text embeddings
+    return PatchReport(patch=(row, col), point=_check_point(point), grid=(h, w), words=words, cls_cosines=cls_cos,
+                       cosines=cosines, probs=probs, coherence=coherence, attention_share=share,
                        logit_scales=scales, tau=pp.tau)
 
 
@@ -349,11 +355,8 @@ def word_maps(pp: PatchPass, words, word: str) -> dict[str, np.ndarray]:
     if word is None or str(word).casefold() not in keys:
         raise PACLError(f"'{word}' is not in the vocabulary ({', '.join(words)})")
     k = keys.index(str(word).casefold())
-    out = {}
-    for m, seg in pp.segmenters.items():
-        text = F.normalize(seg.text(words)[k].float(), dim=-1).to(pp.embeddings[m].device)  # (D,)
-        out[m] = (pp.embeddings[m] @ text).view(*pp.grid).cpu().numpy()  # (h, w)
-    return out
+    return {m: (pp.embeddings[m] @ _unit(seg.text(words)[k])).reshape(*pp.grid)  # (h, w)
+            for m, seg in pp.segmenters.items()}
 
 
 def patch_report(backbone, image, words, point, methods=("vanilla",), head=None,
