@@ -144,6 +144,8 @@ def point_at(registry, cache: PassCache, session: str, image, words, methods, mo
              resolution=h.RESOLUTIONS[0], x=None, y=None, word=None) -> PatchView:
     """What the patch under (x, y) matches (the image's centre when no point is given yet)."""
     start = time.perf_counter()
+    if image is None or (isinstance(image, str) and not image.strip()):
+        raise PACLError("no image yet: upload a photo (or pick an example), then click a point of it")
     rgb, notes = h.check_image(image)
     vocab, word_notes = h.check_words(words)
     point = check_point(x, y, rgb.shape)
@@ -156,7 +158,7 @@ def point_at(registry, cache: PassCache, session: str, image, words, methods, mo
         report = report_from_pass(pp, vocab, point)
         word = word if word and str(word).casefold() in {w.casefold() for w in report.words} else report.words[0]
         maps = word_maps(pp, report.words, word)
-    view = draw_view(rgb, report, maps, word)
+    view = draw_view(rgb, report, maps)
     elapsed = time.perf_counter() - start
     status = status_line(report, pp, kept, elapsed, size)
     data = dict(report.to_dict(), image_shape=list(rgb.shape[:2]), resized=list(pp.resized),
@@ -312,7 +314,7 @@ def draw_coherence(rgb: np.ndarray, report: PatchReport) -> np.ndarray:
     return contact_sheet(tiles, titles=titles, columns=min(4, len(tiles)))
 
 
-def draw_word(rgb: np.ndarray, report: PatchReport, maps: dict[str, np.ndarray], word: str) -> np.ndarray:
+def draw_word(rgb: np.ndarray, report: PatchReport, maps: dict[str, np.ndarray]) -> np.ndarray:
     """The chosen word's cosine with every patch, per method, large (bilinear between patch centres), each with
     its colour bar: the score range it spans."""
     size = display_size(rgb.shape, WORD_SIDE, WORD_SIDE)
@@ -329,7 +331,7 @@ def draw_word(rgb: np.ndarray, report: PatchReport, maps: dict[str, np.ndarray],
     return contact_sheet(tiles, titles=titles, columns=min(2, len(tiles)))
 
 
-def draw_view(rgb: np.ndarray, report: PatchReport, maps: dict, word: str) -> tuple:
+def draw_view(rgb: np.ndarray, report: PatchReport, maps: dict) -> tuple:
     """(picture, bars, coherence sheet, large word view)."""
     picture = outline(_resize(rgb, picture_shape(rgb.shape)), report.grid, report.patch)
-    return picture, draw_bars(report), draw_coherence(rgb, report), draw_word(rgb, report, maps, word)
+    return picture, draw_bars(report), draw_coherence(rgb, report), draw_word(rgb, report, maps)

@@ -2,6 +2,7 @@
 scores, the backbone's own tokens and CLIP's own image embedding."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,7 +221,7 @@ def test_the_cache_is_bounded_per_session_and_in_bytes_and_forgets_closed_sessio
 
 
 @pytest.mark.parametrize("image, words, x, y, match", [
-    (None, TOY_WORDS, 1, 1, "no image yet"),
+    (None, TOY_WORDS, 1, 1, r"no image yet: upload a photo \(or pick an example\), then click"),
     ("scene", " , ", 1, 1, "no words"),
     ("scene", TOY_WORDS, 96, 1, "outside"),
     ("scene", TOY_WORDS, "left", 1, "two numbers"),
@@ -273,3 +274,16 @@ def test_the_patch_endpoint_serves_the_same_data(toy_registry, scene):
     np.testing.assert_allclose(first["cosines"]["pacl"], want.cosines["pacl"], atol=1e-5)
     np.testing.assert_allclose(first["cls_cosines"], want.cls_cosines, atol=1e-5)
     assert again["patch"] == [11, 1] and again["pass_kept"], "the second call read the kept pass"
+
+
+def test_examples_follow_the_model(toy_registry):
+    """The toy model lists its scenes (and its heads run on the toy CLIP); a real model lists the photos."""
+    from demo.examples import is_toy, split_examples
+    from demo.models import TOY_LABEL, VIT_LABEL
+    from demo.ui import load_examples
+
+    toy, photos = split_examples(load_examples())
+    assert [Path(r[0]).name for r in toy] == ["toy_01.png", "toy_02.png", "toy_03.png", "toy_04.png"]
+    assert [Path(r[0]).name for r in photos] == ["chelsea.jpg", "coffee.jpg", "astronaut.jpg"]
+    assert is_toy(toy_registry, TOY_LABEL) and not is_toy(toy_registry, VIT_LABEL)
+    assert not is_toy(toy_registry, "no such model")
