@@ -28,8 +28,8 @@ NOTE = ("The picture shows the whole image at one size for every method (the mod
         "computes them before upsampling.")
 
 
-def patch_tab(demo: gr.Blocks, registry, image, words, methods, model_box, resolution) -> None:
-    """Build and wire the tab (call inside the page's gr.Tabs)."""
+def patch_tab(demo: gr.Blocks, registry, image, words, methods, model_box, resolution) -> gr.Tab:
+    """Build and wire the tab (call inside the page's gr.Tabs); returns the tab."""
     cache = p.PassCache()
     with gr.Tab("Point at a patch", id="patch") as tab:
         gr.Markdown(INTRO)
@@ -100,6 +100,7 @@ def patch_tab(demo: gr.Blocks, registry, image, words, methods, model_box, resol
     word.input(shown, inputs, outputs, api_visibility="private", preprocess=False)
     image.change(lambda: (None, None, None), None, [picture, x, y], api_visibility="private", queue=False)
     demo.unload(closed)
+    return tab
 
 
 def _session(request) -> str:

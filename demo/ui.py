@@ -306,7 +306,7 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
                                                           "next to CLIP's CLS cosine")
                         gr.Markdown(LESSON)
                     from .patch_tab import patch_tab  # the "Point at a patch" tab (demo/patch_tab.py)
-                    patch_tab(demo, registry, image, words, methods, model_box, resolution)
+                    patch_tab_ = patch_tab(demo, registry, image, words, methods, model_box, resolution)
                     with gr.Tab("Train PACL yourself", id="train"):
                         trainings = trainings or tr.Trainings()
                         train_parts = _train_tab(trainings.live)
@@ -326,6 +326,7 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
         lesson_fn, refresh = make_lesson(registry), make_lesson_if_open(registry)
         tab = gr.State("compare")
         compare_tab.select(lambda: "compare", None, tab, api_visibility="private", queue=False)
+        patch_tab_.select(lambda: "patch", None, tab, api_visibility="private", queue=False)  # no lesson refresh
         lesson_tab.select(lambda: "lesson", None, tab, api_visibility="private", queue=False).then(
             refresh, [tab, *lesson_inputs], lesson_outputs, api_visibility="private", preprocess=False)
         run_event.success(refresh, [tab, *lesson_inputs], lesson_outputs, api_visibility="private", preprocess=False)
