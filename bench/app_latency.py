@@ -12,6 +12,7 @@ the end-to-end time. --fetch browser fetches a response's files over parallel co
         --words "cat, wall, floor, sky, grass, dog, tree, road, water"
     python bench/app_latency.py --models toy --requests 10 --methods vanilla pacl sclip
     python bench/app_latency.py --json out/app_latency.json
+    python bench/app_latency.py --models toy --toy-scene --shifts 2 --refine affinity --fetch browser
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 MODELS = {"toy": "toy", "vit-random": "ViT-B-16-quickgelu:none"}  # bench name -> the demo's --model
 IMAGE = ROOT / "assets" / "examples" / "chelsea.jpg"
+TOY_SCENE = ROOT / "assets" / "examples" / "toy_01.png"
+USE_TOY_SCENE = False  # --toy-scene
 WORDS = "cat, wall, floor"
 BROWSER_CONNECTIONS = 6  # parallel connections per host of a browser over HTTP/1.1
 
@@ -71,6 +74,11 @@ def file_urls(value) -> list[str]:
     return []
 
 
+def image_for(name: str) -> Path:
+    """The photo, or with --toy-scene and the toy model, the toy model's first example scene."""
+    return TOY_SCENE if name == "toy" and USE_TOY_SCENE else IMAGE
+
+
 def start_server(model: str, port: int, log) -> subprocess.Popen:
     """`python app.py --model MODEL` on 127.0.0.1:port in its own process (so the clients here do not share its
     interpreter lock), returned once it answers HTTP."""
@@ -94,7 +102,7 @@ def start_server(model: str, port: int, log) -> subprocess.Popen:
 
 
 def run_model(name: str, methods: list[str], requests: int, users: int, resolution: str, words: str = WORDS,
-              fetch: str = "gradio") -> dict:
+              fetch: str = "gradio", shifts: str = "1", refine: str = "none") -> dict:
     """fetch='gradio': gradio_client downloads every output file, one after another; 'browser': the response,
     then its files fetched over BROWSER_CONNECTIONS parallel connections, as a browser loads a page's images."""
     import httpx
@@ -111,7 +119,7 @@ def run_model(name: str, methods: list[str], requests: int, users: int, resoluti
     try:
         options = {"download_files": False} if fetch == "browser" else {}
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, **options)
-        args = (handle_file(str(IMAGE)), words, methods, label, 0.0, resolution)
+        args = (handle_file(str(image_for(name))), words, methods, label, 0.0, resolution, shifts, refine)
 
         errors = []
 
@@ -141,7 +149,8 @@ def run_model(name: str, methods: list[str], requests: int, users: int, resoluti
         log.close()
     times, ctimes = [t for t, _ in seq], [t for t, s in conc if s is not None]  # concurrent: the served ones
     per_method = {m: statistics.median(s[m] for _, s in seq if s and m in s) for m in (seq[0][1] or {})}
-    return {"model": name, "label": label, "methods": methods, "resolution": resolution,
+    return {"model": name, "label": label, "methods": methods, "resolution": resolution, "shifts": shifts,
+            "refine": refine,
             "first_request_s": round(first, 3), "p50_s": round(percentile(times, 50), 3),
             "p95_s": round(percentile(times, 95), 3), "method_compute_s": per_method, "concurrent_users": users,
             "concurrent_wall_s": round(wall, 3),
@@ -161,20 +170,28 @@ def main(argv=None) -> int:
     p.add_argument("--fetch", default="gradio", choices=("gradio", "browser"),
                    help="gradio: gradio_client downloads each output file in turn (default); browser: the "
                         f"response, then its files over {BROWSER_CONNECTIONS} parallel connections")
+    p.add_argument("--shifts", default="1", choices=("1", "2", "4"), help="shifted passes per axis (default: 1)")
+    p.add_argument("--refine", default="none", choices=("none", "affinity", "pamr"), help="refinement (default: none)")
+    p.add_argument("--toy-scene", action="store_true", help="send the toy model its first example scene, not the photo")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    global USE_TOY_SCENE
+    USE_TOY_SCENE = args.toy_scene
     import torch
 
     results = []
-    print(f"CPU threads: {torch.get_num_threads()}  image: {IMAGE.name}  words: {args.words!r}  "
-          f"methods: {args.methods}  sequential requests: {args.requests}  output files fetched: {args.fetch}")
+    images = (f"{TOY_SCENE.name} (toy), " if USE_TOY_SCENE else "") + IMAGE.name
+    print(f"CPU threads: {torch.get_num_threads()}  image: {images}  words: {args.words!r}  "
+          f"methods: {args.methods}  sequential requests: {args.requests}  output files fetched: {args.fetch}  "
+          f"shifts: {args.shifts}  refine: {args.refine}")
     print(f"{'model':<11} {'first (load)':>12} {'p50':>8} {'p95':>8} {args.users} users: {'wall':>7} "
           f"{'p50':>7} {'p95':>7} served errors  per-method compute (median)")
     from gradio_client.exceptions import AppError
 
     for name in args.models:
         try:
-            r = run_model(name, args.methods, args.requests, args.users, args.resolution, args.words, args.fetch)
+            r = run_model(name, args.methods, args.requests, args.users, args.resolution, args.words, args.fetch,
+                          args.shifts, args.refine)
         except AppError as e:  # e.g. the toy model's weights are not there yet
             print(f"{name:<11} skipped: {e}", flush=True)
             continue

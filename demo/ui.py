@@ -275,8 +275,8 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
                                        "each patch takes the scores of the patches whose embeddings resemble its "
                                        "own; pamr: smoothed along the image's colour edges")
                 run_btn = gr.Button("Segment", variant="primary", elem_id="run-button")
-                gr.Examples(load_examples(), inputs=[image, words], label="Examples: pick one, then press Segment",
-                            cache_examples=False, examples_per_page=8)
+                from .examples import model_examples  # toy scenes for the toy model, photos for real ones
+                model_examples(registry, default_label, image, words, model_box, load_examples())
             with gr.Column(scale=3):
                 with gr.Tabs():
                     with gr.Tab("Compare methods", id="compare") as compare_tab:
@@ -307,6 +307,8 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
                                                     label="PACL's and vanilla CLIP's patch-level score φ̂ "
                                                           "next to CLIP's CLS cosine")
                         gr.Markdown(LESSON)
+                    from .patch_tab import patch_tab  # the "Point at a patch" tab (demo/patch_tab.py)
+                    patch_tab_ = patch_tab(demo, registry, image, words, methods, model_box, resolution)
                     with gr.Tab("Train PACL yourself", id="train"):
                         trainings = trainings or tr.Trainings()
                         train_parts = _train_tab(trainings.live)
@@ -326,6 +328,7 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
         lesson_fn, refresh = make_lesson(registry), make_lesson_if_open(registry)
         tab = gr.State("compare")
         compare_tab.select(lambda: "compare", None, tab, api_visibility="private", queue=False)
+        patch_tab_.select(lambda: "patch", None, tab, api_visibility="private", queue=False)  # no lesson refresh
         lesson_tab.select(lambda: "lesson", None, tab, api_visibility="private", queue=False).then(
             refresh, [tab, *lesson_inputs], lesson_outputs, api_visibility="private", preprocess=False)
         run_event.success(refresh, [tab, *lesson_inputs], lesson_outputs, api_visibility="private", preprocess=False)

@@ -1,6 +1,7 @@
 """The demo in a real headless browser (Debian's Chromium via Playwright): pick an example, run it, see results.
 
-Set PACL_SCREENSHOT=path/to/file.png to also keep the page's screenshot (docs/screenshot.png is made this way).
+Set PACL_SCREENSHOT=path/to/file.png to also keep the page's screenshot (docs/screenshot.png is made this way), and
+PACL_PATCH_SCREENSHOT=path/to/file.png the "Point at a patch" tab's (docs/patch.png).
 """
 
 import os
@@ -20,8 +21,9 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgr
                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 PHOTOS = {"chelsea.jpg", "coffee.jpg", "astronaut.jpg"}
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file() and shutil.which("chromium") is None,
-                                reason="Debian's chromium is not installed (.ci/run installs it)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).is_file() and shutil.which("chromium") is None,
+                                 reason="Debian's chromium is not installed (.ci/run installs it)")]
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +55,17 @@ def page(browser, url):
     page.close()
 
 
+TOY_EXAMPLES = [row for row in load_examples() if Path(row[0]).name not in PHOTOS]
+
+
 def example_row() -> int:
-    """The first toy-world example: the demo starts on the toy model, and its scenes are what it knows."""
-    return next(i for i, (path, _) in enumerate(load_examples()) if Path(path).name not in PHOTOS)
+    """The first toy-world example: the demo starts on the toy model, which lists its scenes first."""
+    return 0
 
 
 def test_pick_an_example_run_it_and_see_the_results(page, tmp_path):
     row = example_row()
-    words = load_examples()[row][1]
+    words = TOY_EXAMPLES[row][1]
     page.click(f"[data-testid='dataset-cell-{row}-0']")
     vocab = page.get_by_label("Vocabulary (comma-separated)")
     page.wait_for_function("w => document.querySelector('textarea').value === w", arg=words, timeout=10_000)
@@ -86,7 +91,7 @@ def test_pick_an_example_run_it_and_see_the_results(page, tmp_path):
 
 def test_teaching_view_explains_the_first_word(page):
     page.get_by_role("tab", name="How PACL sees this word").click()
-    first_word = load_examples()[example_row()][1].split(",")[0].strip()
+    first_word = TOY_EXAMPLES[example_row()][1].split(",")[0].strip()
     label = page.get_by_text(f"s(x, “{first_word}”): patch–word cosine")
     label.first.wait_for(state="visible", timeout=60_000)
     page.get_by_text("CLS cosine =").first.wait_for(state="visible", timeout=10_000)
@@ -100,6 +105,43 @@ def test_empty_vocabulary_shows_a_visible_message(page):
     toast = page.locator("[data-testid='toast-body']", has_text="no words given")
     toast.first.wait_for(state="visible", timeout=30_000)
     assert page.locator("#run-button").is_enabled()  # the page is still usable
+
+
+def test_toy_model_lists_its_scenes_first_and_says_photos_need_real_weights(page):
+    first = page.locator("[data-testid='dataset-cell-0-0']").first
+    assert "toy_01" in (first.inner_html() or "")  # the first example is a toy scene
+    assert page.get_by_text("these need real CLIP weights").count() >= 1
+
+
+def test_point_at_a_patch(page, tmp_path):
+    """Click a point of the picture: its patch is outlined and the page says what it matches, from the kept pass."""
+    words = TOY_EXAMPLES[example_row()][1]
+    page.click(f"[data-testid='dataset-cell-{example_row()}-0']")
+    page.wait_for_function("w => document.querySelector('textarea').value === w", arg=words, timeout=10_000)
+    page.locator("#input-image img").first.wait_for(state="visible", timeout=30_000)
+    page.get_by_role("tab", name="Point at a patch").click()
+    status = page.locator("#patch-status")
+    status.get_by_text("new backbone pass").wait_for(timeout=60_000)  # opening the tab: the centre patch
+    picture = page.locator("#patch-picture img").first
+    picture.wait_for(state="visible", timeout=30_000)
+    box = picture.bounding_box()
+    page.mouse.click(box["x"] + 0.8 * box["width"], box["y"] + 0.3 * box["height"])
+    status.get_by_text("kept pass").wait_for(timeout=30_000)  # the click read the kept pass
+    x, y = (float(page.locator(f"#patch-{a} input").input_value()) for a in "xy")
+    assert x > 48 and y < 48  # right of the centre, above it
+    assert f"row {int(y // 8) + 1}, column {int(x // 8) + 1} of 12×12" in status.inner_text()  # 8 px patches
+    for element in ("#patch-bars img", "#patch-coherence img", "#patch-large img"):
+        page.locator(element).first.wait_for(state="visible", timeout=30_000)
+    toasts = page.locator("[data-testid='toast-body']").all_inner_texts()
+    assert all("no words given" in t for t in toasts), toasts  # no message but the one an earlier test left
+    shot = tmp_path / "patch.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("PACL_PATCH_SCREENSHOT"):
+        shutil.copy(shot, os.environ["PACL_PATCH_SCREENSHOT"])
+    page.locator("#patch-x input").fill("500")
+    page.click("#patch-button")
+    page.locator("[data-testid='toast-body']", has_text="outside").first.wait_for(state="visible", timeout=30_000)
+    page.get_by_role("tab", name="Compare methods").click()
 
 
 # ---- "Train PACL yourself" -----------------------------------------------------------------------------------
