@@ -1,9 +1,9 @@
 """The embedded toy-world model: a tiny CLIP trained from scratch in the toy world, and its PACL head.
 
-`load_toy_backbone()`, registered as `load_backbone("toy")`, reads the shipped toy_clip.safetensors (float16
-weights of the open_clip config PACL-Toy, pacl_core/model_configs/PACL-Toy.json) with no network, and sets
-`backbone.default_head` to the shipped PACL head toy_pacl_head.safetensors. Retrain both with
-`python -m pacl_core toy train`. A tower may carry register tokens (`RegisterVisionTransformer`,
+`load_toy_backbone()`, which `load_backbone("toy")` calls (registered on first use by pacl_core.backbone), reads the
+shipped toy_clip.safetensors (float16 weights of the open_clip config PACL-Toy, pacl_core/model_configs/PACL-Toy.json)
+with no network, and sets `backbone.default_head` to the shipped PACL head toy_pacl_head.safetensors. Retrain both
+with `python -m pacl_core toy train`. A tower may carry register tokens (`RegisterVisionTransformer`,
 `toy train --registers N`; `ToyBackbone` reads them); the JSON says how many.
 """
 
@@ -16,7 +16,7 @@ import open_clip
 import torch
 from open_clip.transformer import VisionTransformer
 
-from pacl_core.backbone import Backbone, quiet_hub_logs, register_model_loader
+from pacl_core.backbone import Backbone, quiet_hub_logs, register_builtin_models
 from pacl_core.checkpoint import load_tensors, save_tensors
 from pacl_core.errors import PACLError
 
@@ -98,6 +98,7 @@ class ToyBackbone(Backbone):
 def save_clip(root, model: torch.nn.Module, training: dict) -> Path:
     """Save the toy CLIP as float16 safetensors + JSON metadata (config, training settings, measured numbers)."""
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    register_builtin_models()  # PACL-Toy's open_clip config
     meta = {"format": CLIP_FORMAT, "version": 1, "config": CONFIG_NAME, "dtype": "float16",
             "model_cfg": open_clip.get_model_config(CONFIG_NAME), "registers": count_registers(model),
             "templates": list(TOY_TEMPLATES),
@@ -108,6 +109,7 @@ def save_clip(root, model: torch.nn.Module, training: dict) -> Path:
 def create_toy_clip(state: dict | None = None, registers: int = 0) -> torch.nn.Module:
     """A PACL-Toy open_clip model with `registers` register tokens, random or with `state` (any float dtype)
     loaded strictly."""
+    register_builtin_models()  # PACL-Toy's open_clip config
     with quiet_hub_logs():  # open_clip warns that no pretrained weights were loaded
         model = open_clip.create_model(CONFIG_NAME, pretrained=None)
     add_registers(model, registers)
@@ -124,6 +126,7 @@ def create_toy_clip(state: dict | None = None, registers: int = 0) -> torch.nn.M
 def toy_backbone(model: torch.nn.Module, pretrained: str | None = None, image_size: int | None = None,
                  device: str = "cpu", templates=TOY_TEMPLATES):
     """Wrap a PACL-Toy open_clip model (trained or not) as a frozen Backbone with the toy prompt templates."""
+    register_builtin_models()
     return ToyBackbone(model, open_clip.get_tokenizer(CONFIG_NAME), CONFIG_NAME, pretrained, image_size=image_size,
                     templates=templates, device=device)
 
@@ -164,9 +167,6 @@ def load_toy_tower(path, image_size: int | None = None, device: str = "cpu", tem
     templates = templates or tuple(meta.get("templates") or TOY_TEMPLATES)
     backbone = toy_backbone(model, str(path), image_size, device, templates)
     return backbone
-
-
-register_model_loader("toy", load_toy_backbone, config=CONFIG_NAME)
 
 
 def shipped_numbers(root=None) -> dict:
