@@ -223,6 +223,8 @@ def normalize_uint8(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float, scaled to [0, 1] then normalised per channel."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
     return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
 @dataclass
 class Trunk:
     """Blocks 1..L-1 of one batch: what every method's last block reads."""

@@ -335,6 +335,8 @@ def default_method(has_head: bool) -> str:
     """The method shown beside vanilla CLIP when none is asked for (the demo's comparison, `segment`'s --method):
     PACL when a trained head is at hand, else SC-CLIP, the strongest one here that needs nothing but CLIP."""
     return "pacl" if has_head else "scclip"
+
+
 def parse_methods(spec: str) -> list[str]:
     """'vanilla, pacl,sclip' -> ['vanilla', 'pacl', 'sclip']: each checked, duplicates dropped, order kept."""
     methods = list(dict.fromkeys(m.strip() for m in str(spec).split(",") if m.strip()))

@@ -26,8 +26,6 @@ def images(tmp_path, rng):
     return paths
 
 
-
-
 def test_help_lists_subcommands():
     out = run_cli("--help")
     assert out.returncode == 0 and "segment" in out.stdout

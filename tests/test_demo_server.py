@@ -161,6 +161,8 @@ def test_method_ticks_follow_the_model(server, model_and_registry):
     assert switched.value == ["vanilla", "pacl"]
     switched = make_method_defaults(headless)("tiny, no head")
     assert switched.value == ["vanilla", "scclip"] and "no trained PACL head" in switched.info
+
+
 # ---- "Train PACL yourself" over HTTP -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def train_server(tmp_path_factory):

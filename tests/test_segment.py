@@ -223,6 +223,7 @@ def test_shifted_scores_keep_a_constant_and_follow_a_moved_edge():
     # a vertical edge inside a patch: one pass blurs it over the whole patch pair, the shifted passes locate it
     edge = torch.zeros(1, 1, 32, 32, dtype=torch.float64)
     edge[..., 13:] = 1.0
+
     def error(m):
         return float((shifted_scores(lambda x: _patch_means(x, 8), edge, 8, m) - edge).abs().mean())
     assert error(4) < error(2) < error(1), (error(1), error(2), error(4))

@@ -108,6 +108,7 @@ def test_passes_averaged_as_probabilities_beat_averaged_cosines(toy, test_split)
     labels = np.stack([subset_labels(it)["all"] for it in items])  # (24, 96, 96)
     text = toy.text_embeddings(list(CLASSES))
     seg = Segmenter(toy, "pacl", shifts=2)
+
     def miou(scores):
         return mean_iou(confusion_matrix(scores.argmax(1).numpy(), labels, len(CLASSES)))
     ensemble = miou(seg.pixel_scores(x, text))

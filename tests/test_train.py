@@ -23,8 +23,6 @@ from tests.helpers import make_pairs, write_csv
 TINY = "PACL-Tiny-Test:none"
 
 
-
-
 BROKEN = (b"\xff\xd8\xff\xe0 this is not a jpeg", "a broken picture")  # undecodable image
 EMPTY = None  # replaced by a valid image with an empty caption
 
@@ -35,8 +33,6 @@ def with_bad(pairs):
     bad.insert(2, BROKEN)
     bad.insert(5, (pairs[0][0], "   "))
     return bad
-
-
 
 
 def write_coco(root: Path, pairs) -> Path:

@@ -80,6 +80,8 @@ def test_heatmaps_at_display_size(tiny):
     ref = full.reshape(2, 200, 3, 300, 3).mean(axis=(2, 4))
     assert np.abs(shrunk - ref).max() < 0.05
     assert display_size((100, 50), 1000) == (640, 320) and display_size((2000, 1000), 500) == (500, 250)
+
+
 def test_plot_lines_draws_each_curve_into_a_picture():
     from pacl_core.viz import plot_lines
 
