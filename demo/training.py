@@ -26,8 +26,9 @@ from pacl_core.errors import PACLError
 from pacl_core.toy.live import CHECK_SEED, LiveConfig, LiveSnapshot, check_scene, live_training
 from pacl_core.toy.train import ToyTrainConfig
 from pacl_core.toy.world import CLASSES, make_scene
-from pacl_core.viz import draw_overlay, heatmap_overlay, plot_lines
+from pacl_core.viz import draw_overlay, heatmap_overlay
 
+from .drawing import plot_lines
 from .handlers import load_model
 from .models import TOY_LABEL, ModelChoice
 
