@@ -9,7 +9,6 @@ with `python -m pacl_core toy train`. A tower may carry register tokens (`Regist
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import open_clip
@@ -167,11 +166,3 @@ def load_toy_tower(path, image_size: int | None = None, device: str = "cpu", tem
     templates = templates or tuple(meta.get("templates") or TOY_TEMPLATES)
     backbone = toy_backbone(model, str(path), image_size, device, templates)
     return backbone
-
-
-def shipped_numbers(root=None) -> dict:
-    """The numbers measured when the shipped model was trained (from its JSON), or {} if none."""
-    meta_file = clip_path(root).with_suffix(".json")
-    if not meta_file.is_file():
-        return {}
-    return json.loads(meta_file.read_text()).get("training", {}).get("eval", {})
