@@ -229,18 +229,13 @@ def normalize_uint8(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
 class Trunk:
     """Blocks 1..L-1 of one batch: what every method's last block reads."""
 
-    x: torch.Tensor  # (B, 1 + T + R, W) the output of block L-1, the last block's input
+    x: torch.Tensor  # (B, 1 + T, W) the output of block L-1, the last block's input
     grid: tuple[int, int]  # (h, w) patches
-    feats: dict[int, torch.Tensor] = field(default_factory=dict)  # block i (1-indexed) -> its output (B, 1+T+R, W)
+    feats: dict[int, torch.Tensor] = field(default_factory=dict)  # block i (1-indexed) -> its output (B, 1 + T, W)
 
 
 class Backbone:
-    """A frozen open_clip ViT. `.model` is the open_clip model itself; nothing here modifies it.
-
-    `n_registers` tokens (none for open_clip's models) may follow the patch tokens: a subclass that adds them
-    overrides `embed` (the toy world's register towers do); every method drops them at the end."""
-
-    n_registers = 0
+    """A frozen open_clip ViT. `.model` is the open_clip model itself; nothing here modifies it."""
 
     def __init__(self, model, tokenizer, name: str, pretrained: str | None, image_size: int | None = None,
                  templates="imagenet7", device: str = "cpu"):
@@ -319,16 +314,16 @@ class Backbone:
     def trunk(self, images: torch.Tensor, keep=()) -> Trunk:
         """Normalised images (B, 3, H, W) -> the shared part of every method's forward: blocks 1..L-1.
 
-        Returns x, the output of block L-1 (B, 1 + T + R, W), the grid, and the outputs of the blocks in `keep`
+        Returns x, the output of block L-1 (B, 1 + T, W), the grid, and the outputs of the blocks in `keep`
         (1-indexed, each below L): exactly those, so a method's declared layers cost memory only when asked for.
         """
         keep = set(keep)
         if any(not 1 <= i < self.depth for i in keep):
             raise PACLError(f"can keep the outputs of blocks 1..{self.depth - 1} only, not {sorted(keep)}")
-        x, grid = self.embed(images)  # (B, 1 + T + R, W)
+        x, grid = self.embed(images)  # (B, 1 + T, W)
         feats = {}
         for i, block in enumerate(self.model.visual.transformer.resblocks[:-1], start=1):
-            x = block(x)  # (B, 1 + T + R, W)
+            x = block(x)  # (B, 1 + T, W)
             if i in keep:
                 feats[i] = x
         return Trunk(x, grid, feats)
@@ -341,8 +336,7 @@ class Backbone:
             raise PACLError(f"method '{method}' reads blocks {missing}, which this trunk did not keep")
         feats = {i: trunk.feats[i] for i in need}  # exactly the blocks the method declares
         x = run_last_block(self.model.visual.transformer.resblocks[-1], trunk.x, trunk.grid, method,
-                           feats)  # (B, 1 + T + R, W)
-        x = x[:, :x.shape[1] - self.n_registers]  # (B, 1 + T, W): registers dropped
+                           feats)  # (B, 1 + T, W)
         return self.model.visual.ln_post(x)  # (B, 1 + T, D_v)
 
     def finish_many(self, trunk: Trunk, methods) -> dict[str, torch.Tensor]:
