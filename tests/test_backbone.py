@@ -29,6 +29,7 @@ def test_patch_tokens_match_open_clip_at_native_size(tiny):
     torch.testing.assert_close(tiny.image_embedding(x), tiny.model.encode_image(x, normalize=True))
 
 
+@pytest.mark.slow
 def test_vitb16_at_448_gives_28x28_patches(vitb):
     assert (vitb.width, vitb.embed_dim, vitb.patch_size, vitb.image_size) == (768, 512, 16, 448)
     tokens, grid = vitb.patch_tokens(torch.randn(1, 3, 448, 448))
@@ -209,6 +210,7 @@ def test_toy_model_takes_another_tower_file(tmp_path):
         load_backbone("toy", pretrained=str(tmp_path / "nope.safetensors"))
 
 
+@pytest.mark.slow
 def test_importing_pacl_core_registers_nothing():
     """No import-time effects: the project's configs and "toy" become known where a model is first resolved."""
     code = ("import open_clip, pacl_core, pacl_core.backbone as b\n"

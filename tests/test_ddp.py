@@ -17,6 +17,7 @@ from pacl_core.cli import main
 from pacl_core.train.loop import read_log
 from tests.helpers import make_pairs, write_csv
 
+pytestmark = pytest.mark.slow  # torchrun: several processes (python -m pytest -m "not slow" skips it)
 TINY = "PACL-Tiny-Test:none"
 
 

@@ -18,6 +18,7 @@ from demo.ui import QUEUE_SIZE
 from pacl_core.methods import METHODS
 from tests.helpers import demo_model, serving
 
+pytestmark = pytest.mark.slow  # a live demo server (python -m pytest -m "not slow" skips it)
 SLOT = 3  # outputs per method slot: status, overlay, heatmap sheet
 
 

@@ -13,6 +13,7 @@ from pacl_core.checkpoint import load_head
 from pacl_core.errors import PACLError
 from pacl_core.toy.live import LiveConfig, check_scene
 
+pytestmark = pytest.mark.slow  # live training in the demo (python -m pytest -m "not slow" skips it)
 TINY = LiveConfig(pool=32, check=4, every=5)
 REPO = Path(__file__).resolve().parents[1]
 

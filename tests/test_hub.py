@@ -126,6 +126,7 @@ def test_a_head_for_another_backbone_is_refused(hub, tiny, head_files, tmp_path)
         load_head("hf-hub:org/state", tiny)
 
 
+@pytest.mark.slow
 def test_offline_without_a_cache_is_one_line_exit_2_naming_the_repo(tmp_path):
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)

@@ -52,6 +52,7 @@ def test_patch_logits_are_cosines(tiny):
     torch.testing.assert_close(got, ref.permute(0, 2, 1).reshape(2, 3, 4, 4))
 
 
+@pytest.mark.slow
 def test_whole_mode_uses_chosen_size(vitb, rng):
     seg = Segmenter(vitb, image_size=448)(random_image(rng, 300, 500), ["sky"])
     assert seg.patch_logits.shape == (1, 28, 28)
@@ -229,6 +230,7 @@ def test_shifted_scores_keep_a_constant_and_follow_a_moved_edge():
     assert error(4) < error(2) < error(1), (error(1), error(2), error(4))
 
 
+@pytest.mark.slow
 def test_segmenter_shifts(tiny, rng):
     img = random_image(rng, 40, 56)
     plain = Segmenter(tiny, image_size=48)(img, "dog, grass, sky")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds and installs the wheel (python -m pytest -m "not slow" skips it)
 ROOT = Path(__file__).resolve().parent.parent
 
 
