@@ -5,8 +5,6 @@ from __future__ import annotations
 import statistics
 import time
 
-import torch
-
 
 def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of fn() in seconds, after warm-up calls."""
@@ -37,9 +35,3 @@ def reset_peak_rss() -> int:
 
 def peak_rss_mb() -> int:
     return _status_kb("VmHWM") // 1024
-
-
-def set_threads() -> int:
-    n = torch.get_num_threads()
-    torch.set_num_threads(n)
-    return n

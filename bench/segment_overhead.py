@@ -88,5 +88,6 @@ def main():
             cells.append(f"{statistics.median(times) * 1000:6.0f} ms {statistics.median(ratios):5.2f}x")
         print(f"{method:10s} | " + " | ".join(cells), flush=True)
 
+
 if __name__ == "__main__":
     main()

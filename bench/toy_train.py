@@ -2,7 +2,6 @@
 
     python bench/toy_train.py                 # 2 threads, the default recipe, no evaluation afterwards
     python bench/toy_train.py --threads 1
-    python bench/toy_train.py --registers 4   # the same recipe with a 4-register tower
 
 It runs exactly what `python -m pacl_core toy train` runs (pacl_core.toy.train.train_toy) into a temporary folder,
 then reads the per-stage seconds that train_toy records. Stage-2 images/s counts PACL steps x batch over the
@@ -25,13 +24,12 @@ TARGET_S = 600.0
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--registers", type=int, default=0, help="register tokens in the tower (default: none)")
     args = p.parse_args()
-    cfg = ToyTrainConfig(threads=args.threads, registers=args.registers)
+    cfg = ToyTrainConfig(threads=args.threads)
     with tempfile.TemporaryDirectory() as out:
         info = train_toy(out, cfg, progress=False, evaluate_n=0)
     sec = info["seconds"]
-    print(f"toy train, {args.threads} thread(s), {args.registers} register(s), torch {info['torch']}, "
+    print(f"toy train, {args.threads} thread(s), torch {info['torch']}, "
           f"open_clip {info['open_clip']}")
     for size, steps, pool in cfg.clip_phases:
         t = sec[f"clip_{size}px"]

@@ -26,12 +26,14 @@ import numpy as np
 from PIL import Image
 
 from pacl_core.errors import PACLError
-from pacl_core.explain import draw_grid, explain_both
+from pacl_core.explain import explain_both
 from pacl_core.export import slug, write_outputs
 from pacl_core.inputs import load_image, parse_words, to_rgb_array
 from pacl_core.methods import METHODS, default_method
 from pacl_core.segment import REFINERS, group_by_geometry, segment_many
 from pacl_core.viz import contact_sheet, draw_heatmaps, draw_overlay, sheet_columns
+
+from .drawing import draw_grid
 
 METHOD_TITLES = {"vanilla": "Vanilla CLIP", "pacl": "PACL", "maskclip": "MaskCLIP", "sclip": "SCLIP",
                  "clearclip": "ClearCLIP", "naclip": "NACLIP", "scclip": "SC-CLIP"}

@@ -19,10 +19,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pacl_core.errors import PACLError
-from pacl_core.explain import FROZEN, PatchPass, PatchReport, draw_grid, patch_pass, report_from_pass, word_maps
+from pacl_core.explain import FROZEN, PatchPass, PatchReport, patch_pass, report_from_pass, word_maps
 from pacl_core.viz import _font, apply_colormap, contact_sheet, display_size, palette
 
 from . import handlers as h
+from .drawing import draw_grid
 
 PER_SESSION = 3  # passes kept per browser session (a few images or settings to go back to)
 MAX_SESSIONS_BYTES = 256 << 20  # passes kept for all sessions together; the oldest go first

@@ -26,8 +26,9 @@ from pacl_core.errors import PACLError
 from pacl_core.toy.live import CHECK_SEED, LiveConfig, LiveSnapshot, check_scene, live_training
 from pacl_core.toy.train import ToyTrainConfig
 from pacl_core.toy.world import CLASSES, make_scene
-from pacl_core.viz import draw_overlay, heatmap_overlay, plot_lines
+from pacl_core.viz import draw_overlay, heatmap_overlay
 
+from .drawing import plot_lines
 from .handlers import load_model
 from .models import TOY_LABEL, ModelChoice
 
@@ -41,10 +42,8 @@ class TrainView:
     """What the training tab shows at one snapshot."""
 
     status: str  # Markdown: step, time, the check-set numbers
-    loss: list[dict]  # [{"step", "loss"}] for the loss curve
-    checks: list[dict]  # [{"step", "measure", "value"}]: PACL mIoU / patch accuracy and vanilla mIoU
-    loss_plot: np.ndarray  # the two as pictures
-    checks_plot: np.ndarray
+    loss_plot: np.ndarray  # the loss curve
+    checks_plot: np.ndarray  # PACL mIoU / patch accuracy and vanilla mIoU at every check
     pacl_mask: np.ndarray  # the chosen scene's mask by the head so far, with its legend
     pacl_heat: np.ndarray  # the chosen word's heatmap by the head so far
     vanilla_mask: np.ndarray  # the same two by vanilla CLIP: they never change
@@ -116,10 +115,6 @@ class Trainings:
             self._heads.setdefault(session, []).append(label)
             self._files.setdefault(session, []).extend([path, path.with_suffix(".json")])
         return label, [str(path), str(path.with_suffix(".json"))]
-
-    def heads(self, session: str) -> list[str]:
-        with self._lock:
-            return list(self._heads.get(session, []))
 
     def labels_for(self, registry, session: str) -> list[str]:
         """The Model list one session sees: everything but the heads other sessions trained."""
@@ -205,15 +200,10 @@ def status_line(snap: LiveSnapshot, label: str | None) -> str:
 
 
 def to_view(snap: LiveSnapshot, word: str, label: str | None = None, files: list[str] | None = None) -> TrainView:
-    loss = [{"step": i + 1, "loss": v} for i, v in enumerate(snap.losses)]
-    checks = [row for c in snap.checks for row in (
-        {"step": c["step"], "measure": "PACL mIoU", "value": c["miou"]},
-        {"step": c["step"], "measure": "PACL patch accuracy", "value": c["patch_acc"]},
-        {"step": c["step"], "measure": "vanilla CLIP mIoU", "value": snap.vanilla["miou"]})]
     pacl_mask, pacl_heat = _views(snap.pacl_view, word)
     vanilla_mask, vanilla_heat = _views(snap.vanilla_view, word)
-    return TrainView(status_line(snap, label), loss, checks, loss_picture(snap), checks_picture(snap), pacl_mask,
-                     pacl_heat, vanilla_mask, vanilla_heat, snap.done, label, files)
+    return TrainView(status_line(snap, label), loss_picture(snap), checks_picture(snap), pacl_mask, pacl_heat,
+                     vanilla_mask, vanilla_heat, snap.done, label, files)
 
 
 def loss_picture(snap: LiveSnapshot) -> np.ndarray:

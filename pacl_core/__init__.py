@@ -9,7 +9,7 @@ from pacl_core.errors import PACLError
 from pacl_core.loss import PACLLoss
 from pacl_core.pacl import VisionEmbedder, attended_embedding, compatibility, patch_attention, patch_similarity
 from pacl_core.segment import Geometry, Readout, Segmentation, Segmenter, segment_many
-from pacl_core.toy.model import load_toy_backbone  # also registers load_backbone("toy")
+from pacl_core.toy.model import load_toy_backbone
 
 __version__ = "0.1.0"
 __all__ = [

@@ -2,7 +2,8 @@
 
 `load_backbone("vit-b-16")` gives OpenAI's ViT-B/16 (QuickGELU), `load_backbone("ViT-B-16-quickgelu:none")`
 the same architecture with random weights. Other named models plug in through `register_model_loader(name, fn)`:
-the toy world registers "toy" (pacl_core.toy.model), so the core never names it.
+"toy" (pacl_core.toy.model) is registered that way on first use (`register_builtin_models`): importing pacl_core
+registers nothing.
 `Backbone.trunk(images, keep)` runs the part every method shares (patch embedding, blocks 1..L-1, and the outputs
 of any blocks asked for); `Backbone.finish(trunk, method)` adds one method's last block and ln_post.
 """
@@ -32,10 +33,7 @@ from pacl_core.inputs import check_pixels
 from pacl_core.methods import LAST_BLOCK, check_method, layers_needed, run_last_block
 from pacl_core.prompts import get_templates
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(CONFIG_DIR)  # the project's own small architectures, by name
-for _extra in filter(None, os.environ.get("PACL_MODEL_CONFIGS", "").split(os.pathsep)):
-    open_clip.add_model_config(_extra)  # a user's own open_clip JSON configs (folders), e.g. the tests' tiny ViT
+CONFIG_DIR = Path(__file__).parent / "model_configs"  # the project's own small architectures (PACL-Toy)
 
 # Short names a user may type; each maps to (open_clip architecture, pretrained tag).
 ALIASES = {
@@ -47,6 +45,21 @@ DEFAULT_MODEL = "vit-b-16"
 TEXT_CACHE_SIZE = 20_000
 MODEL_LOADERS: dict[str, Callable[..., Backbone]] = {}  # name -> fn(image_size, device, templates, pretrained)
 LOADER_CONFIGS: dict[str, str] = {}  # open_clip config of a registered model -> its name
+_CONFIG_DIRS_ADDED: set[Path] = set()
+
+
+def register_builtin_models() -> None:
+    """Make the project's own models known by name: its open_clip configs (CONFIG_DIR) and "toy" for load_backbone.
+
+    Called wherever a model name is resolved, never at import; idempotent. A user's own configs reach open_clip
+    through `open_clip.add_model_config(folder)`."""
+    if CONFIG_DIR not in _CONFIG_DIRS_ADDED:
+        open_clip.add_model_config(CONFIG_DIR)
+        _CONFIG_DIRS_ADDED.add(CONFIG_DIR)
+    if "toy" not in MODEL_LOADERS:
+        from pacl_core.toy.model import CONFIG_NAME, load_toy_backbone  # the toy world builds on this module
+
+        register_model_loader("toy", load_toy_backbone, config=CONFIG_NAME)
 
 
 def register_model_loader(name: str, loader: Callable[..., Backbone], config: str | None = None) -> None:
@@ -62,6 +75,7 @@ def backbone_spec(meta: dict) -> str:
     name, tag = meta.get("backbone"), meta.get("pretrained")
     if not name:
         raise PACLError("its metadata does not name a backbone")
+    register_builtin_models()
     if name in LOADER_CONFIGS:
         return LOADER_CONFIGS[name]
     alias = next((a for a, target in ALIASES.items() if target == (name, tag)), None)
@@ -70,6 +84,7 @@ def backbone_spec(meta: dict) -> str:
 
 def check_architecture(name: str) -> None:
     """A one-line PACLError unless open_clip's config `name` is a CLS-token ViT that pacl_core can read."""
+    register_builtin_models()
     cfg = open_clip.get_model_config(name) or {}
     vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
     supported = "pacl_core supports open_clip's own CLS-token ViTs such as ViT-B-16-quickgelu or ViT-L-14-quickgelu"
@@ -90,6 +105,7 @@ def parse_model_spec(spec: str, pretrained: str | None = None) -> tuple[str, str
 
     OpenAI weights need QuickGELU: 'ViT-B-16' + 'openai' becomes 'ViT-B-16-quickgelu'.
     """
+    register_builtin_models()
     name, tag = spec, None
     if spec.lower() in ALIASES:
         name, tag = ALIASES[spec.lower()]
@@ -207,22 +223,19 @@ def normalize_uint8(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float, scaled to [0, 1] then normalised per channel."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
     return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
 @dataclass
 class Trunk:
     """Blocks 1..L-1 of one batch: what every method's last block reads."""
 
-    x: torch.Tensor  # (B, 1 + T + R, W) the output of block L-1, the last block's input
+    x: torch.Tensor  # (B, 1 + T, W) the output of block L-1, the last block's input
     grid: tuple[int, int]  # (h, w) patches
-    feats: dict[int, torch.Tensor] = field(default_factory=dict)  # block i (1-indexed) -> its output (B, 1+T+R, W)
+    feats: dict[int, torch.Tensor] = field(default_factory=dict)  # block i (1-indexed) -> its output (B, 1 + T, W)
 
 
 class Backbone:
-    """A frozen open_clip ViT. `.model` is the open_clip model itself; nothing here modifies it.
-
-    `n_registers` tokens (none for open_clip's models) may follow the patch tokens: a subclass that adds them
-    overrides `embed` (the toy world's register towers do); every method drops them at the end."""
-
-    n_registers = 0
+    """A frozen open_clip ViT. `.model` is the open_clip model itself; nothing here modifies it."""
 
     def __init__(self, model, tokenizer, name: str, pretrained: str | None, image_size: int | None = None,
                  templates="imagenet7", device: str = "cpu"):
@@ -311,16 +324,16 @@ class Backbone:
     def trunk(self, images: torch.Tensor, keep=()) -> Trunk:
         """Normalised images (B, 3, H, W) -> the shared part of every method's forward: blocks 1..L-1.
 
-        Returns x, the output of block L-1 (B, 1 + T + R, W), the grid, and the outputs of the blocks in `keep`
+        Returns x, the output of block L-1 (B, 1 + T, W), the grid, and the outputs of the blocks in `keep`
         (1-indexed, each below L): exactly those, so a method's declared layers cost memory only when asked for.
         """
         keep = set(keep)
         if any(not 1 <= i < self.depth for i in keep):
             raise PACLError(f"can keep the outputs of blocks 1..{self.depth - 1} only, not {sorted(keep)}")
-        x, grid = self.embed(images)  # (B, 1 + T + R, W)
+        x, grid = self.embed(images)  # (B, 1 + T, W)
         feats = {}
         for i, block in enumerate(self.model.visual.transformer.resblocks[:-1], start=1):
-            x = block(x)  # (B, 1 + T + R, W)
+            x = block(x)  # (B, 1 + T, W)
             if i in keep:
                 feats[i] = x
         return Trunk(x, grid, feats)
@@ -333,8 +346,7 @@ class Backbone:
             raise PACLError(f"method '{method}' reads blocks {missing}, which this trunk did not keep")
         feats = {i: trunk.feats[i] for i in need}  # exactly the blocks the method declares
         x = run_last_block(self.model.visual.transformer.resblocks[-1], trunk.x, trunk.grid, method,
-                           feats)  # (B, 1 + T + R, W)
-        x = x[:, :x.shape[1] - self.n_registers]  # (B, 1 + T, W): registers dropped
+                           feats)  # (B, 1 + T, W)
         return self.model.visual.ln_post(x)  # (B, 1 + T, D_v)
 
     def finish_many(self, trunk: Trunk, methods) -> dict[str, torch.Tensor]:
@@ -423,6 +435,7 @@ def load_backbone(spec: str = DEFAULT_MODEL, pretrained: str | None = None, imag
     check_device(device)
     if templates is not None:
         get_templates(templates)  # an unknown set fails here, not after the download
+    register_builtin_models()
     if spec in MODEL_LOADERS:
         return MODEL_LOADERS[spec](image_size=image_size, device=device, templates=templates, pretrained=pretrained)
     name, tag = parse_model_spec(spec, pretrained)

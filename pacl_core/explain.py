@@ -8,7 +8,7 @@ or CLIP's own projection for vanilla) and, with the equations in pacl_core.pacl,
 and, for contrast, CLIP's own image-level score: the cosine of the CLS image embedding with the word.
 `explain_both(pacl_segmenter, vanilla_segmenter, image, words)` gives both sides at the same τ (`SideBySide`): PACL's
 patches next to vanilla CLIP's, so "patch-level vs CLS-level" is one look.
-`draw_grid` turns one (h, w) grid into a picture over the image, one flat block per patch.
+The demo draws these grids (demo/drawing.py `draw_grid`).
 
 Point at a patch (the paper's Sections 3 and 4, per place): `patch_report(backbone, image, words, point, methods)`
 says, for the patch under a point, its cosine with every word under each method beside the whole image's (CLS)
@@ -22,18 +22,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from pacl_core.errors import PACLError
 from pacl_core.inputs import parse_words, to_rgb_array
 from pacl_core.methods import layers_needed
 from pacl_core.pacl import compatibility, patch_attention, patch_similarity
 from pacl_core.segment import Segmenter, check_input_shape, run_pass
-from pacl_core.viz import enlarge, heatmap_overlay
 
 
 @dataclass
@@ -137,41 +135,6 @@ def explain_both(pacl_segmenter, vanilla_segmenter, image, words, tau: float | N
     return SideBySide(explain(pacl_segmenter, image, words, tau), explain(vanilla_segmenter, image, words, tau))
 
 
-def _grid_lines(image: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Thin translucent lines between patches, so a student can count them."""
-    H, W = image.shape[:2]
-    h, w = grid
-    pil = Image.fromarray(image)
-    draw = ImageDraw.Draw(pil, "RGBA")
-    for i in range(1, h):
-        y = round(i * H / h)
-        draw.line([(0, y), (W, y)], fill=(255, 255, 255, 90), width=1)
-    for j in range(1, w):
-        x = round(j * W / w)
-        draw.line([(x, 0), (x, H)], fill=(255, 255, 255, 90), width=1)
-    return np.asarray(pil)
-
-
-def draw_grid(image: np.ndarray, values: np.ndarray, title: str | None = None, cmap: str = "viridis",
-              scale: str = "minmax", max_lines: int = 40) -> np.ndarray:
-    """A (h, w) patch grid drawn over the image as flat blocks, one per patch.
-
-    scale "minmax" stretches the grid's own range to the colormap (for cosines), "max" divides by the
-    largest value (for attention, so 0 stays dark). Grid lines are drawn when the grid is small enough.
-    """
-    values = np.asarray(values, dtype=np.float32)
-    lo, hi = (0.0, float(values.max())) if scale == "max" else (float(values.min()), float(values.max()))
-    unit = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    image = enlarge(image, nearest=False)  # small images are enlarged first, so the blocks stay sharp
-    H, W = image.shape[:2]
-    blocks = cv2.resize(unit, (W, H), interpolation=cv2.INTER_NEAREST)  # (H, W), each patch one flat block
-    out = heatmap_overlay(image, blocks, cmap=cmap, alpha=0.65, title=title)
-    if max(values.shape) <= max_lines:
-        out = _grid_lines(out, values.shape)
-    return out
-
-
-# ---- point at a patch --------------------------------------------------------------------------------------
 FROZEN = "tokens"  # the coherence key of the frozen vision tokens (after ln_post) that every method starts from
 
 

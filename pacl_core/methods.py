@@ -13,7 +13,7 @@
   plus 0.3 × the CLS token; a multi-level branch (the sum of the intermediate blocks) through the same path, added.
 
 Every variant is a function (block, x (B, N, W), grid (h, w), feats) -> (B, N, W) that reads the block's parameters
-(N = 1+T+R: a toy model's R register tokens, if any, follow the patches) and never modifies them, so one loaded
+(N = 1+T: the CLS token, then the patches) and never modifies them, so one loaded
 backbone serves every method. x is the output of block L-1 (the last block's input); feats maps a 1-indexed block
 number i to the output of block i, (B, N, W), for exactly the blocks `layers_needed(method, depth)` declares (none
 for most methods). The backbone's trunk (blocks 1..L-1) is shared by every method at one input geometry
@@ -102,21 +102,20 @@ def clearclip_weights(q, k, grid) -> torch.Tensor:
 
 
 def naclip_weights(q, k, grid) -> torch.Tensor:
-    """NACLIP: softmax(k·kᵀ + ω), ω a Gaussian of the patch-grid distance (none for CLS, registers) -> (B, H, N, N)."""
-    registers = k.shape[2] - 1 - grid[0] * grid[1]  # tokens after the patches
-    bias = neighbourhood_bias(tuple(grid), NACLIP_GAUSSIAN_STD, registers).to(k.device, k.dtype)  # (N, N)
+    """NACLIP: softmax(k·kᵀ + ω), ω a Gaussian of the patch-grid distance (none for CLS) -> (B, H, N, N)."""
+    bias = neighbourhood_bias(tuple(grid), NACLIP_GAUSSIAN_STD).to(k.device, k.dtype)  # (N, N)
     return torch.softmax(self_similarity(k, k) + bias, dim=-1)
 
 
 @lru_cache(maxsize=16)
-def neighbourhood_bias(grid: tuple[int, int], std: float, registers: int = 0) -> torch.Tensor:
-    """(1+h*w+R, 1+h*w+R): exp(-|p_i - p_j|² / 2σ²) between patches i, j on the (h, w) grid; zero rows/columns for
-    the CLS token and the R register tokens after the patches."""
+def neighbourhood_bias(grid: tuple[int, int], std: float) -> torch.Tensor:
+    """(1+h*w, 1+h*w): exp(-|p_i - p_j|² / 2σ²) between patches i, j on the (h, w) grid; a zero row and column for
+    the CLS token."""
     h, w = grid
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     pos = torch.stack([rows, cols], dim=-1).reshape(h * w, 2).float()  # (T, 2), row-major like the tokens
     dist2 = (pos[:, None] - pos[None]).pow(2).sum(-1)  # (T, T)
-    return F.pad(torch.exp(-dist2 / (2 * std**2)), (1, registers, 1, registers))  # (1+T+R, 1+T+R)
+    return F.pad(torch.exp(-dist2 / (2 * std**2)), (1, 0, 1, 0))  # (1+T, 1+T)
 
 
 def scclip_prior(mid: torch.Tensor) -> torch.Tensor:
@@ -270,7 +269,7 @@ def scclip_block(block, x: torch.Tensor, grid, feats) -> torch.Tensor:
     y = aggregate(scclip_attention(block, y, prior) + SCCLIP_RES_CLS * x[:, :1], shallow)  # (B, T, W)
     multi = sum(feats[i] for i in blocks)  # (B, N, W): the multi-level branch
     y = y + aggregate(scclip_attention(block, multi[:, 1:1 + T], prior) + SCCLIP_RES_CLS * multi[:, :1], shallow)
-    return torch.cat([clip_cls(block, x), y, x[:, 1 + T:]], dim=1)  # (B, 1+T+R, W): registers passed through
+    return torch.cat([clip_cls(block, x), y], dim=1)  # (B, 1+T, W)
 
 
 LAST_BLOCK = {"vanilla": vanilla_block, "pacl": vanilla_block, "maskclip": maskclip_block, "sclip": sclip_block,
@@ -347,6 +346,8 @@ def default_method(has_head: bool) -> str:
     """The method shown beside vanilla CLIP when none is asked for (the demo's comparison, `segment`'s --method):
     PACL when a trained head is at hand, else SC-CLIP, the strongest one here that needs nothing but CLIP."""
     return "pacl" if has_head else "scclip"
+
+
 def parse_methods(spec: str) -> list[str]:
     """'vanilla, pacl,sclip' -> ['vanilla', 'pacl', 'sclip']: each checked, duplicates dropped, order kept."""
     methods = list(dict.fromkeys(m.strip() for m in str(spec).split(",") if m.strip()))

@@ -8,8 +8,6 @@ from functools import lru_cache
 import cv2
 import numpy as np
 from matplotlib import colormaps, font_manager
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 # 20 well-separated colours (after Kelly's and Glasbey's lists); more are spaced by the golden ratio.
@@ -217,21 +215,3 @@ def contact_sheet(tiles: list[np.ndarray], titles: list[str] | None = None, colu
         draw.text((x + 2, y + (strip - size) // 2), _short(title, max(4, int(w / (0.6 * size)))), fill=(0, 0, 0),
                   font=font)
     return np.asarray(pil)
-
-
-def plot_lines(lines: dict, title: str, xlabel: str, ylabel: str, ylim=None, size=(5.0, 2.6)) -> np.ndarray:
-    """Curves {name: (xs, ys)} on one set of axes -> an (H, W, 3) uint8 picture (matplotlib, no window)."""
-    fig = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for name, (xs, ys) in lines.items():
-        ax.plot(xs, ys, label=name, marker="o" if len(xs) < 30 else None, markersize=3)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.grid(alpha=0.3)
-    if len(lines) > 1:
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)

@@ -1,19 +1,18 @@
 """Shared fixtures: small random-weight backbones, loaded once per test session.
 
-The tests' own tiny architecture (tests/model_configs/PACL-Tiny-Test.json) is not part of the package: it reaches
-open_clip through PACL_MODEL_CONFIGS, which subprocesses (the CLI, torchrun) inherit.
+The tests' own tiny architecture (tests/model_configs/PACL-Tiny-Test.json) is not part of the package: it is added
+to open_clip here, as a user adds their own configs; subprocesses (the CLI, torchrun) run `python -m tests.pacl_cli`,
+which adds it too.
 """
 
-import os
-from pathlib import Path
+import numpy as np
+import pytest
+import torch
 
-os.environ["PACL_MODEL_CONFIGS"] = str(Path(__file__).resolve().parent / "model_configs")
+from pacl_core.backbone import load_backbone
+from tests.pacl_cli import add_test_configs
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from pacl_core.backbone import load_backbone  # noqa: E402
+add_test_configs()
 
 
 @pytest.fixture(scope="session")

@@ -123,10 +123,12 @@ def write_csv(root: Path, pairs, missing: bool = True) -> Path:
     return root / "pairs.tsv"
 
 
+PACL = [sys.executable, "-m", "tests.pacl_cli"]  # `python -m pacl_core` that also knows the tests' configs
+
+
 def run_cli(*args):
     """Run in a real subprocess: the exit code and the streams a user sees."""
-    return subprocess.run([sys.executable, "-m", "pacl_core", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([*PACL, *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def free_port() -> int:

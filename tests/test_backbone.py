@@ -1,6 +1,9 @@
 """The backbone: token shapes, equality with open_clip's own forward, interpolation, text cache, loading errors."""
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -26,6 +29,7 @@ def test_patch_tokens_match_open_clip_at_native_size(tiny):
     torch.testing.assert_close(tiny.image_embedding(x), tiny.model.encode_image(x, normalize=True))
 
 
+@pytest.mark.slow
 def test_vitb16_at_448_gives_28x28_patches(vitb):
     assert (vitb.width, vitb.embed_dim, vitb.patch_size, vitb.image_size) == (768, 512, 16, 448)
     tokens, grid = vitb.patch_tokens(torch.randn(1, 3, 448, 448))
@@ -204,3 +208,18 @@ def test_toy_model_takes_another_tower_file(tmp_path):
     assert load_backbone("toy", pretrained=str(alone)).default_head is None
     with pytest.raises(PACLError, match="toy model weights are missing"):
         load_backbone("toy", pretrained=str(tmp_path / "nope.safetensors"))
+
+
+@pytest.mark.slow
+def test_importing_pacl_core_registers_nothing():
+    """No import-time effects: the project's configs and "toy" become known where a model is first resolved."""
+    code = ("import open_clip, pacl_core, pacl_core.backbone as b\n"
+            "before = set(open_clip.list_models())\n"
+            "assert 'PACL-Toy' not in before and not b.MODEL_LOADERS, (sorted(b.MODEL_LOADERS), 'PACL-Toy' in before)\n"
+            "b.parse_model_spec('PACL-Toy:none')\n"
+            "assert set(open_clip.list_models()) == before | {'PACL-Toy'} and list(b.MODEL_LOADERS) == ['toy']\n"
+            "b.register_builtin_models()\n"
+            "assert b.backbone_spec({'backbone': 'PACL-Toy'}) == 'toy'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -30,11 +30,13 @@ def test_round_trip(tiny, saved):
     assert not list(path.parent.glob("*.tmp"))  # atomic writes leave nothing behind
 
 
+@pytest.mark.slow
 def test_head_for_another_backbone(vitb, saved):
     with pytest.raises(PACLError, match="trained for PACL-Tiny-Test, not ViT-B-16-quickgelu"):
         load_head(saved[1], vitb)
 
 
+@pytest.mark.slow
 def test_dimension_mismatch(vitb, saved):
     _, path = saved
     meta = json.loads(path.with_suffix(".json").read_text())

@@ -26,8 +26,7 @@ def images(tmp_path, rng):
     return paths
 
 
-
-
+@pytest.mark.slow
 def test_help_lists_subcommands():
     out = run_cli("--help")
     assert out.returncode == 0 and "segment" in out.stdout
@@ -83,6 +82,7 @@ def test_segment_writes_every_output(tmp_path, images, capsys):
     assert not [f for f in tmp_path.iterdir() if "staging" in f.name]
 
 
+@pytest.mark.slow
 def test_segment_several_methods_writes_one_folder_per_method(tmp_path, images, capsys):
     out = tmp_path / "out"
     torch.manual_seed(0)  # the same random weights for every run below
@@ -103,6 +103,7 @@ def test_segment_several_methods_writes_one_folder_per_method(tmp_path, images, 
     assert not [f for f in tmp_path.iterdir() if "staging" in f.name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["non_image", "corrupt", "empty_words", "too_many_words", "missing", "bad_method",
                                   "bad_method_in_list", "empty_method_list",
                                   "zero_shifts", "too_many_shifts", "zero_image_size", "huge_image_size",
@@ -157,6 +158,7 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_files(tmp_path, images, ca
     assert not [f for f in tmp_path.iterdir() if "staging" in f.name]
 
 
+@pytest.mark.slow
 def test_default_method_is_pacl_with_a_head_else_scclip(tmp_path, images, capsys):
     torch.manual_seed(0)
     tiny = load_backbone("PACL-Tiny-Test:none")
@@ -169,6 +171,7 @@ def test_default_method_is_pacl_with_a_head_else_scclip(tmp_path, images, capsys
         assert ("no PACL head" in said) == (method == "scclip")
 
 
+@pytest.mark.slow
 def test_offline_real_model_is_one_line(tmp_path, images, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     res = run_cli("segment", images[0], "--words", "dog", "--out", tmp_path / "o", "--model", "vit-b-16")
@@ -183,6 +186,7 @@ def test_slide_mode_and_progress(tmp_path, images, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["img0", "img1"]
 
 
+@pytest.mark.slow
 def test_shifted_passes_are_recorded_and_change_the_maps(tmp_path, images):
     outs = {}
     for m in (1, 4):

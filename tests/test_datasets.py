@@ -16,8 +16,6 @@ from tests.helpers import H, W, write_layout
 # Raw values each benchmark's files hold: background / ignore / first / last class.
 
 
-
-
 KIND = {"voc21": "voc", "voc20": "voc", "context60": "context", "context59": "context", "cocostuff171": "cocostuff",
         "ade150": "ade"}
 

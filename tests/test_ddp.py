@@ -17,6 +17,7 @@ from pacl_core.cli import main
 from pacl_core.train.loop import read_log
 from tests.helpers import make_pairs, write_csv
 
+pytestmark = pytest.mark.slow  # torchrun: several processes (python -m pytest -m "not slow" skips it)
 TINY = "PACL-Tiny-Test:none"
 
 
@@ -32,7 +33,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert main(_args(data, tmp_path / "single")) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "pacl_core", *_args(data, tmp_path / "ddp")]
+           "-m", "tests.pacl_cli", *_args(data, tmp_path / "ddp")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 processes" in proc.stdout
@@ -51,9 +52,9 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 
 def _evaluate(root, weights, head, out):
-    return ["-m", "pacl_core", "evaluate", "--dataset", "voc21", "--root", str(root), "--model", "PACL-Tiny-Test",
-            "--pretrained", str(weights), "--method", "vanilla,pacl", "--head", str(head), "--json", "--no-progress",
-            "--out", str(out)]
+    return ["-m", "tests.pacl_cli", "evaluate", "--dataset", "voc21", "--root", str(root), "--model",
+            "PACL-Tiny-Test", "--pretrained", str(weights), "--method", "vanilla,pacl", "--head", str(head), "--json",
+            "--no-progress", "--out", str(out)]
 
 
 def test_two_gloo_processes_evaluate_exactly_like_one(tmp_path):

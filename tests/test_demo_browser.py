@@ -21,7 +21,7 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgr
                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 PHOTOS = {"chelsea.jpg", "coffee.jpg", "astronaut.jpg"}
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow,  # a real browser on a live server (python -m pytest -m "not slow" skips it)
               pytest.mark.skipif(not Path(CHROMIUM).is_file() and shutil.which("chromium") is None,
                                  reason="Debian's chromium is not installed (.ci/run installs it)")]
 

@@ -154,6 +154,7 @@ def count_trunks(monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.slow
 def test_an_explicit_resolution_runs_every_method_in_one_shared_pass(registry, photo, monkeypatch):
     calls = count_trunks(monkeypatch)
     result = h.compare(registry, str(photo), "sky, grass", list(METHODS), MODEL, 0.0, "96")
@@ -167,6 +168,7 @@ def test_an_explicit_resolution_runs_every_method_in_one_shared_pass(registry, p
         np.testing.assert_allclose(alone.segmentation.low_scores, p.segmentation.low_scores, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_model_default_shares_the_pass_among_methods_of_one_protocol(registry, photo, monkeypatch):
     result = h.compare(registry, str(photo), "sky, grass", list(METHODS), MODEL)
     status = {p.method: p.status for p in result.panels}
@@ -198,6 +200,7 @@ def test_shifted_passes_reach_the_segmenter_status_and_archive(registry, photo):
     assert json.loads(zipfile.ZipFile(shifted.download).read("settings.json"))["shifts"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refine", ["affinity", "pamr"])
 def test_refinement_reaches_the_segmenter_status_and_archive(registry, photo, refine):
     plain = h.compare(registry, str(photo), "sky, grass", ["pacl"], MODEL)

@@ -18,6 +18,7 @@ from demo.ui import QUEUE_SIZE
 from pacl_core.methods import METHODS
 from tests.helpers import demo_model, serving
 
+pytestmark = pytest.mark.slow  # a live demo server (python -m pytest -m "not slow" skips it)
 SLOT = 3  # outputs per method slot: status, overlay, heatmap sheet
 
 
@@ -161,6 +162,8 @@ def test_method_ticks_follow_the_model(server, model_and_registry):
     assert switched.value == ["vanilla", "pacl"]
     switched = make_method_defaults(headless)("tiny, no head")
     assert switched.value == ["vanilla", "scclip"] and "no trained PACL head" in switched.info
+
+
 # ---- "Train PACL yourself" over HTTP -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def train_server(tmp_path_factory):

@@ -13,6 +13,7 @@ from pacl_core.checkpoint import load_head
 from pacl_core.errors import PACLError
 from pacl_core.toy.live import LiveConfig, check_scene
 
+pytestmark = pytest.mark.slow  # live training in the demo (python -m pytest -m "not slow" skips it)
 TINY = LiveConfig(pool=32, check=4, every=5)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,17 +25,35 @@ def registry():
 
 @pytest.fixture(scope="module")
 def run(registry):
-    trainings = tr.Trainings()
-    views = list(tr.train(registry, trainings, "alice", scene=2, word="background", steps=10, live=TINY))
-    return trainings, views
+    trainings, snaps = tr.Trainings(), []
+    to_view = tr.to_view
+    tr.to_view = lambda snap, *args, **kwargs: snaps.append(snap) or to_view(snap, *args, **kwargs)
+    try:
+        views = list(tr.train(registry, trainings, "alice", scene=2, word="background", steps=10, live=TINY))
+    finally:
+        tr.to_view = to_view
+    return trainings, views, snaps
+
+
+def curves(snap):
+    """The numbers behind the two plots of a view: (loss rows, check rows)."""
+    loss = [{"step": i + 1, "loss": v} for i, v in enumerate(snap.losses)]
+    checks = [row for c in snap.checks for row in (
+        {"step": c["step"], "measure": "PACL mIoU", "value": c["miou"]},
+        {"step": c["step"], "measure": "PACL patch accuracy", "value": c["patch_acc"]},
+        {"step": c["step"], "measure": "vanilla CLIP mIoU", "value": snap.vanilla["miou"]})]
+    return loss, checks
 
 
 def test_a_live_run_shows_progress_and_leaves_a_head_for_its_session(registry, run):
-    trainings, views = run
-    assert [v.done for v in views] == [False, False, True]
+    trainings, views, snaps = run
+    assert [v.done for v in views] == [False, False, True] and len(snaps) == len(views)
     assert views[0].status.startswith("Made 32 training scenes") and "Done in" in views[-1].status
-    assert [row["step"] for row in views[-1].loss] == list(range(1, 11))
-    assert {row["measure"] for row in views[-1].checks} == {"PACL mIoU", "PACL patch accuracy", "vanilla CLIP mIoU"}
+    loss, checks = curves(snaps[-1])
+    assert [row["step"] for row in loss] == list(range(1, 11))
+    assert {row["measure"] for row in checks} == {"PACL mIoU", "PACL patch accuracy", "vanilla CLIP mIoU"}
+    assert [row["step"] for row in checks] == [0, 0, 0, 5, 5, 5, 10, 10, 10]
+    assert not np.array_equal(views[0].loss_plot, views[-1].loss_plot), "the curves are redrawn"
     for v in views:  # vanilla CLIP's pictures never change; PACL's are redrawn
         assert np.array_equal(v.vanilla_mask, views[0].vanilla_mask)
         assert np.array_equal(v.vanilla_heat, views[0].vanilla_heat)
@@ -51,7 +70,7 @@ def test_a_live_run_shows_progress_and_leaves_a_head_for_its_session(registry, r
 
 
 def test_the_trained_head_runs_in_compare_and_the_teaching_view(registry, run, tmp_path):
-    _, views = run
+    _, views, _ = run
     label = views[-1].model_label
     image = check_scene(2)
     result = h.compare(registry, image, "background, star, ring", ["vanilla", "pacl"], label, package=False)
@@ -83,7 +102,7 @@ def test_a_closed_tab_stops_its_run_and_forgets_its_heads(registry):
     rest = list(gen)
     assert rest[-1].done and "Stopped" in rest[-1].status and rest[-1].model_label is None
     assert label not in registry.labels and not any(f.exists() for f in files)
-    assert trainings.heads("dave") == []
+    assert trainings._heads.get("dave", []) == []
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -85,6 +85,7 @@ def test_voc21_all_background_gives_the_hand_computed_miou(tmp_path, backbone):
     assert np.asarray(res["confusion"]).sum() == total  # the 255 boundary pixels are not counted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, user", [(m, {}) for m in METHODS if m != "pacl"] + [("pacl", {}),
                                            ("pacl", {"shifts": 2}), ("vanilla", {"shifts": 2})])
 def test_confusion_equals_the_segmenter_output_on_every_method(tmp_path, backbone, method, user):
@@ -111,6 +112,7 @@ def test_confusion_equals_the_segmenter_output_on_every_method(tmp_path, backbon
     assert res["miou"] == pytest.approx(metrics_from_confusion(conf, ds.spec.classes)["miou"])
 
 
+@pytest.mark.slow
 def test_cli_writes_table_plot_and_json(tmp_path, capsys):
     root, _ = write_layout(tmp_path, "ade", n=2)
     out = tmp_path / "eval"
@@ -137,6 +139,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and "no image folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_toy_dataset_runs_the_toy_evaluation_with_the_given_options(tmp_path, capsys):
     write_split(tmp_path / "toy", split="test", seed=1, n=4)
     rc = main(["evaluate", "--dataset", "toy", "--root", str(tmp_path / "toy"), "--model", TINY, "--json",
@@ -177,6 +180,7 @@ def test_toy_world_with_shifted_passes_says_so(tmp_path, capsys):
     assert rc == 0 and "masks from 2x2 shifted passes" in out and "vanilla: miou" in out, out
 
 
+@pytest.mark.slow
 def test_several_methods_in_one_pass_equal_each_method_alone(tmp_path, backbone):
     root, _ = write_layout(tmp_path, "voc", n=2)
     head = save_head(tmp_path / "head", VisionEmbedder(backbone.width, backbone.embed_dim), backbone)

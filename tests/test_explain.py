@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pacl_core.errors import PACLError
-from pacl_core.explain import draw_grid, explain, head_tau
+from pacl_core.explain import explain, head_tau
 from pacl_core.pacl import VisionEmbedder
 from pacl_core.segment import Segmenter, patch_scores, resized_shape
 
@@ -110,21 +110,6 @@ def test_rows_index_and_errors(ex, pacl_segmenter, picture):
         explain(pacl_segmenter, picture, WORDS, tau=0.0)
     with pytest.raises(PACLError, match="no words"):
         explain(pacl_segmenter, picture, " , ")
-
-
-def test_draw_grid_paints_one_flat_block_per_patch():
-    image = np.full((40, 60, 3), 128, np.uint8)
-    values = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
-    out = draw_grid(image, values, max_lines=0)
-    assert out.dtype == np.uint8 and out.ndim == 3
-    H, W = out.shape[:2]
-    quads = [out[: H // 2, : W // 2], out[: H // 2, W // 2:], out[H // 2:, : W // 2], out[H // 2:, W // 2:]]
-    for q in quads:  # flat inside each patch
-        assert np.all(q == q[0, 0])
-    colours = {tuple(q[0, 0]) for q in quads}
-    assert len(colours) == 4  # four different values, four colours
-    lined = draw_grid(image, values)  # grid lines between patches
-    assert not np.array_equal(lined, out)
 
 
 def test_both_sides_are_each_methods_own_explanation_at_the_heads_tau(pacl_segmenter, tiny, picture):

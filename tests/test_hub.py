@@ -126,13 +126,14 @@ def test_a_head_for_another_backbone_is_refused(hub, tiny, head_files, tmp_path)
         load_head("hf-hub:org/state", tiny)
 
 
+@pytest.mark.slow
 def test_offline_without_a_cache_is_one_line_exit_2_naming_the_repo(tmp_path):
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1",
                PYTHONPATH=os.getcwd())
     env.pop("HF_HUB_CACHE", None)
-    cmd = [sys.executable, "-m", "pacl_core", "segment", str(img), "--words", "a,b", "--method", "pacl", "--head",
+    cmd = [sys.executable, "-m", "tests.pacl_cli", "segment", str(img), "--words", "a,b", "--method", "pacl", "--head",
            "hf-hub:some-org/pacl-head", "--model", TINY, "--out", str(tmp_path / "out")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -39,6 +39,7 @@ def test_one_pixel_image(tmp_path):
     assert load_image(tmp_path / "one.png").tolist() == [[[10, 20, 30]]]
 
 
+@pytest.mark.slow
 def test_huge_image_is_downscaled(tmp_path):
     path = tmp_path / "huge.png"
     Image.new("RGB", (10000, 10000), (200, 100, 50)).save(path)

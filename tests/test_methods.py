@@ -124,6 +124,7 @@ def vitb_runs(vitb):
 
 
 # ---- fast path == reference ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_vitb_matches_reference(vitb, vitb_runs):
     x_in, grid = last_block_input(vitb, vitb_runs["images"])
     assert grid == (6, 9)
@@ -154,6 +155,7 @@ def test_vanilla_reference_is_open_clips_own_block(multihead):
         torch.testing.assert_close(reference_last_block(block, x[0], (3, 4), "vanilla"), block(x)[0])
 
 
+@pytest.mark.slow
 def test_methods_differ(vitb_runs):
     emb = {m: F.normalize(t[:, 1:], dim=-1) for m, t in vitb_runs["runs"].items()}
     for i, a in enumerate(ALL):
@@ -182,6 +184,7 @@ def test_cls_token_per_method(multihead):
 
 
 # ---- one backbone for every method, never modified ---------------------------------------------
+@pytest.mark.slow
 def test_vanilla_unchanged_after_every_method(vitb, vitb_runs, multihead):
     assert torch.equal(vitb_runs["vanilla_again"], vitb_runs["runs"]["vanilla"])
     now = {n: (p.data_ptr(), p._version) for n, p in vitb.model.named_parameters()}
@@ -208,6 +211,7 @@ def test_unknown_method_lists_valid_ones(tiny, tmp_path, capsys):
 
 
 # ---- per-method defaults -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_segmenter_takes_method_defaults(vitb, tiny):
     s = Segmenter(vitb, "sclip")
     assert (s.mode, s.image_size, s.window, s.stride, s.logit_scale) == ("slide", 336, 224, 112, 40.0)

@@ -135,6 +135,7 @@ def trunk(biased):
 
 
 # ---- against the reference ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_last_block_matches_reference_batched_and_unbatched(biased, trunk):
     images, x, grid, outs = trunk
     last = biased.model.visual.transformer.resblocks[-1]
@@ -149,6 +150,7 @@ def test_last_block_matches_reference_batched_and_unbatched(biased, trunk):
     assert not torch.allclose(fast, last(x), atol=1e-3), "scclip must differ from the vanilla block"
 
 
+@pytest.mark.slow
 def test_backbone_tokens_match_reference_and_leave_vanilla_unchanged(biased, trunk):
     images = trunk[0]
     state = {k: v.clone() for k, v in biased.model.state_dict().items()}

@@ -54,6 +54,7 @@ def test_patch_scores_are_cosines(tiny):
     torch.testing.assert_close(got, ref.permute(0, 2, 1).reshape(2, 3, 4, 4))
 
 
+@pytest.mark.slow
 def test_whole_mode_keeps_the_aspect_ratio(vitb, rng):
     seg = Segmenter(vitb, image_size=448)(random_image(rng, 300, 500), ["sky"])
     assert seg.patch_scores.shape == (1, 28, 46)  # 448x747 px (mmcv's rule), the 11 px remainder dropped
@@ -227,11 +228,13 @@ def test_shifted_scores_keep_a_constant_and_follow_a_moved_edge():
     # a vertical edge inside a patch: one pass blurs it over the whole patch pair, the shifted passes locate it
     edge = torch.zeros(1, 1, 32, 32, dtype=torch.float64)
     edge[..., 13:] = 1.0
+
     def error(m):
         return float((shifted_scores(lambda x: _patch_means(x, 8), edge, 8, m) - edge).abs().mean())
     assert error(4) < error(2) < error(1), (error(1), error(2), error(4))
 
 
+@pytest.mark.slow
 def test_segmenter_shifts(tiny, rng):
     img = random_image(rng, 40, 56)
     plain = Segmenter(tiny, image_size=48)(img, "dog, grass, sky")

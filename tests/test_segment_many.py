@@ -117,6 +117,7 @@ def assert_same(shared, alone, label):
     assert np.array_equal(shared.mask, alone.mask), label
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 @pytest.mark.parametrize("shifts,refine", [(1, None), (2, None), (1, "affinity"), (2, "pamr")])
 def test_segment_many_equals_one_method_at_a_time(deep, head, monkeypatch, mode, shifts, refine):

@@ -16,6 +16,7 @@ from pacl_core.cli import main
 from pacl_core.train.loop import Trainer, read_log
 from tests.helpers import make_pairs, write_csv
 
+pytestmark = pytest.mark.slow  # tower passes and training epochs (python -m pytest -m "not slow" skips it)
 TINY = "PACL-Tiny-Test:none"
 FP16_TOLERANCE = 1e-3  # loss difference allowed with a float16 cache (measured: about 2e-4 on this run)
 

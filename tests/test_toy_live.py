@@ -12,6 +12,7 @@ from pacl_core.toy import model as toymodel
 from pacl_core.toy import world as toyworld
 from pacl_core.toy.evaluate import evaluate_toy
 
+pytestmark = pytest.mark.slow  # live training (python -m pytest -m "not slow" skips it)
 TINY = toylive.LiveConfig(steps=6, pool=32, check=4, every=3, seed=2)
 
 

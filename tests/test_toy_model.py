@@ -60,6 +60,7 @@ def report(toy, test_split):
     return evaluate_toy(test_split, toy, roc_png=test_split / "roc.png")
 
 
+@pytest.mark.slow
 def test_evaluation_report_is_complete(report, test_split):
     result = report
     for method in ("vanilla", "pacl"):
@@ -74,6 +75,7 @@ def test_evaluation_report_is_complete(report, test_split):
     assert (test_split / "roc.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_pacl_segments_small_split_above_a_floor(report):
     """On 24 fresh held-out scenes (not the shipped 200) PACL must clearly segment; measured: 0.549 / 0.905 vs
     vanilla 0.049 / 0.072. The floors leave room for torch/platform drift, not for a broken head."""
@@ -84,6 +86,7 @@ def test_pacl_segments_small_split_above_a_floor(report):
     assert pacl["patch_acc_parts"]["objects_among_shapes"] >= 0.55, pacl["patch_acc_parts"]
 
 
+@pytest.mark.slow
 def test_shifted_passes_sharpen_the_masks_not_the_patches(toy, test_split, report):
     """2 x 2 half-patch-shifted passes: on the same 24 scenes measured 0.692 against 0.549 for one pass. The patch
     metrics come from the unshifted grid, so they must not move at all."""
@@ -108,6 +111,7 @@ def test_passes_averaged_as_probabilities_beat_averaged_cosines(toy, test_split)
     labels = np.stack([subset_labels(it)["all"] for it in items])  # (24, 96, 96)
     text = toy.text_embeddings(list(CLASSES))
     seg = Segmenter(toy, "pacl", shifts=2)
+
     def miou(scores):
         return mean_iou(confusion_matrix(scores.argmax(1).numpy(), labels, len(CLASSES)))
     ensemble = miou(view_scores([seg], x, [text])[0])
@@ -115,6 +119,7 @@ def test_passes_averaged_as_probabilities_beat_averaged_cosines(toy, test_split)
     assert ensemble >= cosines + 0.02, (ensemble, cosines)
 
 
+@pytest.mark.slow
 def test_affinity_refinement_cleans_the_masks_not_the_patches(toy, test_split, report):
     """refine="affinity" (a random walk over each scene's patches, weighted by PACL's own embeddings): on the same
     24 scenes measured 0.586 against 0.549 (2x2 shifted passes: 0.716 against 0.692). The patch metrics are
@@ -127,6 +132,7 @@ def test_affinity_refinement_cleans_the_masks_not_the_patches(toy, test_split, r
         assert refined[method]["coherence_auc"] == report[method]["coherence_auc"]
 
 
+@pytest.mark.slow
 def test_shipped_numbers_reproduce(toy, tmp_path):
     """The numbers recorded in the shipped JSON (and the README) come back from the same held-out scenes."""
     recorded = json.loads(toymodel.clip_path().with_suffix(".json").read_text())["training"]["eval"]
@@ -163,6 +169,7 @@ def test_examples_listed_and_segmented_by_cli(tmp_path, no_network):
     assert result["backbone"] == "PACL-Toy" and result["method"] == "pacl"
 
 
+@pytest.mark.slow
 def test_oracle_is_a_ceiling_and_exact_at_pixel_level(toy, test_split):
     from pacl_core.toy.evaluate import oracle_miou
     from pacl_core.toy.world import ToyDataset
@@ -181,6 +188,7 @@ def test_oracle_is_a_ceiling_and_exact_at_pixel_level(toy, test_split):
     assert evaluate_toy(test_split, toy, roc_png=False, methods=("pacl",), shifts=2)["oracle_miou"] == shifted
 
 
+@pytest.mark.slow
 def test_object_patch_probe_labels_and_cli(toy, capsys, tmp_path, monkeypatch):
     from pacl_core.cli import evaluate as evaluate_command
     from pacl_core.probes import patch_majority_labels
@@ -227,6 +235,7 @@ def test_toy_evaluation_bad_limit_and_unwritable_figure_fail_before_evaluating(t
         te.evaluate_toy(split, toy, roc_png=tmp_path / "a_file" / "roc.png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shifts, refine", [(1, None), (2, "affinity"), (1, "pamr")])
 def test_several_methods_share_one_trunk_and_equal_each_alone(toy, test_split, monkeypatch, shifts, refine):
     """evaluate_toy with k methods runs the trunk, at each input size, as often as one method of that size does

@@ -1,6 +1,7 @@
 """Patch probes (patch accuracy, semantic coherence, attention on target) on hand-made embeddings with known answers."""
 
 import numpy as np
+import pytest
 import torch
 
 from pacl_core.probes import (
@@ -115,6 +116,7 @@ def test_attention_on_target_is_near_one_for_aligned_and_uniform_for_random_text
     assert attention_on_target(emb, np.zeros_like(labels), centres, tau=0.1, exclude=(0,))["pairs"] == 0
 
 
+@pytest.mark.slow
 def test_probe_learns_separable_features_and_not_random_labels():
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 4, (600,), generator=g)

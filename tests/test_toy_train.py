@@ -14,6 +14,7 @@ from pacl_core.toy import model as toymodel
 from pacl_core.toy import world as toyworld
 from pacl_core.toy.train import ToyTrainConfig, _batches, make_pool, steps_per_epoch, train_clip, train_pacl
 
+pytestmark = pytest.mark.slow  # trains toy towers and heads (python -m pytest -m "not slow" skips it)
 TINY = dict(clip_phases=((48, 14, 32), (96, 14, 32)), variants=4, clip_batch=32, clip_warmup=2, pacl_steps=14,
             pacl_batch=32, threads=1)
 

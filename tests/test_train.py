@@ -23,8 +23,6 @@ from tests.helpers import make_pairs, write_csv
 TINY = "PACL-Tiny-Test:none"
 
 
-
-
 BROKEN = (b"\xff\xd8\xff\xe0 this is not a jpeg", "a broken picture")  # undecodable image
 EMPTY = None  # replaced by a valid image with an empty caption
 
@@ -35,8 +33,6 @@ def with_bad(pairs):
     bad.insert(2, BROKEN)
     bad.insert(5, (pairs[0][0], "   "))
     return bad
-
-
 
 
 def write_coco(root: Path, pairs) -> Path:
@@ -178,6 +174,7 @@ def run20(tmp_path_factory):
     return data, root / "run"
 
 
+@pytest.mark.slow
 def test_twenty_steps_lower_the_loss(run20):
     _, out = run20
     log = read_log(out)
@@ -189,6 +186,7 @@ def test_twenty_steps_lower_the_loss(run20):
     assert [p.stem for p in list_checkpoints(out)] == ["step_00000020", "step_00000010"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(run20, tmp_path, capsys):
     data, out = run20
     copy = tmp_path / "run"
@@ -207,6 +205,7 @@ def test_resume_continues_exactly(run20, tmp_path, capsys):
     assert all(torch.equal(ha[k], hb[k]) for k in ha)
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_and_damaged_checkpoints_fall_back(run20, tmp_path, capsys):
     data, out = run20
     copy = tmp_path / "run"
@@ -227,6 +226,7 @@ def test_no_usable_pairs_is_a_clear_error(tmp_path, capsys):
     assert "no usable image-caption pair" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bfloat16_autocast_gives_the_float32_loss_closely(run20, tmp_path):
     data, out = run20
     args = _train_args(data, tmp_path / "bf16", "--precision", "amp_bf16")

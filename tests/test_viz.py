@@ -80,20 +80,6 @@ def test_heatmaps_at_display_size(tiny):
     ref = full.reshape(2, 200, 3, 300, 3).mean(axis=(2, 4))
     assert np.abs(shrunk - ref).max() < 0.05
     assert display_size((100, 50), 1000) == (640, 320) and display_size((2000, 1000), 500) == (500, 250)
-def test_plot_lines_draws_each_curve_into_a_picture():
-    from pacl_core.viz import plot_lines
-
-    one = plot_lines({"loss": ([1, 2, 3], [3.0, 2.0, 1.0])}, "t", "step", "loss", size=(4, 2))
-    assert one.shape == (200, 400, 3) and one.dtype == np.uint8
-    other = plot_lines({"loss": ([1, 2, 3], [1.0, 2.0, 3.0])}, "t", "step", "loss", size=(4, 2))
-    assert not np.array_equal(one, other), "the curve is drawn from the data"
-    two = plot_lines({"a": ([0, 1], [0.2, 0.4]), "b": ([0, 1], [0.6, 0.8])}, "t", "step", "", ylim=(0, 1), size=(4, 2))
-
-    def has(img, rgb):  # matplotlib's first two line colours, C0 blue and C1 orange
-        return bool((np.abs(img.astype(int) - rgb).sum(-1) < 30).any())
-
-    assert has(one, (31, 119, 180)) and not has(one, (255, 127, 14))
-    assert has(two, (31, 119, 180)) and has(two, (255, 127, 14)), "one colour per curve"
 
 
 def test_contact_sheet_puts_tiles_row_by_row_in_cells_of_the_largest():

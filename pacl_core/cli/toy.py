@@ -65,9 +65,6 @@ def add_parser(sub) -> None:
     t.add_argument("--pacl-captions", default=None, choices=("mentions", "scene"),
                    help="stage 2's captions: 'mentions' name one thing per scene (the shipped recipe), 'scene' "
                         "the whole scene")
-    t.add_argument("--registers", type=int, default=None,
-                   help="register tokens in the vision tower (default: the shipped recipe's, 0); they keep "
-                        "image-wide information out of the background patches")
     t.add_argument("--tower-candidates", default=None,
                    help="comma-separated steps of the last stage-1 phase at which to keep the tower as a further "
                         "candidate, e.g. 125; stage 2 runs on each and the tower whose head has the lowest "
@@ -107,7 +104,7 @@ def _per_phase(text: str | None, name: str, n_phases: int) -> list[int] | None:
     return values
 
 
-STAGE1_OPTIONS = ("clip_steps", "registers", "tower_candidates")  # options of stage 1, which --clip skips
+STAGE1_OPTIONS = ("clip_steps", "tower_candidates")  # options of stage 1, which --clip skips
 
 
 def run_train(args) -> int:
@@ -125,8 +122,6 @@ def run_train(args) -> int:
         raise PACLError(f"--pacl-lr must be in (0, 1], got {args.pacl_lr}")
     if args.eval_n < 0:
         raise PACLError("--eval-n must be 0 or more")
-    if args.registers is not None and not 0 <= args.registers <= 64:
-        raise PACLError(f"--registers must be between 0 and 64, got {args.registers}")
     if args.clip is not None:
         given = [f"--{k.replace('_', '-')}" for k in STAGE1_OPTIONS if getattr(args, k) is not None]
         if given:
@@ -142,8 +137,7 @@ def run_train(args) -> int:
     out = check_out_folder(args.out)
     phases = tuple((p[0], s, q) for p, s, q in zip(cfg.clip_phases, steps, pools))
     overrides = {"seed": args.seed, "pacl_steps": args.pacl_steps, "pacl_lr": args.pacl_lr, "threads": args.threads,
-                 "pacl_captions": args.pacl_captions, "registers": args.registers,
-                 "tower_candidates": candidates or None}
+                 "pacl_captions": args.pacl_captions, "tower_candidates": candidates or None}
     cfg = ToyTrainConfig(clip_phases=phases, **{k: v for k, v in overrides.items() if v is not None})
     if args.clip is not None:
         info = train_head(out, args.clip, cfg, progress=True, evaluate_n=args.eval_n)

@@ -160,13 +160,6 @@ def reduce_confusion(conf: np.ndarray) -> np.ndarray:
     return global_sum(torch.from_numpy(conf).to(device)).cpu().numpy()
 
 
-def evaluate_dataset(dataset: SegDataset, segmenter, words: list[str], word_class: np.ndarray,
-                     progress: bool = True, desc: str = "evaluate") -> dict:
-    """Segment every image of the dataset (this process's share under torchrun); return the confusion matrix,
-    summed over the processes, and the metrics computed from it."""
-    return evaluate_dataset_many(dataset, [segmenter], words, word_class, progress, desc)[segmenter.method]
-
-
 def evaluate_dataset_many(dataset: SegDataset, segmenters, words: list[str], word_class: np.ndarray,
                           progress: bool = True, desc: str = "evaluate") -> dict:
     """{method: metrics} for several segmenters (one per method) in one pass over this process's share of the

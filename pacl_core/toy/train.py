@@ -56,7 +56,6 @@ class ToyTrainConfig:
     clip_batch: int = 128
     clip_lr: float = 2e-3
     clip_warmup: int = 40
-    registers: int = 0  # register tokens in the vision tower (toymodel.RegisterVisionTransformer); 0: plain ViT
     weight_decay: float = 0.05
     pacl_steps: int = 1000
     pacl_batch: int = 128
@@ -77,8 +76,6 @@ class ToyTrainConfig:
             raise PACLError(f"pacl_captions must be one of {PACL_CAPTIONS}, got {self.pacl_captions!r}")
         if self.mention_draws < 1:
             raise PACLError(f"mention_draws must be at least 1, got {self.mention_draws}")
-        if self.registers < 0:
-            raise PACLError(f"registers must be at least 0, got {self.registers}")
         if not 0 < self.pacl_lr <= 1:
             raise PACLError(f"pacl_lr must be in (0, 1], got {self.pacl_lr}")
         last = int(self.clip_phases[-1][1])
@@ -326,7 +323,7 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
-    model = toymodel.create_toy_clip(registers=cfg.registers)
+    model = toymodel.create_toy_clip()
     assert cfg.image_size == model.visual.image_size[0], "the last phase must run at the model's native size"
     tokenizer = open_clip.get_tokenizer(toymodel.CONFIG_NAME)
     clip_losses, seconds, kept = [], {}, {}
@@ -401,7 +398,7 @@ def pick_tower(out, kept: dict, final: tuple, images, captions, cfg: ToyTrainCon
     scores = {last: held_out_pacl_loss(final[1], final[2], cfg)}
     best = (last, final)
     for step, state in sorted(kept.items()):
-        model = toymodel.create_toy_clip(state, registers=cfg.registers).eval().requires_grad_(False)
+        model = toymodel.create_toy_clip(state).eval().requires_grad_(False)
         toymodel.save_clip(Path(out) / f"candidate_{step}", model, info)
         backbone = toymodel.load_toy_backbone(root=Path(out) / f"candidate_{step}", with_head=False)
         head, losses = train_pacl(backbone, images, captions, cfg, progress)

@@ -323,12 +323,6 @@ def make_scene(seed: int, index: int, split: str = "train", size: int = DEFAULT_
     return Scene(image, mask, instances, make_caption(objects, bg, rng), objects, bg)
 
 
-def make_batch(seed: int, start: int, n: int, split: str = "train", size: int = DEFAULT_SIZE, variants: int = 1):
-    """Scenes start..start+n-1, each in `variants` variants -> (n*variants, H, W, 3) uint8 images, captions."""
-    scenes = [make_scene(seed, start + i, split, size, v) for i in range(n) for v in range(variants)]
-    return np.stack([s.image for s in scenes]), [s.caption for s in scenes]
-
-
 # ---- on disk ----------------------------------------------------------------------------------
 def write_split(out, split: str = "test", seed: int = 0, n: int = 200, size: int = DEFAULT_SIZE,
                 progress: bool = False) -> Path:

@@ -162,8 +162,3 @@ class TokenCache:
         self._next += 1
         self._pending_img, self._pending_txt, self._pending_bytes = {}, {}, 0
         self.refresh()
-
-    def nbytes_per_image(self) -> int:
-        """Bytes of one image's patch tokens in this cache's dtype."""
-        m = self.manifest
-        return int(m["tokens"]) * int(m["width"]) * np.dtype(self.dtype).itemsize
