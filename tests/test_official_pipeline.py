@@ -105,11 +105,9 @@ def names_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def project():
-    """The project's entry point and a Backbone on the same open_clip model; skips until the function exists."""
-    try:
-        from pacl_core.eval.evaluate import segment_for_benchmark
-    except ImportError as e:
-        pytest.skip(f"pacl_core.eval.evaluate.segment_for_benchmark is not available yet ({e})")
+    """The project's entry point: one photo segmented as `evaluate` segments a benchmark's images."""
+    from pacl_core.eval.evaluate import segment_for_benchmark
+
     return segment_for_benchmark
 
 
@@ -121,8 +119,12 @@ def backbone(project, model):
 
 
 # ---- the project against the reference --------------------------------------------------------------
+QUICK = {("sclip", "voc21"), ("naclip", "voc21"), ("clearclip", "context60")}  # the quick loop's share
+
+
 @pytest.mark.parametrize("image", list(SIZES))
-@pytest.mark.parametrize("method, dataset", CASES)  # not "benchmark": pytest-benchmark owns that name
+@pytest.mark.parametrize("method, dataset", [c if c in QUICK else pytest.param(*c, marks=pytest.mark.slow)
+                                             for c in CASES])  # not "benchmark": pytest-benchmark owns that name
 def test_project_equals_official(project, backbone, model, names_files, method, dataset, image):
     want_scores, want_labels = op.official_segment(model, method, dataset, IMAGES[image], names_files[dataset])
     seg, labels = project(backbone, dataset, method, IMAGES[image], names_file=str(names_files[dataset]))
