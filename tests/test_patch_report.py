@@ -175,7 +175,7 @@ def scene():
 def test_a_click_reads_the_kept_pass_and_equals_the_api(toy_registry, scene, monkeypatch):
     from demo.models import TOY_LABEL
     from demo.patch import PassCache, point_at
-    from pacl_core.toy.model import ToyBackbone
+    from pacl_core.backbone import Backbone as ToyBackbone  # the toy tower is a plain Backbone
 
     cache = PassCache()
     first = point_at(toy_registry, cache, "s1", scene, TOY_WORDS, ["vanilla", "pacl"], TOY_LABEL, x=70, y=20)
