@@ -1,0 +1,177 @@
+"""What a Segment request costs before it runs, and the two lanes requests run in.
+
+A request's cost is counted in bare forwards of its model at the model's native size (one "unit"): for every
+input geometry the ticked methods share, the shifted passes × the windows × what one pass at that size costs,
+plus a little per extra method on the shared trunk, plus PAMR's pixel work. What one pass costs at r times the
+native number of patches is t(r) = a·r + b·r² (the MLP grows with the patches, attention with their square),
+with a and b fitted per model from two timed bare forwards (native size and twice its side) the first time the
+model is used. Units × the native forward's seconds is the estimate.
+
+Requests estimated at most LIGHT_SECONDS run in the light lane, on the registry's own backbones, as before.
+Heavier ones, up to BUDGET_SECONDS, run one at a time in the heavy lane, on a second copy of the model (see
+ModelRegistry.heavy_lane), so they never hold the lock light requests wait on; a heavy request that finds the
+lane busy is told so at once. Anything estimated above BUDGET_SECONDS is refused with a message that names its
+cost and what to lower. Nothing here imports gradio.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pacl_core.errors import PACLError
+
+log = logging.getLogger(__name__)
+
+LIGHT_SECONDS = 6.0  # estimated seconds up to which a request runs in the light lane
+BUDGET_SECONDS = 40.0  # estimated seconds above which a request is refused (every accepted one ends within 60 s)
+EXTRA_METHOD = 0.15  # what each further method on a shared trunk adds: its own last block, about 1 / depth
+PAMR_SECONDS_PER_MEGA = 0.25  # PAMR's seconds per million (word × pixel) scores of the image, on 2 vCPUs
+FALLBACK_UNIT = (0.05, 1.0, 0.0)  # (seconds of a native forward, a, b) when the forward cannot be timed
+
+
+@dataclass
+class Cost:
+    """A request's estimated cost."""
+
+    units: float  # bare native-size forwards
+    seconds: float  # units × the model's native forward, plus PAMR
+    passes: int  # trunk passes (windows × shifted views, over all geometries)
+    unit_seconds: float
+
+    @property
+    def lane(self) -> str:
+        return "light" if self.seconds <= LIGHT_SECONDS else "heavy"
+
+
+_units: dict[str, tuple[float, float, float]] = {}  # model spec -> (native forward seconds, a, b)
+_units_lock = threading.Lock()
+
+
+def _time_forward(backbone, side: int, repeats: int = 2) -> float:
+    """Median seconds of one bare forward (patch tokens) of a side × side image."""
+    x = backbone.preprocess(np.zeros((side, side, 3), np.uint8), (side, side))
+    times = []
+    with torch.no_grad():
+        backbone.patch_tokens(x)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            backbone.patch_tokens(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_unit(backbone) -> tuple[float, float, float]:
+    """(seconds of a native forward, a, b) with t(r) = a·r + b·r² in native forwards, r the patch-count ratio."""
+    try:
+        native = backbone.native_size
+        t1, t4 = _time_forward(backbone, native), _time_forward(backbone, 2 * native)
+    except Exception:  # a backbone that cannot be timed this way: a cautious constant, and say so in the log
+        log.warning("could not time a bare forward; using %s s", FALLBACK_UNIT[0], exc_info=True)
+        return FALLBACK_UNIT
+    b = max(0.0, (t4 / t1 - 4.0) / 12.0)  # t(4) = 4a + 16b with a + b = 1
+    return t1, 1.0 - b, b
+
+
+def unit_for(registry, model: str) -> tuple[float, float, float]:
+    """The model's measured unit, timed once per backbone (under its lock, so nothing else runs meanwhile)."""
+    spec = registry.choice(model).spec
+    with _units_lock:
+        if spec in _units:
+            return _units[spec]
+    backbone = registry.backbone(model)
+    with registry.lock(model):
+        unit = measure_unit(backbone)
+    log.info("model %s: a bare forward takes %.3f s; t(r) = %.2f r + %.3f r²", spec, *unit)
+    with _units_lock:
+        return _units.setdefault(spec, unit)
+
+
+def _pass_units(side_h: int, side_w: int, backbone, a: float, b: float) -> float:
+    """One trunk pass over a side_h × side_w input, in native forwards."""
+    r = (side_h * side_w) / float(backbone.native_size ** 2)
+    return a * r + b * r * r
+
+
+def _windows(n: int, win: int, stride: int) -> int:
+    return 1 if n <= win else math.ceil((n - win) / stride) + 1
+
+
+def group_units(group, shape: tuple[int, int], a: float, b: float) -> tuple[float, int]:
+    """(native forwards, trunk passes) of one geometry group of segmenters on an image of `shape` (H, W)."""
+    first = group[0]
+    views = first.shifts ** 2
+    extra = 1.0 + EXTRA_METHOD * (len(group) - 1)
+    if first.mode == "whole":
+        return views * _pass_units(first.image_size, first.image_size, first.backbone, a, b) * extra, views
+    H, W = shape
+    scale = first.image_size / min(H, W)
+    hs, ws = max(first.window, H * scale), max(first.window, W * scale)
+    n = _windows(hs, first.window, first.stride) * _windows(ws, first.window, first.stride)
+    return n * views * _pass_units(first.window, first.window, first.backbone, a, b) * extra, n * views
+
+
+def estimate(groups, shape: tuple[int, int], n_words: int, unit: tuple[float, float, float]) -> Cost:
+    """The cost of running these geometry groups (lists of segmenters) on an image of `shape` with n_words."""
+    seconds_per_unit, a, b = unit
+    units, passes, pamr = 0.0, 0, 0
+    for group in groups:
+        u, p = group_units(group, shape, a, b)
+        units, passes = units + u, passes + p
+        pamr += sum(1 for s in group if s.refine == "pamr")
+    pamr_seconds = pamr * PAMR_SECONDS_PER_MEGA * n_words * shape[0] * shape[1] / 1e6
+    return Cost(units, units * seconds_per_unit + pamr_seconds, passes, seconds_per_unit)
+
+
+def lower_what(methods: int, size: int | None, shifts: int, refine: str | None) -> str:
+    """What to lower, in the order it saves the most."""
+    advice = []
+    if shifts > 1:
+        advice.append("fewer shifted passes per axis")
+    if size is not None and size > 224:
+        advice.append("a lower input resolution (or 'model default')")
+    if refine == "pamr":
+        advice.append("no PAMR refinement")
+    if methods > 2:
+        advice.append("fewer methods")
+    return ", ".join(advice) or "a smaller image or fewer words"
+
+
+def check_budget(cost: Cost, methods: int, size: int | None, shifts: int, refine: str | None) -> None:
+    """PACLError naming the cost and what to lower when the estimate is above the budget."""
+    if cost.seconds > BUDGET_SECONDS:
+        raise PACLError(f"this request would take about {cost.seconds:.0f} s here ({cost.units:.0f} forward passes "
+                        f"of the model, {cost.passes} trunk passes), over the {BUDGET_SECONDS:.0f} s limit a request "
+                        f"may take on this shared server: choose {lower_what(methods, size, shifts, refine)}")
+
+
+class HeavyLane:
+    """One heavy request at a time; a second is told at once instead of holding a worker while it waits."""
+
+    def __init__(self):
+        self._slot = threading.Lock()
+        self._until = 0.0  # when the running heavy request is expected to end (time.monotonic)
+
+    def enter(self, cost: Cost) -> None:
+        if not self._slot.acquire(blocking=False):
+            left = max(1, round(self._until - time.monotonic()))
+            raise PACLError(f"another visitor's heavy request is running (about {left} s left); this one "
+                            f"(about {cost.seconds:.0f} s) must wait for it: try again then, or choose settings "
+                            f"that take under {LIGHT_SECONDS:.0f} s, which run at once")
+        self._until = time.monotonic() + cost.seconds
+
+    def leave(self) -> None:
+        self._slot.release()
+
+    def busy(self) -> bool:
+        return self._slot.locked()
+
+
+heavy_lane = HeavyLane()
