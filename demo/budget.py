@@ -4,8 +4,8 @@ A request's cost is counted in bare forwards of its model at the model's native 
 input geometry the ticked methods share, the shifted passes × the windows × what one pass at that size costs,
 plus a little per extra method on the shared trunk, plus PAMR's pixel work. What one pass costs at r times the
 native number of patches is t(r) = a·r + b·r² (the MLP grows with the patches, attention with their square),
-with a and b fitted per model from two timed bare forwards (native size and twice its side) the first time the
-model is used. Units × the native forward's seconds is the estimate.
+with a and b fitted per model from two timed bare forwards (twice and three times its native side) the first
+time the model is used. Units × the native forward's seconds is the estimate.
 
 Requests estimated at most LIGHT_SECONDS run in the light lane, on the registry's own backbones, as before.
 Heavier ones, up to BUDGET_SECONDS, run one at a time in the heavy lane, on a second copy of the model (see
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -56,7 +55,8 @@ _units_lock = threading.Lock()
 
 
 def _time_forward(backbone, side: int, repeats: int = 2) -> float:
-    """Median seconds of one bare forward (patch tokens) of a side × side image."""
+    """Fastest of `repeats` bare forwards (patch tokens) of a side × side image, after one warm-up: the fastest,
+    since other work on a shared machine only ever slows a run down."""
     x = backbone.preprocess(np.zeros((side, side, 3), np.uint8), (side, side))
     times = []
     with torch.no_grad():
@@ -65,19 +65,30 @@ def _time_forward(backbone, side: int, repeats: int = 2) -> float:
             start = time.perf_counter()
             backbone.patch_tokens(x)
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
+
+
+def fit_unit(t4: float, t9: float) -> tuple[float, float, float]:
+    """Seconds of forwards at 4 and 9 times the native patch count -> (seconds of one native forward, a, b) with
+    t(r) = a·r + b·r² native forwards (a + b = 1, both at least 0)."""
+    b = max(0.0, (t9 - t4 * 9 / 4) / (81 - 16 * 9 / 4))  # seconds per r², through both points
+    a = max(0.0, (t4 - 16 * b) / 4)  # seconds per r
+    if a + b <= 0:
+        return FALLBACK_UNIT
+    return a + b, a / (a + b), b / (a + b)
 
 
 def measure_unit(backbone) -> tuple[float, float, float]:
-    """(seconds of a native forward, a, b) with t(r) = a·r + b·r² in native forwards, r the patch-count ratio."""
+    """(seconds of a native forward, a, b) with t(r) = a·r + b·r² in native forwards, r the patch-count ratio,
+    fitted to bare forwards at twice and three times the native side (the native size alone is too quick to time
+    reliably on a busy machine, and attention's share only shows on larger inputs)."""
     try:
         native = backbone.native_size
-        t1, t4 = _time_forward(backbone, native), _time_forward(backbone, 2 * native)
+        t4, t9 = _time_forward(backbone, 2 * native, 3), _time_forward(backbone, 3 * native, 2)
     except Exception:  # a backbone that cannot be timed this way: a cautious constant, and say so in the log
         log.warning("could not time a bare forward; using %s s", FALLBACK_UNIT[0], exc_info=True)
         return FALLBACK_UNIT
-    b = max(0.0, (t4 / t1 - 4.0) / 12.0)  # t(4) = 4a + 16b with a + b = 1
-    return t1, 1.0 - b, b
+    return fit_unit(t4, t9)
 
 
 def unit_for(registry, model: str) -> tuple[float, float, float]:
@@ -147,9 +158,10 @@ def lower_what(methods: int, size: int | None, shifts: int, refine: str | None) 
 def check_budget(cost: Cost, methods: int, size: int | None, shifts: int, refine: str | None) -> None:
     """PACLError naming the cost and what to lower when the estimate is above the budget."""
     if cost.seconds > BUDGET_SECONDS:
-        raise PACLError(f"this request would take about {cost.seconds:.0f} s here ({cost.units:.0f} forward passes "
-                        f"of the model, {cost.passes} trunk passes), over the {BUDGET_SECONDS:.0f} s limit a request "
-                        f"may take on this shared server: choose {lower_what(methods, size, shifts, refine)}")
+        raise PACLError(f"this request would take about {cost.seconds:.0f} s here ({cost.passes} passes through the "
+                        f"model, as much work as {cost.units:.0f} plain passes at its native size), over the "
+                        f"{BUDGET_SECONDS:.0f} s a request may take on this shared server: choose "
+                        f"{lower_what(methods, size, shifts, refine)}")
 
 
 class HeavyLane:

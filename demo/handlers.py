@@ -84,7 +84,7 @@ MAX_IMAGE_PIXELS = 40_000_000  # uploads are refused above this (40 megapixels) 
 def _kind(value) -> str:
     """'a number', 'a list', ...: how a wrongly typed input is named in a message."""
     names = {bool: "a yes/no value", int: "a number", float: "a number", list: "a list", tuple: "a list",
-             dict: "a dictionary"}
+             dict: "a dictionary", str: "text"}
     return names.get(type(value), f"a {type(value).__name__}")
 
 

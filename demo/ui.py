@@ -14,12 +14,14 @@ import logging
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
 
 from . import handlers as h
 from . import training as tr
+from .guard import PayloadGuard
 from .models import ModelRegistry, default_registry, pick_default
 
 log = logging.getLogger(__name__)
@@ -427,6 +429,7 @@ def _wire_training(demo: gr.Blocks, parts: dict, registry: ModelRegistry, traini
 
 
 def launch_options() -> dict:
-    """What demo.launch() needs besides host and port (Gradio 6 takes theme and css here)."""
+    """What demo.launch() needs besides host and port (Gradio 6 takes theme and css here), and the guard that
+    answers payloads Gradio would fail on in one sentence (demo/guard.py)."""
     return {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="sky"), "css": CSS,
-            "max_file_size": MAX_FILE_SIZE}
+            "max_file_size": MAX_FILE_SIZE, "app_kwargs": {"middleware": [Middleware(PayloadGuard)]}}
