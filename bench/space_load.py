@@ -16,6 +16,7 @@ in its log (the target is 0).
     python bench/space_load.py                                 # hostile, 32 and 80 clients, lanes
     python bench/space_load.py --clients 32 --skip lanes       # a shorter run
     python bench/space_load.py --json out/space_load.json
+    python bench/space_load.py --estimates ViT-B-16-quickgelu:none    # what the budget accepts on ViT-B/16
 """
 
 from __future__ import annotations
@@ -225,12 +226,47 @@ def run_lanes(url: str) -> dict:
     return row
 
 
+def run_estimates(model: str) -> list[dict]:
+    """The budget's estimate for a grid of settings on `model` (its forward measured here), without a server."""
+    from demo import budget
+    from demo import handlers as h
+    from demo.models import ModelChoice, ModelRegistry
+    from pacl_core.methods import METHODS
+
+    registry = ModelRegistry([ModelChoice(model, model)])
+    h.load_model(registry, model)
+    unit = budget.unit_for(registry, model)
+    print(f"  {model}: one bare forward at its native size {unit[0] * 1000:.0f} ms; t(r) = {unit[1]:.2f} r + "
+          f"{unit[2]:.3f} r² forwards", flush=True)
+    rows = []
+    for methods in (["vanilla", "pacl"], list(METHODS)):
+        for size in (None, "448", "672"):
+            for shifts in (1, 2, 4):
+                for refine in (None, "pamr"):
+                    cost = h.request_cost(registry, model, methods, (480, 640), 9, h.check_resolution(size), shifts,
+                                          refine)
+                    verdict = "refused" if cost.seconds > budget.BUDGET_SECONDS else cost.lane
+                    rows.append({"methods": len(methods), "size": size or "default", "shifts": shifts,
+                                 "refine": refine or "none", "seconds": round(cost.seconds, 1), "verdict": verdict})
+                    print(f"  {len(methods)} methods, {size or 'model default':>13}, {shifts}x{shifts}, "
+                          f"{refine or 'none':>4}: about {cost.seconds:6.1f} s -> {verdict}", flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[32, 80], help="burst sizes (default: 32 80)")
     p.add_argument("--skip", nargs="*", default=[], choices=("hostile", "bursts", "lanes"), help="parts to skip")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.add_argument("--estimates", default=None, metavar="MODEL",
+                   help="only print the budget's estimates for a grid of settings on MODEL (e.g. "
+                        "ViT-B-16-quickgelu:none, random ViT-B/16 weights), no server")
     args = p.parse_args(argv)
+    if args.estimates:
+        rows = run_estimates(args.estimates)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return
     report = {"machine": f"{os.cpu_count()} CPUs", "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "server.log"

@@ -451,10 +451,10 @@ def downloads_dir() -> Path:
         return _downloads_dir
 
 
-def package_comparison(result: Comparison) -> str | None:
-    """The archive of a comparison (None when no method ran)."""
+def package_comparison(result: Comparison, folder: Path | None = None) -> str | None:
+    """The archive of a comparison (None when no method ran); folder: where (default: downloads_dir())."""
     ok = [p for p in result.panels if p.ok]
-    return package_results(ok, result.table, result.settings) if ok else None
+    return package_results(ok, result.table, result.settings, folder) if ok else None
 
 
 HELD_PER_SESSION = 2  # comparisons one session may have waiting for their archive (the newest ones)
@@ -492,9 +492,22 @@ class HeldResults:
         with self._lock:
             return len(self._items)
 
+    def folder(self) -> Path:
+        """Where spilled archives wait: a folder of downloads_dir(), pruned by age only."""
+        path = downloads_dir() / "held"
+        path.mkdir(exist_ok=True)
+        return path
+
     def _expire(self, now: float) -> None:
         for token in [t for t, item in self._items.items() if item.expires < now]:
             self._forget(token)
+        held = downloads_dir() / "held"
+        for old in held.glob("*.zip") if held.is_dir() else ():  # handed out long ago: Gradio has its copy
+            try:
+                if time.time() - old.stat().st_mtime > self.seconds:
+                    old.unlink()
+            except OSError:
+                pass
 
     def _forget(self, token: str) -> None:
         item = self._items.pop(token)
@@ -516,8 +529,8 @@ class HeldResults:
             spill = in_memory + size > self.max_bytes
             self._items[token] = _Held(session, None if spill else slim, None, 0 if spill else size,
                                        now + self.seconds)
-        if spill:  # packaged outside the lock; `take` waits for it through the archive's presence
-            archive = package_comparison(slim)
+        if spill:  # packaged outside the lock, into a folder only expiry prunes (not downloads_dir's count)
+            archive = package_comparison(slim, self.folder())
             with self._lock:
                 if token in self._items:
                     self._items[token].archive = archive
@@ -540,6 +553,8 @@ class HeldResults:
                 return None
             raise PACLError(f"these results are no longer kept for download (results wait {self.seconds // 60:.0f} "
                             f"minutes, and only your {self.per_session} newest): press Segment again")
+        if item.result is None and (item.archive is None or not Path(item.archive).is_file()):
+            raise PACLError("these results' archive is not there any more: press Segment again")
         return item.archive if item.result is None else package_comparison(item.result)
 
 
@@ -566,10 +581,10 @@ def package_held(token: str | None) -> str | None:
     return held_results.take(token)
 
 
-def package_results(panels: list[Panel], table: list[list], info: dict) -> str:
+def package_results(panels: list[Panel], table: list[list], info: dict, folder: Path | None = None) -> str:
     """A zip: summary.csv, and per method overlay.png, mask.png, heatmap_*.png (each word's own, titled, at
-    most HEATMAP_SIDE per side) and result.json; PNGs at a fast zlib level."""
-    folder = downloads_dir()
+    most HEATMAP_SIDE per side) and result.json; PNGs at a fast zlib level. folder: default downloads_dir()."""
+    folder = folder or downloads_dir()
     archive = folder / f"pacl-results-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.zip"
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         root = Path(tmp)
