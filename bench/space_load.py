@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 LABEL = "Toy world (embedded, offline)"
 SCENE = ROOT / "assets" / "examples" / "toy_01.png"
 WORDS = "background, circle, ring, cross, star"
-HEAVIEST = {"methods": ["vanilla", "pacl"], "resolution": "448", "shifts": "2", "refine": "pamr"}
+HEAVIEST = {"methods": ["vanilla", "pacl"], "resolution": "448", "shifts": "2", "refine": "none"}
 
 
 def free_port() -> int:

@@ -5,7 +5,9 @@ input geometry the ticked methods share, the shifted passes × the windows × wh
 plus a little per extra method on the shared trunk, plus PAMR's pixel work. What one pass costs at r times the
 native number of patches is t(r) = a·r + b·r² (the MLP grows with the patches, attention with their square),
 with a and b fitted per model from two timed bare forwards (twice and three times its native side) the first
-time the model is used. Units × the native forward's seconds is the estimate.
+time the model is used. Units × the native forward's seconds is the estimate, times a correction factor learnt
+from the model's finished requests (actual over estimated seconds, never below 1), which keeps the estimate
+honest on a busy machine and for methods heavier than their share.
 
 Requests estimated at most LIGHT_SECONDS run in the light lane, on the registry's own backbones, as before.
 Heavier ones, up to BUDGET_SECONDS, run one at a time in the heavy lane, on a second copy of the model (see
@@ -30,8 +32,9 @@ from pacl_core.errors import PACLError
 log = logging.getLogger(__name__)
 
 LIGHT_SECONDS = 6.0  # estimated seconds up to which a request runs in the light lane
-BUDGET_SECONDS = 40.0  # estimated seconds above which a request is refused (every accepted one ends within 60 s)
-EXTRA_METHOD = 0.15  # what each further method on a shared trunk adds: its own last block, about 1 / depth
+BUDGET_SECONDS = 30.0  # estimated seconds above which a request is refused (every accepted one ends within 60 s)
+EXTRA_BLOCKS = 2.0  # each further method on a shared trunk: its own last block(s) and scoring, in blocks
+CALIBRATION_WEIGHT = 0.5  # how much each finished request moves the model's correction factor
 PAMR_SECONDS_PER_MEGA = 0.25  # PAMR's seconds per million (word × pixel) scores of the image, on 2 vCPUs
 FALLBACK_UNIT = (0.05, 1.0, 0.0)  # (seconds of a native forward, a, b) when the forward cannot be timed
 
@@ -84,7 +87,7 @@ def measure_unit(backbone) -> tuple[float, float, float]:
     reliably on a busy machine, and attention's share only shows on larger inputs)."""
     try:
         native = backbone.native_size
-        t4, t9 = _time_forward(backbone, 2 * native, 3), _time_forward(backbone, 3 * native, 2)
+        t4, t9 = _time_forward(backbone, 2 * native, 3), _time_forward(backbone, 3 * native, 3)
     except Exception:  # a backbone that cannot be timed this way: a cautious constant, and say so in the log
         log.warning("could not time a bare forward; using %s s", FALLBACK_UNIT[0], exc_info=True)
         return FALLBACK_UNIT
@@ -119,7 +122,7 @@ def group_units(group, shape: tuple[int, int], a: float, b: float) -> tuple[floa
     """(native forwards, trunk passes) of one geometry group of segmenters on an image of `shape` (H, W)."""
     first = group[0]
     views = first.shifts ** 2
-    extra = 1.0 + EXTRA_METHOD * (len(group) - 1)
+    extra = 1.0 + EXTRA_BLOCKS / max(1, getattr(first.backbone, "depth", 12)) * (len(group) - 1)
     if first.mode == "whole":
         return views * _pass_units(first.image_size, first.image_size, first.backbone, a, b) * extra, views
     H, W = shape
@@ -129,8 +132,31 @@ def group_units(group, shape: tuple[int, int], a: float, b: float) -> tuple[floa
     return n * views * _pass_units(first.window, first.window, first.backbone, a, b) * extra, n * views
 
 
-def estimate(groups, shape: tuple[int, int], n_words: int, unit: tuple[float, float, float]) -> Cost:
-    """The cost of running these geometry groups (lists of segmenters) on an image of `shape` with n_words."""
+_factors: dict[str, float] = {}  # model spec -> actual / estimated seconds of its finished requests (at least 1)
+
+
+def correction(spec: str) -> float:
+    """What this model's estimates are multiplied by: learnt from its finished requests, never below 1."""
+    with _units_lock:
+        return _factors.get(spec, 1.0)
+
+
+def observe(spec: str, estimated: float, actual: float) -> None:
+    """A request estimated at `estimated` s (corrected) took `actual` s: move the model's correction towards the
+    ratio, so a busy machine or a method heavier than its share makes later estimates larger (and lighter
+    outcomes bring them back down, never below the measured cost)."""
+    if estimated < 0.5:  # too short to say anything (fixed overheads dominate)
+        return
+    with _units_lock:
+        old = _factors.get(spec, 1.0)
+        ratio = old * actual / estimated
+        _factors[spec] = max(1.0, (1 - CALIBRATION_WEIGHT) * old + CALIBRATION_WEIGHT * ratio)
+
+
+def estimate(groups, shape: tuple[int, int], n_words: int, unit: tuple[float, float, float],
+             factor: float = 1.0) -> Cost:
+    """The cost of running these geometry groups (lists of segmenters) on an image of `shape` with n_words;
+    factor: the model's correction (`correction`)."""
     seconds_per_unit, a, b = unit
     units, passes, pamr = 0.0, 0, 0
     for group in groups:
@@ -138,7 +164,7 @@ def estimate(groups, shape: tuple[int, int], n_words: int, unit: tuple[float, fl
         units, passes = units + u, passes + p
         pamr += sum(1 for s in group if s.refine == "pamr")
     pamr_seconds = pamr * PAMR_SECONDS_PER_MEGA * n_words * shape[0] * shape[1] / 1e6
-    return Cost(units, units * seconds_per_unit + pamr_seconds, passes, seconds_per_unit)
+    return Cost(units, factor * (units * seconds_per_unit + pamr_seconds), passes, seconds_per_unit)
 
 
 def lower_what(methods: int, size: int | None, shifts: int, refine: str | None) -> str:

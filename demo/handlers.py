@@ -403,7 +403,9 @@ def request_cost(registry, model: str, methods: list[str], shape, n_words: int, 
             segmenters.append(registry.segmenter(model, method, size, shifts, refine))
         except PACLError:
             continue  # run_methods says why in the method's column
-    return budget.estimate(group_by_geometry(segmenters), shape[:2], n_words, budget.unit_for(registry, model))
+    spec = registry.choice(model).spec
+    return budget.estimate(group_by_geometry(segmenters), shape[:2], n_words, budget.unit_for(registry, model),
+                           budget.correction(spec))
 
 
 @contextmanager
@@ -429,7 +431,10 @@ def run_in_lane(registry, model: str, methods: list[str], image: np.ndarray, wor
     cost = request_cost(registry, model, methods, image.shape, len(words), size, shifts, refine)
     budget.check_budget(cost, len(methods), size, shifts, refine)
     with lane_for(registry, model, cost) as lane:
-        return run_methods(lane, model, methods, image, words, background, size, shifts, refine)
+        start = time.perf_counter()
+        panels = run_methods(lane, model, methods, image, words, background, size, shifts, refine)
+        budget.observe(registry.choice(model).spec, cost.seconds, time.perf_counter() - start)
+        return panels
 
 
 # ---- downloads ---------------------------------------------------------------------------------------------
