@@ -541,6 +541,12 @@ class HeldResults:
                     self._items[token].archive = archive
         return token
 
+    def forget_session(self, session: str) -> None:
+        """A browser tab closed: its waiting results (and spilled archives) go at once."""
+        with self._lock:
+            for token in [t for t, item in self._items.items() if item.session == session]:
+                self._forget(token)
+
     def take(self, token: str | None) -> str | None:
         """The archive of a held comparison, which is then released. None when there is no token or its archive
         was handed out already; PACLError when it expired or was replaced, so the visitor is told."""

@@ -416,6 +416,7 @@ def _wire_training(demo: gr.Blocks, parts: dict, registry: ModelRegistry, traini
         session = session_of(request)
         cached = [cached_copy(path, parts["files"]) for path in trainings.files(session)]
         trainings.close(registry, session)
+        h.held_results.forget_session(session)
         for path in cached:  # Gradio's copies, which it would otherwise serve until its cache is cleaned
             path.unlink(missing_ok=True)
 

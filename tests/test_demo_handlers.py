@@ -158,6 +158,10 @@ def test_held_results_are_small_expire_and_spill_to_disk_beyond_their_bound(regi
     assert held.nbytes() <= size  # the display pictures are not kept; the second result went to disk
     assert zipfile.ZipFile(held.take(second)).namelist() and zipfile.ZipFile(held.take(first)).namelist()
     assert len(held) == 0
+    gone = held.hold(result, "closed tab")
+    held.forget_session("closed tab")
+    with pytest.raises(PACLError, match="no longer kept"):
+        held.take(gone)
     expiring = h.HeldResults(seconds=-1)
     token = expiring.hold(result, "a")
     expiring.hold(result, "b")  # holding expires the old ones
