@@ -2,12 +2,13 @@
 
 A request's cost is counted in bare forwards of its model at the model's native size (one "unit"): for every
 input geometry the ticked methods share, the shifted passes × the windows × what one pass at that size costs,
-plus a little per extra method on the shared trunk, plus PAMR's pixel work. What one pass costs at r times the
-native number of patches is t(r) = a·r + b·r² (the MLP grows with the patches, attention with their square),
-with a and b fitted per model from two timed bare forwards (twice and three times its native side) the first
-time the model is used. Units × the native forward's seconds is the estimate, times a correction factor learnt
-from the model's finished requests (actual over estimated seconds, never below 1), which keeps the estimate
-honest on a busy machine and for methods heavier than their share.
+plus two blocks' worth per extra method on the shared trunk, plus PAMR's pixel work. What one pass costs at r
+times the native number of patches is t(r) = a·r + b·r² (the MLP grows with the patches, attention with their
+square), with a and b fitted per model from two timed bare forwards (at twice and three times its native side,
+or for a slow model at its native side and twice it) the first time the model is used. Units × the native
+forward's seconds is the estimate, times a correction factor learnt from the model's finished requests (actual
+over estimated seconds, never below 1), which keeps the estimate honest on a busy machine and for methods
+heavier than their share.
 
 Requests estimated at most LIGHT_SECONDS run in the light lane, on the registry's own backbones, as before.
 Heavier ones, up to BUDGET_SECONDS, run one at a time in the heavy lane, on a second copy of the model (see
@@ -71,27 +72,33 @@ def _time_forward(backbone, side: int, repeats: int = 2) -> float:
     return min(times)
 
 
-def fit_unit(t4: float, t9: float) -> tuple[float, float, float]:
-    """Seconds of forwards at 4 and 9 times the native patch count -> (seconds of one native forward, a, b) with
-    t(r) = a·r + b·r² native forwards (a + b = 1, both at least 0)."""
-    b = max(0.0, (t9 - t4 * 9 / 4) / (81 - 16 * 9 / 4))  # seconds per r², through both points
-    a = max(0.0, (t4 - 16 * b) / 4)  # seconds per r
+def fit_unit(r1: float, t1: float, r2: float, t2: float) -> tuple[float, float, float]:
+    """Seconds t1, t2 of forwards at r1 < r2 times the native patch count -> (seconds of one native forward, a, b)
+    with t(r) = a·r + b·r² native forwards (a + b = 1, both at least 0); t/r = a + b·r is a line through both."""
+    b = max(0.0, (t2 / r2 - t1 / r1) / (r2 - r1))  # seconds per r²
+    a = max(0.0, t1 / r1 - b * r1)  # seconds per r
     if a + b <= 0:
         return FALLBACK_UNIT
     return a + b, a / (a + b), b / (a + b)
 
 
+SLOW_FORWARD = 0.5  # seconds: a model this slow at twice its native side is also timed at its native side
+
+
 def measure_unit(backbone) -> tuple[float, float, float]:
     """(seconds of a native forward, a, b) with t(r) = a·r + b·r² in native forwards, r the patch-count ratio,
-    fitted to bare forwards at twice and three times the native side (the native size alone is too quick to time
-    reliably on a busy machine, and attention's share only shows on larger inputs)."""
+    fitted to bare forwards at twice the native side and, for a quick model, three times (its native size is too
+    quick to time reliably on a busy machine, and attention's share only shows on larger inputs), for a slow one
+    (ViT-B/16) the native side (so the first request does not wait for forwards at 672 px)."""
     try:
         native = backbone.native_size
-        t4, t9 = _time_forward(backbone, 2 * native, 3), _time_forward(backbone, 3 * native, 3)
+        t4 = _time_forward(backbone, 2 * native)
+        if t4 > SLOW_FORWARD:
+            return fit_unit(1, _time_forward(backbone, native), 4, t4)
+        return fit_unit(4, t4, 9, _time_forward(backbone, 3 * native))
     except Exception:  # a backbone that cannot be timed this way: a cautious constant, and say so in the log
         log.warning("could not time a bare forward; using %s s", FALLBACK_UNIT[0], exc_info=True)
         return FALLBACK_UNIT
-    return fit_unit(t4, t9)
 
 
 def unit_for(registry, model: str) -> tuple[float, float, float]:

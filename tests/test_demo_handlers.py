@@ -498,3 +498,17 @@ def test_a_sessions_heads_are_visible_and_usable_only_in_that_session(registry, 
     assert "secret" not in str(err.value)
     result = h.compare(reg, str(photo), "sky", ["pacl"], mine.label, session="alice", package=False)
     assert result.panels[0].ok
+
+
+def test_the_cost_of_a_pass_is_fitted_from_two_timed_forwards_and_corrected_by_finished_requests(monkeypatch):
+    from demo import budget
+
+    assert budget.fit_unit(4, 0.4, 9, 0.9) == pytest.approx((0.1, 1.0, 0.0))  # all linear in the patches
+    assert budget.fit_unit(4, 0.16, 9, 0.81) == pytest.approx((0.01, 0.0, 1.0))  # all attention
+    monkeypatch.setattr(budget, "_factors", {})
+    budget.observe("m", estimated=10.0, actual=30.0)  # slower than estimated: later estimates grow
+    assert budget.correction("m") == pytest.approx(2.0)
+    budget.observe("m", estimated=20.0, actual=2.0)  # quicker: back down halfway to what it took ...
+    assert budget.correction("m") == pytest.approx(1.1)
+    budget.observe("m", estimated=11.0, actual=1.1)
+    assert budget.correction("m") == 1.0  # ... never below the measured cost
