@@ -112,33 +112,75 @@ def choice_for_request(requested: str) -> ModelChoice:
     return ModelChoice(f"{key} (custom)", key)
 
 
+ANY_SESSION = object()  # `choice(label)` from inside the demo, after the visitor's own request was checked
+
+
+def _one_line(value, n: int = 60) -> str:
+    text = " ".join(str(value).split())
+    return text[:n] + "…" if len(text) > n else text
+
+
 class ModelRegistry:
-    """Model choices by label; backbones, heads and segmenters are created on first use and kept."""
+    """Model choices by label; backbones, heads and segmenters are created on first use and kept.
+
+    A choice added with an owner (a head a browser session trained) is visible only to that session: other
+    sessions can neither pick it nor see its label in a message. `heavy_lane()` is a second registry over the same
+    choices with its own copies of the backbones, so a heavy request never holds the lock light requests wait on.
+    """
 
     def __init__(self, choices: list[ModelChoice]):
         self._choices = {c.label: c for c in choices}
+        self._owners: dict[str, str] = {}  # label -> the session that owns it (trained heads)
         self._backbones: dict[str, object] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._segmenters: dict[tuple, object] = {}
         self._guard = threading.Lock()
+        self._lane: ModelRegistry | None = None
 
     @property
     def labels(self) -> list[str]:
         return list(self._choices)
 
-    def add(self, choice: ModelChoice) -> None:
-        self._choices.setdefault(choice.label, choice)
+    def labels_for(self, session=None) -> list[str]:
+        """The labels one session may pick: every shared choice and its own heads (None: shared ones only)."""
+        return [label for label in list(self._choices) if self._owners.get(label, session) == session]
+
+    def add(self, choice: ModelChoice, owner: str | None = None) -> None:
+        """Add a choice; with an owner (a session), only that session may pick it or see its label."""
+        with self._guard:
+            self._choices.setdefault(choice.label, choice)
+            if owner is not None:
+                self._owners[choice.label] = owner
 
     def remove(self, label: str) -> None:
         """Forget a choice (a head trained in the demo whose browser tab closed) and its cached segmenters."""
         with self._guard:
             self._choices.pop(label, None)
+            self._owners.pop(label, None)
             for key in [k for k in self._segmenters if k[0] == label]:
                 del self._segmenters[key]
+            lane = self._lane
+        if lane is not None:
+            lane.remove(label)
 
-    def choice(self, label: str) -> ModelChoice:
-        if label not in self._choices:
-            raise PACLError(f"unknown model '{label}'; pick one of: {', '.join(self._choices)}")
+    def heavy_lane(self) -> ModelRegistry:
+        """The registry heavy requests run on: the same choices and owners, its own backbones, locks and
+        segmenters (each model loaded a second time, on the first heavy request that uses it)."""
+        with self._guard:
+            if self._lane is None:
+                lane = ModelRegistry([])
+                lane._choices, lane._owners = self._choices, self._owners
+                self._lane = lane
+            return self._lane
+
+    def choice(self, label, session=ANY_SESSION) -> ModelChoice:
+        """The choice named `label`; with a session, one only that session may use (its own heads, the shared
+        models). The message lists only what that session may pick."""
+        visible = isinstance(label, str) and label in self._choices and (
+            session is ANY_SESSION or self._owners.get(label, session) == session)
+        if not visible:
+            shown = self.labels_for(None if session is ANY_SESSION else session)
+            raise PACLError(f"unknown model '{_one_line(label)}'; pick one of: {', '.join(shown)}")
         return self._choices[label]
 
     def lock(self, label: str) -> threading.Lock:

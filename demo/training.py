@@ -110,7 +110,7 @@ class Trainings:
         save_head(path, snap.head, backbone, tau=ToyTrainConfig.pacl_tau, logit_scale=backbone.logit_scale,
                   training=info)
         label = HEAD_LABEL.format(n=n, steps=snap.step, miou=snap.checks[-1]["miou"], tag=tag)
-        registry.add(ModelChoice(label, "toy", head=str(path)))
+        registry.add(ModelChoice(label, "toy", head=str(path)), owner=session)
         with self._lock:
             self._heads.setdefault(session, []).append(label)
             self._files.setdefault(session, []).extend([path, path.with_suffix(".json")])
@@ -118,9 +118,12 @@ class Trainings:
 
     def labels_for(self, registry, session: str) -> list[str]:
         """The Model list one session sees: everything but the heads other sessions trained."""
+        return registry.labels_for(session)
+
+    def files(self, session: str) -> list[Path]:
+        """The head files this session's runs wrote (what `close` deletes)."""
         with self._lock:
-            others = {label for s, labels in self._heads.items() if s != session for label in labels}
-        return [label for label in registry.labels if label not in others]
+            return list(self._files.get(session, []))
 
     def close(self, registry, session: str) -> None:
         """A browser tab went away: stop its training, drop its heads from the registry and the disk."""

@@ -11,50 +11,21 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import gradio as gr
-from gradio import processing_utils
+from starlette.middleware import Middleware
 
 from pacl_core.errors import PACLError
 from pacl_core.methods import METHODS
 
 from . import handlers as h
 from . import training as tr
+from .guard import PayloadGuard
 from .models import ModelRegistry, default_registry, pick_default
 
 log = logging.getLogger(__name__)
 
-
-def _save_pil_to_cache_atomically(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
-    """Gradio's processing_utils.save_pil_to_cache, but written under a temporary name and renamed into place,
-    and not rewritten when the same bytes are cached already.
-
-    Gradio 6.31 rewrites each output image in place at a path named by its content hash, so identical images
-    of concurrent requests (the same photo or mask under several clients) were truncated while being served:
-    4 of 32 simultaneous clients lost their response with "Too little data for declared Content-Length".
-    """
-    data = processing_utils.encode_pil_to_bytes(img, format)
-    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
-    folder.mkdir(exist_ok=True, parents=True)
-    path = (folder / f"{name}.{format}").resolve()
-    if path.exists():
-        os.utime(path)  # Gradio's delete_cache ages files by their time stamps
-        return str(path)
-    fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return str(path)
-
-
-processing_utils.save_pil_to_cache = _save_pil_to_cache_atomically  # used by every image output component
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 QUEUE_SIZE = 64  # requests waiting beyond this are turned away with Gradio's "queue is full" message; a burst of
@@ -94,8 +65,9 @@ CSS = """
 """
 
 
-def image_path(payload) -> str | None:
-    """The raw image payload (events run with preprocess=False) -> the uploaded file's path, or None.
+def image_path(payload):
+    """The raw image payload (events run with preprocess=False) -> the uploaded file's path, or None (anything
+    else is passed on for the handler to refuse in one sentence).
 
     Gradio has already checked that the file is one of its uploads; reading it is left to pacl_core, which
     turns a file that is not an image, or is corrupt or huge, into a one-sentence PACLError.
@@ -103,6 +75,17 @@ def image_path(payload) -> str | None:
     if isinstance(payload, dict):
         return payload.get("path")
     return payload or None
+
+
+def image_name(payload) -> str | None:
+    """The file's name as the visitor uploaded it (for messages), if the payload says."""
+    name = payload.get("orig_name") if isinstance(payload, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def session_of(request: gr.Request | None) -> str:
+    """The browser session a request comes from ('anonymous' when Gradio gives none)."""
+    return getattr(request, "session_hash", None) or "anonymous"
 
 
 def _guarded(fn):
@@ -166,9 +149,11 @@ def make_run(registry: ModelRegistry):
     list and the token under which the results wait for their archive."""
 
     @_guarded
-    def run(image, words, methods, model, threshold, resolution, shifts=h.SHIFTS[0], refine=h.REFINES[0]):
+    def run(image, words, methods, model, threshold, resolution, shifts=h.SHIFTS[0], refine=h.REFINES[0],
+            request: gr.Request = None):
+        session = session_of(request)
         result = h.compare(registry, image_path(image), words, methods, model, threshold, resolution, shifts,
-                           refine, package=False)
+                           refine, package=False, session=session, image_name=image_name(image))
         _warn(result.notes)
         by_method = {p.method: p for p in result.panels}
         outputs = []
@@ -177,9 +162,9 @@ def make_run(registry: ModelRegistry):
             if p is None:
                 outputs += ["", None, None]
                 continue
-            outputs += [p.status, p.overlay, p.sheet]
+            outputs += [p.status, h.display_file(p.overlay), h.display_file(p.sheet)]
         words_update = gr.Dropdown(choices=result.words, value=result.words[0])
-        return [*outputs, result.table, None, words_update, h.hold(result)]
+        return [*outputs, result.table, None, words_update, h.hold(result, session)]
 
     return run
 
@@ -193,18 +178,19 @@ def make_download(token):
 def _side_images(side, word: str, who: str) -> tuple:
     """One side's s and a maps as labelled images."""
     (s_lo, s_hi), (a_lo, a_hi) = side.similarity_range, side.attention_range
-    return (gr.Image(side.similarity_image, label=f"{who}: s(x, “{word}”): patch–word cosine, "
-                                                  f"{s_lo:.3f} (dark) to {s_hi:.3f} (bright)"),
-            gr.Image(side.attention_image, label=f"{who}: a(x, “{word}”): attention over patches, "
-                                                 f"{a_lo:.3f} (dark) to {a_hi:.3f} (bright)"))
+    return (gr.Image(h.display_file(side.similarity_image), label=f"{who}: s(x, “{word}”): patch–word cosine, "
+                                                                 f"{s_lo:.3f} (dark) to {s_hi:.3f} (bright)"),
+            gr.Image(h.display_file(side.attention_image), label=f"{who}: a(x, “{word}”): attention over "
+                                                                f"patches, {a_lo:.3f} (dark) to {a_hi:.3f} (bright)"))
 
 
 def make_lesson(registry: ModelRegistry):
     """The teaching view's handler (the Explain button, a word picked, the tab opened)."""
 
     @_guarded
-    def explain_word(image, words, word, model, resolution, tau):
-        lesson = h.lesson(registry, image_path(image), words, word, model, resolution, tau)
+    def explain_word(image, words, word, model, resolution, tau, request: gr.Request = None):
+        lesson = h.lesson(registry, image_path(image), words, word, model, resolution, tau,
+                          session=session_of(request), image_name=image_name(image))
         _warn(lesson.notes)
         who = "PACL" if lesson.method == "pacl" else "vanilla CLIP (no PACL head)"
         return (*_side_images(lesson, lesson.word, who), lesson.summary, lesson.table,
@@ -218,10 +204,10 @@ def make_lesson_if_open(registry: ModelRegistry):
     image, so that the compare tab alone costs one pass per method."""
     explain_word = make_lesson(registry)
 
-    def refresh(tab, image, words, word, model, resolution, tau):
+    def refresh(tab, image, words, word, model, resolution, tau, request: gr.Request = None):
         if tab != "lesson" or image_path(image) is None:
             return [gr.skip()] * 6
-        return explain_word(image, words, word, model, resolution, tau)
+        return explain_word(image, words, word, model, resolution, tau, request)
 
     return refresh
 
@@ -401,24 +387,43 @@ def _guarded_stream(fn):
     return wrapper
 
 
+def cached_copy(path: Path, component) -> Path:
+    """Where Gradio keeps its copy of a file the app returned through `component` (a hash of the file's bytes
+    names its folder in the component's cache)."""
+    from gradio import processing_utils
+    from gradio_client import utils as client_utils
+
+    name = client_utils.strip_invalid_filename_characters(Path(path).name)
+    try:
+        return Path(component.GRADIO_CACHE) / processing_utils.hash_file(path) / name
+    except OSError:  # the file is gone already
+        return Path(component.GRADIO_CACHE) / "missing" / name
+
+
 def _wire_training(demo: gr.Blocks, parts: dict, registry: ModelRegistry, trainings: tr.Trainings,
                    model_box: gr.Dropdown) -> None:
     """The tab's events: Train (queued, one at a time per server), Stop, the scene picker, a closed tab."""
     @_guarded_stream
     def run(scene, word, steps, request: gr.Request):
-        session = request.session_hash or "anonymous"
+        session = session_of(request)
         for view in tr.train(registry, trainings, session, scene, word, steps):
             model_update = gr.Dropdown(choices=trainings.labels_for(registry, session)) if view.done else gr.skip()
-            yield (view.status, view.pacl_mask, view.pacl_heat, view.vanilla_mask, view.vanilla_heat,
-                   view.loss_plot, view.checks_plot,
+            pictures = (view.pacl_mask, view.pacl_heat, view.vanilla_mask, view.vanilla_heat, view.loss_plot,
+                        view.checks_plot)
+            yield (view.status, *[h.display_file(p) for p in pictures],
                    view.files if view.done else gr.skip(), model_update)
 
     def stop(request: gr.Request):
-        if not trainings.stop(request.session_hash or "anonymous"):
+        if not trainings.stop(session_of(request)):
             gr.Info("No training of yours is running.")
 
     def closed(request: gr.Request):
-        trainings.close(registry, request.session_hash or "anonymous")
+        session = session_of(request)
+        cached = [cached_copy(path, parts["files"]) for path in trainings.files(session)]
+        trainings.close(registry, session)
+        h.held_results.forget_session(session)
+        for path in cached:  # Gradio's copies, which it would otherwise serve until its cache is cleaned
+            path.unlink(missing_ok=True)
 
     outputs = [parts["status"], *parts["views"], parts["loss"], parts["checks"], parts["files"], model_box]
     parts["train"].click(run, [parts["scene"], parts["word"], parts["steps"]], outputs, api_name="train",
@@ -430,6 +435,7 @@ def _wire_training(demo: gr.Blocks, parts: dict, registry: ModelRegistry, traini
 
 
 def launch_options() -> dict:
-    """What demo.launch() needs besides host and port (Gradio 6 takes theme and css here)."""
+    """What demo.launch() needs besides host and port (Gradio 6 takes theme and css here), and the guard that
+    answers payloads Gradio would fail on in one sentence (demo/guard.py)."""
     return {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="sky"), "css": CSS,
-            "max_file_size": MAX_FILE_SIZE}
+            "max_file_size": MAX_FILE_SIZE, "app_kwargs": {"middleware": [Middleware(PayloadGuard)]}}

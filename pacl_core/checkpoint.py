@@ -1,11 +1,13 @@
 """Checkpoints: tensors in safetensors, metadata in a small JSON beside them. No pickle is ever loaded.
 
-A PACL head `X.safetensors` has `X.json` with its backbone, dims, tau, logit scale and training info.
+A PACL head `X.safetensors` has `X.json` with its backbone, dims, tau, logit scale, training info and the SHA-256
+of its tensors (checked on load; files written before it was recorded load without the check).
 `load_head` also takes `hf-hub:ORG/REPO[@REVISION][:FILE]`: the pair is downloaded (cached) by pacl_core.hub.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -23,13 +25,19 @@ FORMAT_VERSION = 1
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write through a temporary file in the same folder, then rename: never a half-written file. A folder that
+    cannot be written (any more) is one PACLError line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise PACLError(f"{path}: cannot write there ({e.strerror or e})") from None
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise PACLError(f"{path}: cannot write there ({e.strerror or e})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -39,10 +47,26 @@ def meta_path(path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+SHA_KEY = "tensors_sha256"  # the JSON's record of the tensors it was written with
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of every tensor's name, dtype, shape and bytes, in name order: what the file's tensors are,
+    whatever the safetensors file's own layout."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Save tensors to PATH.safetensors and meta to PATH.json, both atomically."""
+    """Save tensors to PATH.safetensors and meta to PATH.json, both atomically; the JSON records the tensors'
+    SHA-256 (`tensors_sha256`), which load_tensors checks."""
     path = Path(path).with_suffix(".safetensors")
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {**meta, SHA_KEY: tensors_sha256(tensors)}
     _atomic_write(path, lambda tmp: save_file(tensors, tmp))
     _atomic_write(meta_path(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True)))
     return path
@@ -70,6 +94,10 @@ def load_tensors(path, expect_format: str | None = None) -> tuple[dict[str, torc
         tensors = load_file(str(path), device="cpu")
     except Exception as e:
         raise PACLError(f"{path}: truncated or not a safetensors file ({type(e).__name__})") from None
+    recorded = meta.get(SHA_KEY)
+    if recorded is not None and recorded != tensors_sha256(tensors):  # heads without a record (older) still load
+        raise PACLError(f"{path}: its tensors do not match the SHA-256 recorded in {mpath.name} (the file was "
+                        "changed or damaged after it was saved)")
     return tensors, meta
 
 

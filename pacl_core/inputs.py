@@ -110,7 +110,9 @@ def check_image_file(path) -> tuple[int, int]:
                 img.verify()
     except UnidentifiedImageError:
         raise PACLError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise PACLError(f"{path}: the image is too large to decode ({_pixels(e)})") from None
+    except (OSError, SyntaxError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise PACLError(f"{path}: cannot decode image, the file is corrupt or truncated ({reason})") from None
     return size
@@ -135,9 +137,17 @@ def load_image(path, max_side: int = MAX_SIDE) -> np.ndarray:
                 return pil_to_rgb(img, max_side)
     except UnidentifiedImageError:
         raise PACLError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise PACLError(f"{path}: the image is too large to decode ({_pixels(e)})") from None
+    except (OSError, SyntaxError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise PACLError(f"{path}: cannot decode image, the file is corrupt or truncated ({reason})") from None
+
+
+def _pixels(error: Exception) -> str:
+    """Pillow's decompression-bomb message -> 'N pixels, more than Pillow's limit of M'."""
+    numbers = re.findall(r"\d+", str(error))
+    return f"{numbers[0]} pixels" if numbers else "more pixels than Pillow decodes"
 
 
 _SPLIT = re.compile(r"[,;\n]+")

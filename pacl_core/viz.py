@@ -19,6 +19,7 @@ _BASE = [
 ]
 BACKGROUND_COLOR = (0, 0, 0)
 MIN_DISPLAY_SIDE = 320  # overlays of smaller images are enlarged (nearest) so the legend stays legible
+MAX_DISPLAY_SIDE = 2048  # ... but never beyond this on their longer side
 
 
 def save_png(path, image: np.ndarray, compression: int) -> None:
@@ -55,11 +56,16 @@ def lookup_rgb(lut: np.ndarray, index: np.ndarray) -> np.ndarray:
     return cv2.LUT(cv2.merge([index, index, index]), table)  # (H, W, 3)
 
 
-def enlarge(image: np.ndarray, min_side: int = MIN_DISPLAY_SIDE, nearest: bool = True) -> np.ndarray:
+def enlarge(image: np.ndarray, min_side: int = MIN_DISPLAY_SIDE, nearest: bool = True,
+            max_side: int = MAX_DISPLAY_SIDE) -> np.ndarray:
+    """Enlarge by a whole factor until the shorter side is at least min_side, but never past max_side on the
+    longer side (a thin image stays thin rather than growing past what an image format can hold)."""
     h, w = image.shape[:2]
     if min(h, w) >= min_side:
         return image
-    f = int(np.ceil(min_side / max(1, min(h, w))))
+    f = min(int(np.ceil(min_side / max(1, min(h, w)))), max(1, max_side // max(1, h, w)))
+    if f == 1:
+        return image
     return cv2.resize(image, (w * f, h * f), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
 
 

@@ -78,3 +78,19 @@ def test_pickles_and_wrong_formats_refused(tmp_path, saved):
         load_head(path)
     with pytest.raises(PACLError, match="no such checkpoint"):
         load_head(tmp_path / "nope.safetensors")
+
+
+def test_flipped_tensor_bytes_are_caught_by_the_recorded_sha256(tiny, saved):
+    head, path = saved
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert len(meta["tensors_sha256"]) == 64
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0xFF  # one byte of the last tensor, inside the data (the header is at the start)
+    path.write_bytes(bytes(data))
+    with pytest.raises(PACLError, match="do not match the SHA-256 recorded in head.json") as e:
+        load_head(path, tiny)
+    assert "\n" not in str(e.value)
+    del meta["tensors_sha256"]  # a head written before the record (or by someone else) still loads
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    changed = load_head(path, tiny)
+    assert any(not torch.equal(v, changed.state_dict()[k]) for k, v in head.state_dict().items())

@@ -203,3 +203,18 @@ def test_closing_the_tab_stops_its_training(train_site):
         time.sleep(0.2)
     assert trainings.running() == [], "the closed tab's run stopped"
     assert not any(label.startswith("Your PACL head") for label in registry.labels), "and its heads are gone"
+
+
+@pytest.mark.slow
+def test_a_thin_upload_gets_a_visible_one_line_message(page, tmp_path):
+    from PIL import Image
+
+    thin = tmp_path / "thin strip.png"
+    Image.new("RGB", (300, 1), (200, 40, 40)).save(thin)
+    page.locator("#input-image input[type=file]").set_input_files(str(thin))
+    page.get_by_label("Vocabulary (comma-separated)").fill("circle, ring")
+    page.locator("#input-image img").first.wait_for(state="visible", timeout=30_000)
+    page.click("#run-button")
+    toast = page.locator("[data-testid='toast-body']", has_text="thin strip.png: the 300×1 image is too small")
+    toast.first.wait_for(state="visible", timeout=30_000)
+    assert page.locator("#run-button").is_enabled()

@@ -1,6 +1,8 @@
 """The demo's plain-Python handlers and model registry, called directly (no server): types, sizes, messages."""
 
+import dataclasses
 import json
+import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -142,8 +144,30 @@ def test_archive_can_wait_until_the_results_are_shown(registry, photo):
     archive = h.package_held(token)
     assert zipfile.ZipFile(archive).read("summary.csv").decode().count("Vanilla CLIP") == 2
     assert h.package_held(token) is None and h.package_held(None) is None
-    tokens = [h.hold(result) for _ in range(h.KEEP_HELD + 2)]  # only the newest few are kept
-    assert h.package_held(tokens[0]) is None and h.package_held(tokens[-1]) is not None
+    tokens = [h.hold(result, "one visitor") for _ in range(h.HELD_PER_SESSION + 1)]  # a session's newest few
+    others = [h.hold(result, f"visitor {i}") for i in range(40)]  # other sessions never push them out
+    with pytest.raises(PACLError, match="no longer kept for download"):  # said, not silently lost
+        h.package_held(tokens[0])
+    assert all(h.package_held(t) is not None for t in [*tokens[1:], *others])
+
+
+def test_held_results_are_small_expire_and_spill_to_disk_beyond_their_bound(registry, photo):
+    result = h.compare(registry, str(photo), "sky, grass", ["vanilla", "pacl"], MODEL, package=False)
+    size = h.comparison_bytes(result)
+    held = h.HeldResults(per_session=2, seconds=600, max_bytes=size)  # room for about one in memory
+    first, second = held.hold(result, "a"), held.hold(result, "b")
+    assert held.nbytes() <= size  # the display pictures are not kept; the second result went to disk
+    assert zipfile.ZipFile(held.take(second)).namelist() and zipfile.ZipFile(held.take(first)).namelist()
+    assert len(held) == 0
+    gone = held.hold(result, "closed tab")
+    held.forget_session("closed tab")
+    with pytest.raises(PACLError, match="no longer kept"):
+        held.take(gone)
+    expiring = h.HeldResults(seconds=-1)
+    token = expiring.hold(result, "a")
+    expiring.hold(result, "b")  # holding expires the old ones
+    with pytest.raises(PACLError, match="press Segment again"):
+        expiring.take(token)
 
 
 def count_trunks(monkeypatch) -> list:
@@ -268,6 +292,17 @@ def test_duplicates_and_huge_images_produce_notes(registry, tmp_path):
     ({"shifts": "3"}, "shifted passes"),
     ({"refine": "crf"}, "refinement 'crf' must be one of"),
     ({"model": "nope"}, "unknown model"),
+    ({"words": 12345}, "the vocabulary must be text.*got a number"),
+    ({"model": [MODEL]}, "the model must be one of the names in the Model list, got a list"),
+    ({"methods": 5}, "the methods must be a list"),
+    ({"methods": [["vanilla"]]}, "the methods must be a list"),
+    ({"threshold": [0.5]}, "background threshold must be a number"),
+    ({"resolution": float("inf")}, "input resolution"),
+    ({"resolution": "448\n\n448"}, "input resolution '448 448'"),
+    ({"refine": ["pamr"]}, "refinement must be one of"),
+    ({"shifts": {"m": 2}}, "shifted passes"),
+    ({"image": 12345}, "must be an uploaded image file, got a number"),
+    ({"model": "no\nsuch model"}, "unknown model 'no such model'"),
 ])
 def test_bad_inputs_are_one_line_errors(registry, photo, kwargs, message):
     args = {"image": str(photo), "words": "sky", "methods": ["vanilla"], "model": MODEL, "threshold": 0.0,
@@ -364,17 +399,121 @@ def test_app_refuses_a_bad_model_or_port_in_one_line(capsys, monkeypatch):
         assert message in err[-1], err
 
 
-def test_cached_output_images_are_never_rewritten_in_place(tmp_path):
-    """Concurrent identical outputs must not truncate a file being served: written once, atomically."""
+def test_shown_pictures_are_files_the_app_writes_and_gradio_is_left_as_it_is(tmp_path):
+    """No monkey-patch of Gradio: the page's pictures are JPEG files written under a temporary name and renamed
+    into place at a unique path (Gradio copies a returned file atomically), and old ones are deleted."""
     from gradio import processing_utils
 
-    from demo import ui
+    import demo.ui  # noqa: F401  (importing the page must not patch Gradio)
 
-    assert processing_utils.save_pil_to_cache is ui._save_pil_to_cache_atomically
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))
-    first = processing_utils.save_img_array_to_cache(np.asarray(img), str(tmp_path), format="png")
-    inode = Path(first).stat().st_ino
-    again = processing_utils.save_pil_to_cache(img, str(tmp_path), format="png")
-    assert again == first and Path(again).stat().st_ino == inode  # the same file, not rewritten
-    np.testing.assert_array_equal(np.asarray(Image.open(first)), np.asarray(img))
-    assert [p.name for p in Path(first).parent.iterdir()] == ["image.png"]  # no staging file left
+    assert processing_utils.save_pil_to_cache.__module__ == "gradio.processing_utils"
+    img = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    files = h.DisplayFiles(seconds=60)
+    first, second = files.write(img), files.write(img)
+    assert first != second and Path(first).suffix == ".jpeg" and Image.open(first).size == (60, 40)
+    assert not any(p.name.startswith(".") for p in files.folder().iterdir())  # no staging file left
+    os.utime(first, (0, 0))  # long ago
+    files._pruned = 0.0  # pruning is due
+    files.write(img)
+    assert not Path(first).exists() and files.write(None) is None
+
+
+@pytest.mark.parametrize("width, height, message", [
+    (1, 5000, "too small"), (5000, 1, "too small"), (1, 300, "too small"), (5, 1024, "too small"),
+    (40, 1024, "too thin"), (2000, 100, "too thin"),
+])
+def test_thin_and_tiny_images_are_refused_in_one_line_naming_the_visitors_file(registry, tmp_path, width, height,
+                                                                                message):
+    path = tmp_path / "upload-3f9a" / "image.png"
+    path.parent.mkdir()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(path)
+    with pytest.raises(PACLError, match=message) as err:
+        h.compare(registry, str(path), "sky", ["vanilla"], MODEL, image_name="my thin photo.png")
+    assert str(err.value).startswith("my thin photo.png:") and str(tmp_path) not in str(err.value)
+
+
+def test_the_thinnest_accepted_image_is_segmented_and_drawn_within_bounds(registry, tmp_path):
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (16 * 64, 64), (30, 200, 30)).save(path)  # 16:1, the most the demo takes
+    result = h.compare(registry, str(path), "grass, sky", ["vanilla", "pacl"], MODEL, package=False)
+    for panel in result.panels:
+        assert max(panel.overlay.shape[:2]) <= 2048 + 400 and max(panel.sheet.shape[:2]) <= 2048  # legend beside
+
+
+def test_too_large_images_are_called_too_large(registry, tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(path)  # 400 megapixels, a few kB on disk
+    with pytest.raises(PACLError, match="too large") as err:
+        h.compare(registry, str(path), "sky", ["vanilla"], MODEL, image_name="huge.png")
+    assert "corrupt" not in str(err.value)
+    with pytest.raises(PACLError, match="too large"):
+        h.compare(registry, str(path), "sky", ["vanilla"], MODEL)
+
+
+def test_messages_about_a_corrupt_file_name_the_visitors_file(registry, tmp_path):
+    path = tmp_path / "gradio-upload-path" / "x.jpg"
+    path.parent.mkdir()
+    path.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
+    with pytest.raises(PACLError) as err:
+        h.compare(registry, str(path), "sky", ["vanilla"], MODEL, image_name="holiday.jpg")
+    assert str(err.value).startswith("holiday.jpg:") and "gradio-upload-path" not in str(err.value)
+
+
+def test_a_request_over_the_budget_is_refused_naming_its_cost_and_what_to_lower(registry, photo):
+    with pytest.raises(PACLError, match=r"would take about \d+ s .*choose fewer shifted passes per axis, a lower "
+                                        r"input resolution.*no PAMR refinement, fewer methods"):
+        h.compare(registry, str(photo), "sky, grass", list(METHODS), MODEL, resolution="672", shifts="4",
+                  refine="pamr")
+
+
+def test_a_heavy_request_runs_in_the_heavy_lane_on_its_own_copy_of_the_model(registry, photo):
+    from demo import budget
+
+    cost = h.request_cost(registry, MODEL, ["vanilla", "pacl"], (120, 160), 2, h.Settings(448))
+    light = h.request_cost(registry, MODEL, ["vanilla", "pacl"], (120, 160), 2, h.Settings())
+    assert light.lane == "light" and light.seconds < cost.seconds
+    lane = registry.heavy_lane()
+    assert lane is registry.heavy_lane() and lane.labels == registry.labels
+    budget.heavy_lane.enter(cost)  # someone else's heavy request is running
+    try:
+        with pytest.raises(PACLError, match="another visitor's heavy request is running"):
+            with h.lane_for(registry, MODEL, dataclasses.replace(cost, seconds=budget.LIGHT_SECONDS + 1)):
+                pass
+    finally:
+        budget.heavy_lane.leave()
+    with h.lane_for(registry, MODEL, dataclasses.replace(cost, seconds=budget.LIGHT_SECONDS + 1)) as used:
+        assert used is lane and lane.backbone(MODEL) is not registry.backbone(MODEL)
+    assert not budget.heavy_lane.busy()
+
+
+def test_a_sessions_heads_are_visible_and_usable_only_in_that_session(registry, photo, checkpoints):
+    mine = ModelChoice("Your PACL head 1 (secret)", "PACL-Tiny-Test:none",
+                       head=str(checkpoints / "tiny_head.safetensors"))
+    reg = default_registry(checkpoints)
+    reg.add(mine, owner="alice")
+    assert mine.label in reg.labels_for("alice") and mine.label not in reg.labels_for("bob")
+    with pytest.raises(PACLError, match="unknown model") as err:
+        h.compare(reg, str(photo), "sky", ["pacl"], mine.label, session="bob")
+    assert "secret" not in str(err.value).split("pick one of")[1]  # bob typed the label; nothing lists it
+    with pytest.raises(PACLError, match="unknown model") as err:
+        h.compare(reg, str(photo), "sky", ["pacl"], "nope", session="alice")
+    assert "secret" in str(err.value)  # one's own heads are listed to oneself
+    with pytest.raises(PACLError) as err:
+        h.compare(reg, str(photo), "sky", ["pacl"], "nope", session="bob")
+    assert "secret" not in str(err.value)
+    result = h.compare(reg, str(photo), "sky", ["pacl"], mine.label, session="alice", package=False)
+    assert result.panels[0].ok
+
+
+def test_the_cost_of_a_pass_is_fitted_from_two_timed_forwards_and_corrected_by_finished_requests(monkeypatch):
+    from demo import budget
+
+    assert budget.fit_unit(4, 0.4, 9, 0.9) == pytest.approx((0.1, 1.0, 0.0))  # all linear in the patches
+    assert budget.fit_unit(4, 0.16, 9, 0.81) == pytest.approx((0.01, 0.0, 1.0))  # all attention
+    monkeypatch.setattr(budget, "_factors", {})
+    budget.observe("m", estimated=10.0, actual=30.0)  # slower than estimated: later estimates grow
+    assert budget.correction("m") == pytest.approx(2.0)
+    budget.observe("m", estimated=20.0, actual=2.0)  # quicker: back down halfway to what it took ...
+    assert budget.correction("m") == pytest.approx(1.1)
+    budget.observe("m", estimated=11.0, actual=1.1)
+    assert budget.correction("m") == 1.0  # ... never below the measured cost

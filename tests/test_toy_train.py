@@ -2,6 +2,7 @@
 
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -253,3 +254,61 @@ def test_tower_candidates_keep_the_tower_with_the_lowest_held_out_caption_loss(t
     assert held_out_pacl_loss(backbone, head, cfg) == pytest.approx(scores[chosen], rel=1e-5)
     assert main(["toy", "train", "--out", str(tmp_path / "x"), "--clip-steps", "2,4", "--tower-candidates", "4"]) == 2
     assert "--tower-candidates must be steps from 1 to 3" in capsys.readouterr().err
+
+
+class Killed(Exception):
+    """Stands for the process being killed right after a checkpoint was written."""
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("kill_at", [("clip", 0, 4), ("pacl", 0, 4)])
+def test_a_killed_toy_run_resumes_from_its_last_checkpoint_to_the_same_weights(tmp_path, monkeypatch, kill_at):
+    from pacl_core.toy import train as toytrain
+
+    monkeypatch.setattr(toytrain, "CHECKPOINT_EVERY", 2)
+    cfg = dict(clip_phases=((48, 6, 32), (96, 6, 32)), variants=4, clip_batch=32, clip_warmup=2, pacl_steps=6,
+               pacl_batch=32, threads=1)
+    toytrain.train_toy(tmp_path / "whole", ToyTrainConfig(**cfg), progress=False, evaluate_n=0)
+    real_save = toytrain.RunCheckpoint.save
+
+    def save_then_die(self, stage, phase, step, *args, **kwargs):
+        real_save(self, stage, phase, step, *args, **kwargs)
+        if (stage, phase, step) == kill_at:
+            raise Killed
+
+    monkeypatch.setattr(toytrain.RunCheckpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        toytrain.train_toy(tmp_path / "broken", ToyTrainConfig(**cfg), progress=False, evaluate_n=0)
+    assert (tmp_path / "broken" / ".resume" / "checkpoint.safetensors").is_file()
+    monkeypatch.setattr(toytrain.RunCheckpoint, "save", real_save)
+    toytrain.train_toy(tmp_path / "broken", ToyTrainConfig(**cfg), progress=False, evaluate_n=0, resume=True)
+    assert not (tmp_path / "broken" / ".resume").exists()  # removed once the run is done
+    for name in ("toy_clip.safetensors", toymodel.HEAD_FILE):
+        whole, resumed = _tensors(tmp_path / "whole" / name), _tensors(tmp_path / "broken" / name)
+        assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole), name
+    with pytest.raises(PACLError, match="holds a run with other settings"):
+        monkeypatch.setattr(toytrain.RunCheckpoint, "save", save_then_die)
+        with pytest.raises(Killed):
+            toytrain.train_toy(tmp_path / "other", ToyTrainConfig(**cfg), progress=False, evaluate_n=0)
+        toytrain.train_toy(tmp_path / "other", ToyTrainConfig(**{**cfg, "seed": 5}), progress=False, evaluate_n=0,
+                           resume=True)
+
+
+def test_toy_train_refuses_an_unwritable_output_folder_before_any_work(tmp_path, capsys):
+    start = time.perf_counter()
+    assert main(["toy", "train", "--out", "/proc/pacl-run", "--clip-steps", "2,2", "--eval-n", "0"]) == 2
+    assert time.perf_counter() - start < 5 and "cannot write there" in capsys.readouterr().err
+
+
+def test_a_folder_that_became_unwritable_is_one_line_at_save_time(tmp_path):
+    from pacl_core.checkpoint import save_tensors
+
+    gone = tmp_path / "run"
+    gone.write_text("the run's folder was replaced by a file")
+    with pytest.raises(PACLError, match="cannot write there"):
+        save_tensors(gone / "toy_pacl_head", {"w": torch.zeros(2)}, {})

@@ -12,7 +12,7 @@ import json
 
 from pacl_core.errors import PACLError
 from pacl_core.inputs import check_out_folder
-from pacl_core.toy.train import ToyTrainConfig, train_head, train_toy
+from pacl_core.toy.train import RESUME_DIR, ToyTrainConfig, train_head, train_toy
 from pacl_core.toy.world import DEFAULT_SIZE, write_examples, write_split
 
 
@@ -71,6 +71,9 @@ def add_parser(sub) -> None:
                         "held-out PACL loss on captions is kept (no masks; default: none, the shipped recipe)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: 2)")
     t.add_argument("--eval-n", type=int, default=200, help="held-out scenes to evaluate on afterwards (0: skip)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run stopped in --out from its last checkpoint (--out/.resume/, kept every "
+                        "50 steps); the settings must be the same")
     t.set_defaults(run=run_train)
 
 
@@ -134,17 +137,19 @@ def run_train(args) -> int:
             raise PACLError("--tower-candidates must be comma-separated step numbers, e.g. 125") from None
         if not all(0 < c < steps[-1] for c in candidates):
             raise PACLError(f"--tower-candidates must be steps from 1 to {steps[-1] - 1} of the last phase")
-    out = check_out_folder(args.out)
+    out = check_out_folder(args.out)  # writable, before any work; nothing is made for input refused later
+    if args.resume and not (out / RESUME_DIR / "checkpoint.safetensors").is_file():
+        print(f"no checkpoint in {out / RESUME_DIR}: starting from the beginning")
     phases = tuple((p[0], s, q) for p, s, q in zip(cfg.clip_phases, steps, pools))
     overrides = {"seed": args.seed, "pacl_steps": args.pacl_steps, "pacl_lr": args.pacl_lr, "threads": args.threads,
                  "pacl_captions": args.pacl_captions, "tower_candidates": candidates or None}
     cfg = ToyTrainConfig(clip_phases=phases, **{k: v for k, v in overrides.items() if v is not None})
     if args.clip is not None:
-        info = train_head(out, args.clip, cfg, progress=True, evaluate_n=args.eval_n)
+        info = train_head(out, args.clip, cfg, progress=True, evaluate_n=args.eval_n, resume=args.resume)
         print(f"trained the PACL head in {info['seconds']['total']:.0f} s on the frozen tower {args.clip}; "
               f"wrote {out}/toy_pacl_head.*")
     else:
-        info = train_toy(out, cfg, progress=True, evaluate_n=args.eval_n)
+        info = train_toy(out, cfg, progress=True, evaluate_n=args.eval_n, resume=args.resume)
         print(f"trained in {info['seconds']['total']:.0f} s; wrote {out}/toy_clip.* and {out}/toy_pacl_head.*")
     if "eval" in info:
         summary = {m: {k: round(info["eval"][m][k], 3) for k in ("miou", "patch_acc", "coherence_auc")}

@@ -15,6 +15,7 @@ test split.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import multiprocessing
 import tempfile
@@ -32,7 +33,7 @@ from open_clip.pos_embed import get_2d_sincos_pos_embed
 from tqdm import tqdm
 
 from pacl_core.backbone import normalize_uint8
-from pacl_core.checkpoint import save_head
+from pacl_core.checkpoint import load_tensors, save_head, save_tensors
 from pacl_core.errors import PACLError
 from pacl_core.loss import PACLLoss
 from pacl_core.pacl import VisionEmbedder
@@ -85,6 +86,64 @@ class ToyTrainConfig:
     @property
     def image_size(self) -> int:
         return int(self.clip_phases[-1][0])
+
+
+RESUME_DIR = ".resume"  # under the output folder: a run's last checkpoint, removed when the run finishes
+CHECKPOINT_EVERY = 50  # steps between checkpoints (and at the end of every stage-1 phase)
+
+
+class RunCheckpoint:
+    """The last checkpoint of a toy training run, OUT/.resume/checkpoint.safetensors + .json (written atomically,
+    no pickle): the weights being trained, the optimizer's state, the stage, phase and step reached, the losses
+    so far and the run's settings (a checkpoint of other settings is refused, not continued)."""
+
+    def __init__(self, out, settings: dict, every: int | None = None):
+        self.path = Path(out) / RESUME_DIR / "checkpoint.safetensors"
+        self.settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        self.every = every or CHECKPOINT_EVERY
+
+    def save(self, stage: str, phase: int, step: int, weights: dict, optimizer, losses: list,
+             info: dict | None = None) -> None:
+        tensors = {f"w/{k}": v for k, v in weights.items()}
+        groups = []
+        if optimizer is not None:
+            state = optimizer.state_dict()
+            for i, slots in state["state"].items():
+                for name, value in slots.items():
+                    tensors[f"opt/{i}/{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            groups = state["param_groups"]
+        meta = {"format": "pacl-toy-run", "stage": stage, "phase": phase, "step": step, "losses": list(losses),
+                "param_groups": groups, "optimizer": optimizer is not None, "settings": self.settings,
+                "info": info or {}}
+        save_tensors(self.path, tensors, json.loads(json.dumps(meta, default=float)))
+
+    def load(self) -> dict | None:
+        """The checkpoint, or None when there is none; PACLError when it belongs to a run of other settings."""
+        if not self.path.is_file():
+            return None
+        tensors, meta = load_tensors(self.path, "pacl-toy-run")
+        if meta.get("settings") != self.settings:
+            raise PACLError(f"{self.path.parent} holds a run with other settings: rerun it with those, or without "
+                            "--resume to start over")
+        weights = {k[2:]: v for k, v in tensors.items() if k.startswith("w/")}
+        optimizer = None
+        if meta.get("optimizer"):
+            state: dict = {}
+            for key, value in tensors.items():
+                if key.startswith("opt/"):
+                    _, i, name = key.split("/", 2)
+                    state.setdefault(int(i), {})[name] = value
+            optimizer = {"state": state, "param_groups": meta["param_groups"]}
+        return {"stage": meta["stage"], "phase": int(meta["phase"]), "step": int(meta["step"]), "weights": weights,
+                "optimizer": optimizer, "losses": meta["losses"], "info": meta.get("info", {})}
+
+    def clear(self) -> None:
+        for path in (self.path, self.path.with_suffix(".json")):
+            path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:
+            pass
 
 
 def _pool_groups(seed: int, lo: int, hi: int, size: int, variants: int, mention_draws: int):
@@ -187,20 +246,28 @@ def sincos_grid(visual, grid: int):
 
 
 def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: ToyTrainConfig, steps: int,
-               progress: bool = True, desc: str = "stage 1: CLIP", keep_at=(), kept: dict | None = None) -> list[float]:
+               progress: bool = True, desc: str = "stage 1: CLIP", keep_at=(), kept: dict | None = None,
+               start: int = 0, opt_state: dict | None = None, losses: list | None = None,
+               on_step=None) -> list[float]:
     """Stage 1 (one phase): open_clip's contrastive loss on (scene, caption) pairs. Returns the loss per step.
-    keep_at: steps after which a copy of the weights is put in kept[step]."""
+    keep_at: steps after which a copy of the weights is put in kept[step]. To continue a run: `start` steps are
+    done (their batches are drawn and skipped, so the rest are the same), `opt_state` is the optimizer's state
+    then and `losses` the list to append to; on_step(step, optimizer) is called after every step."""
     model.train().requires_grad_(True)
     model.visual.positional_embedding.requires_grad_(False)  # fixed sin-cos positions
     mean, std = (torch.tensor(v) for v in (model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]))
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.clip_lr, betas=(0.9, 0.98), eps=1e-6)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     loss_fn = open_clip.loss.ClipLoss()
-    losses = []
+    losses = [] if losses is None else losses
     tokens = tokenizer(captions)  # (N, L): tokenized once, not at every step
     batches = _batches(len(images), cfg.clip_batch, steps, cfg.seed + len(images), cfg.variants)
     bar = tqdm(enumerate(batches), total=steps, desc=desc, unit="step", disable=not progress)
     with sincos_grid(model.visual, images.shape[1] // model.visual.patch_size[0]):
         for step, idx in bar:
+            if step < start:  # done before the run was stopped: its batch is drawn, not trained on
+                continue
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, cfg.clip_lr, cfg.clip_warmup, steps)
             x = normalize_uint8(torch.from_numpy(images[idx]), mean, std)  # (B, 3, H, W)
@@ -217,6 +284,8 @@ def train_clip(model, tokenizer, images: np.ndarray, captions: list[str], cfg: T
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             if step + 1 in keep_at:
                 kept[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if on_step is not None:
+                on_step(step + 1, opt)
     model.eval().requires_grad_(False)
     return losses
 
@@ -251,6 +320,7 @@ class PaclStep:
     total: int
     loss: float
     head: VisionEmbedder  # the head being trained, live: copy it (copy.deepcopy) to keep this state
+    optimizer: object = None  # its optimizer (a checkpoint saves its state)
 
 
 def new_head(backbone, cfg: ToyTrainConfig) -> VisionEmbedder:
@@ -275,19 +345,24 @@ def stage2_inputs(backbone, images: np.ndarray, captions: list, progress: bool =
 
 
 def pacl_training(head: VisionEmbedder, tokens: torch.Tensor, text: torch.Tensor, logit_scale: float,
-                  cfg: ToyTrainConfig, progress: bool = True):
+                  cfg: ToyTrainConfig, progress: bool = True, start: int = 0, opt_state: dict | None = None):
     """Stage 2 step by step: trains `head` in place on frozen tokens (N, T, D_v) and captions (draws, N, D),
-    each epoch using the next draw in turn, and yields a PaclStep after every step. Stop iterating to stop."""
+    each epoch using the next draw in turn, and yields a PaclStep after every step. Stop iterating to stop.
+    To continue a run: `start` steps are done (their batches are skipped) and opt_state is the optimizer's."""
     n = len(tokens)
     per_epoch = steps_per_epoch(n, cfg.pacl_batch, cfg.variants)
     loss_fn = PACLLoss(tau=cfg.pacl_tau)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.pacl_lr, weight_decay=cfg.weight_decay)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     losses = []
     bar = tqdm(enumerate(_batches(n, cfg.pacl_batch, cfg.pacl_steps, cfg.seed + 1, cfg.variants)),
                total=cfg.pacl_steps, desc="stage 2: PACL", unit="step", disable=not progress)
     head.train().requires_grad_(True)
     try:
         for step, idx in bar:
+            if step < start:
+                continue
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, cfg.pacl_lr, cfg.clip_warmup, cfg.pacl_steps)
             idx_t = torch.from_numpy(idx)
@@ -298,54 +373,91 @@ def pacl_training(head: VisionEmbedder, tokens: torch.Tensor, text: torch.Tensor
             opt.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            yield PaclStep(step + 1, cfg.pacl_steps, losses[-1], head)
+            yield PaclStep(step + 1, cfg.pacl_steps, losses[-1], head, opt)
     finally:
         bar.close()
         head.eval().requires_grad_(False)
 
 
 def train_pacl(backbone, images: np.ndarray, captions: list, cfg: ToyTrainConfig,
-               progress: bool = True) -> tuple[VisionEmbedder, list[float]]:
+               progress: bool = True, checkpoint=None,
+               resume: dict | None = None) -> tuple[VisionEmbedder, list[float]]:
     """Stage 2: e_v on the frozen backbone's patch tokens with PACLLoss on captions. Returns (head, losses).
 
     captions: one per image, or several lists of one per image (draws), each epoch using the next draw in turn.
+    checkpoint: saved to every `checkpoint.every` steps; resume: a stage-2 checkpoint to continue from.
     """
     head = new_head(backbone, cfg)
+    start, opt_state, losses = 0, None, []
+    if resume is not None:
+        head.load_state_dict(resume["weights"])
+        start, opt_state, losses = resume["step"], resume["optimizer"], list(resume["losses"])
     tokens, text = stage2_inputs(backbone, images, captions, progress)  # (N, T, D_v), (draws, N, D)
-    losses = [s.loss for s in pacl_training(head, tokens, text, backbone.logit_scale, cfg, progress)]
+    for s in pacl_training(head, tokens, text, backbone.logit_scale, cfg, progress, start, opt_state):
+        losses.append(s.loss)
+        if checkpoint is not None and (s.step % checkpoint.every == 0):
+            checkpoint.save("pacl", 0, s.step, head.state_dict(), s.optimizer, losses)
     return head, losses
 
 
-def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, evaluate_n: int = 200) -> dict:
-    """Both stages, then save to `out` (toy_clip.*, toy_pacl_head.*) and measure on held-out scenes."""
+def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, evaluate_n: int = 200,
+              resume: bool = False) -> dict:
+    """Both stages, then save to `out` (toy_clip.*, toy_pacl_head.*) and measure on held-out scenes.
+
+    A checkpoint is kept in out/.resume/ as it goes (every CHECKPOINT_EVERY steps and at every phase's end);
+    resume=True continues from it (the same settings; every step after it is the same as in an unbroken run)."""
     cfg = cfg or ToyTrainConfig()
     out = Path(out)
+    if resume and cfg.tower_candidates:
+        raise PACLError("--resume cannot continue a run with --tower-candidates (their towers are not checkpointed)")
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
+    checkpoint = RunCheckpoint(out, {"run": "toy train", "train": asdict(cfg)})
+    state = checkpoint.load() if resume else None
     torch.manual_seed(cfg.seed)
     model = toymodel.create_toy_clip()
     assert cfg.image_size == model.visual.image_size[0], "the last phase must run at the model's native size"
     tokenizer = open_clip.get_tokenizer(toymodel.CONFIG_NAME)
     clip_losses, seconds, kept = [], {}, {}
+    done_phases = len(cfg.clip_phases) if state and state["stage"] == "pacl" else 0
+    if state is not None and state["stage"] == "clip":
+        missing, unexpected = model.load_state_dict(state["weights"], strict=False)
+        if missing != [FIXED_POSITIONS] or unexpected:
+            raise PACLError(f"{checkpoint.path}: not a checkpoint of this tower")
+        clip_losses, done_phases = list(state["losses"]), state["phase"]
     for k, (size, steps, pool) in enumerate(cfg.clip_phases):
-        t = time.time()
         last = k == len(cfg.clip_phases) - 1  # stage 2 trains on the last phase's scenes
+        if k < done_phases and not last:
+            continue
+        t = time.time()
         draws = cfg.mention_draws if last and cfg.pacl_captions == "mentions" else 0  # only what stage 2 reads
         images, captions, mentions = make_pool(cfg.seed + k, pool, size, cfg.variants, progress, draws,
                                                workers=cfg.threads)
         seconds[f"data_{size}px"] = round(time.time() - t, 1)
+        if k < done_phases:
+            continue
         t = time.time()
-        clip_losses += train_clip(model, tokenizer, images, captions, cfg, steps, progress,
-                                  desc=f"stage 1: CLIP at {size} px", keep_at=cfg.tower_candidates if last else (),
-                                  kept=kept)
+        mid = state is not None and state["stage"] == "clip" and state["phase"] == k and state["optimizer"]
+        save = _clip_saver(checkpoint, k, model, clip_losses)
+        train_clip(model, tokenizer, images, captions, cfg, steps, progress, desc=f"stage 1: CLIP at {size} px",
+                   keep_at=cfg.tower_candidates if last else (), kept=kept, start=state["step"] if mid else 0,
+                   opt_state=state["optimizer"] if mid else None, losses=clip_losses, on_step=save)
+        checkpoint.save("clip", k + 1, 0, tower_weights(model), None, clip_losses)
         seconds[f"clip_{size}px"] = round(time.time() - t, 1)
-    info = {"config": toymodel.CONFIG_NAME, "train": asdict(cfg),
-            "clip_loss": {"first": float(np.mean(clip_losses[:10])), "last": float(np.mean(clip_losses[-10:]))}}
-    toymodel.save_clip(out, model, info)
-    backbone = toymodel.load_toy_backbone(root=out, with_head=False)  # exactly the saved float16 weights
+    if state is not None and state["stage"] == "pacl":
+        info = state["info"]
+        backbone = toymodel.load_toy_backbone(root=out, with_head=False)  # the tower saved before stage 2
+        model = backbone.model
+    else:
+        info = {"config": toymodel.CONFIG_NAME, "train": asdict(cfg),
+                "clip_loss": {"first": float(np.mean(clip_losses[:10])), "last": float(np.mean(clip_losses[-10:]))}}
+        toymodel.save_clip(out, model, info)
+        backbone = toymodel.load_toy_backbone(root=out, with_head=False)  # exactly the saved float16 weights
     t = time.time()
     stage2_captions = mentions if cfg.pacl_captions == "mentions" else captions
-    head, pacl_losses = train_pacl(backbone, images, stage2_captions, cfg, progress)
+    checkpoint_pacl = _InfoCheckpoint(checkpoint, info)
+    head, pacl_losses = train_pacl(backbone, images, stage2_captions, cfg, progress, checkpoint_pacl,
+                                   state if state is not None and state["stage"] == "pacl" else None)
     seconds["pacl"] = round(time.time() - t, 1)
     if kept:
         t = time.time()
@@ -358,10 +470,39 @@ def train_toy(out, cfg: ToyTrainConfig | None = None, progress: bool = True, eva
     save_head(out / toymodel.HEAD_FILE, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale,
               training=info)
     toymodel.save_clip(out, model, info)
+    checkpoint.clear()
     if evaluate_n:
         info["eval"] = evaluate_fresh(out, evaluate_n, EVAL_SEED, progress)
         toymodel.save_clip(out, model, info)
     return info
+
+
+FIXED_POSITIONS = "visual.positional_embedding"  # fixed sin-cos, never trained (swapped per phase while training)
+
+
+def tower_weights(model) -> dict:
+    """What a stage-1 checkpoint keeps: every weight but the fixed positions."""
+    return {k: v for k, v in model.state_dict().items() if k != FIXED_POSITIONS}
+
+
+def _clip_saver(checkpoint: RunCheckpoint, phase: int, model, losses: list):
+    """train_clip's on_step: a checkpoint every `checkpoint.every` steps of this phase."""
+
+    def save(step: int, optimizer) -> None:
+        if step % checkpoint.every == 0:
+            checkpoint.save("clip", phase, step, tower_weights(model), optimizer, losses)
+
+    return save
+
+
+class _InfoCheckpoint:
+    """A RunCheckpoint whose stage-2 saves also carry stage 1's record (what a resumed run writes at the end)."""
+
+    def __init__(self, checkpoint: RunCheckpoint, info: dict):
+        self.checkpoint, self.info, self.every = checkpoint, info, checkpoint.every
+
+    def save(self, stage, phase, step, weights, optimizer, losses) -> None:
+        self.checkpoint.save(stage, phase, step, weights, optimizer, losses, self.info)
 
 
 SELECTION_SEED_OFFSET = 500  # the selection rule's held-out scenes: train split, seed cfg.seed + 500, captions only
@@ -449,10 +590,12 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def train_head(out, clip, cfg: ToyTrainConfig | None = None, progress: bool = True, evaluate_n: int = 200) -> dict:
+def train_head(out, clip, cfg: ToyTrainConfig | None = None, progress: bool = True, evaluate_n: int = 200,
+               resume: bool = False) -> dict:
     """Stage 2 alone: freeze the toy tower `clip` (a toy_clip.safetensors), train a PACL head from a random start
     with cfg's stage-2 recipe on the pool `train_toy` would give it, save out/toy_pacl_head.* and measure it on
-    held-out scenes. With the shipped tower and seed 0 this is the shipped head's own recipe."""
+    held-out scenes. With the shipped tower and seed 0 this is the shipped head's own recipe. Checkpoints and
+    resume=True as in `train_toy`."""
     cfg = cfg or ToyTrainConfig()
     out = Path(out)
     torch.set_num_threads(cfg.threads)
@@ -460,10 +603,12 @@ def train_head(out, clip, cfg: ToyTrainConfig | None = None, progress: bool = Tr
     backbone = toymodel.load_toy_tower(clip)  # PACLError for anything that is not a toy tower
     if backbone.native_size != cfg.image_size:
         raise PACLError(f"{clip}: a {backbone.native_size} px tower, but stage 2 trains on {cfg.image_size} px scenes")
+    checkpoint = RunCheckpoint(out, {"run": "toy train --clip", "tower": file_sha256(clip), "train": asdict(cfg)})
+    state = checkpoint.load() if resume else None
     images, captions = stage2_pool(cfg, progress)
     seconds = {"data": round(time.time() - t0, 1)}
     t = time.time()
-    head, losses = train_pacl(backbone, images, captions, cfg, progress)
+    head, losses = train_pacl(backbone, images, captions, cfg, progress, checkpoint, state)
     seconds["pacl"] = round(time.time() - t, 1)
     seconds["total"] = round(time.time() - t0, 1)
     info = {"config": toymodel.CONFIG_NAME, "stage": "pacl only", "tower": str(clip),
@@ -472,6 +617,7 @@ def train_head(out, clip, cfg: ToyTrainConfig | None = None, progress: bool = Tr
             "seconds": seconds, "threads": cfg.threads, "torch": torch.__version__, "open_clip": open_clip.__version__}
     path = save_head(out / toymodel.HEAD_FILE, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale,
                      training=info)
+    checkpoint.clear()
     if evaluate_n:
         info["eval"] = evaluate_held_out(backbone, head, evaluate_n, EVAL_SEED, progress)
         save_head(path, head, backbone, tau=cfg.pacl_tau, logit_scale=backbone.logit_scale, training=info)
