@@ -8,11 +8,9 @@ method's status line, and the other methods still run. demo/ui.py turns both int
 
 from __future__ import annotations
 
-import atexit
 import csv
 import dataclasses
 import json
-import shutil
 import tempfile
 import threading
 import time
@@ -37,6 +35,7 @@ from pacl_core.viz import contact_sheet, draw_heatmaps, draw_overlay, sheet_colu
 
 from . import budget
 from .drawing import draw_grid
+from .folders import PrivateFolder
 
 METHOD_TITLES = {"vanilla": "Vanilla CLIP", "pacl": "PACL", "maskclip": "MaskCLIP", "sclip": "SCLIP",
                  "clearclip": "ClearCLIP", "naclip": "NACLIP", "scclip": "SC-CLIP"}
@@ -453,22 +452,19 @@ def run_in_lane(registry, model: str, methods: list[str], image: np.ndarray, wor
 
 
 # ---- downloads ---------------------------------------------------------------------------------------------
-_downloads_dir: Path | None = None
+_downloads = PrivateFolder("pacl-demo-downloads-")
 _downloads_lock = threading.Lock()
 
 
 def downloads_dir() -> Path:
     """A private folder for result archives, made once per process and removed at exit; only the newest
     KEEP_DOWNLOADS archives are kept (Gradio serves its own copy of each)."""
-    global _downloads_dir
     with _downloads_lock:
-        if _downloads_dir is None:
-            _downloads_dir = Path(tempfile.mkdtemp(prefix="pacl-demo-downloads-"))
-            atexit.register(shutil.rmtree, _downloads_dir, ignore_errors=True)
-        archives = sorted(_downloads_dir.glob("*.zip"), key=lambda p: p.stat().st_mtime)
+        folder = _downloads()
+        archives = sorted(folder.glob("*.zip"), key=lambda p: p.stat().st_mtime)
         for old in archives[: max(0, len(archives) - KEEP_DOWNLOADS + 1)]:
             old.unlink(missing_ok=True)
-        return _downloads_dir
+        return folder
 
 
 def package_comparison(result: Comparison, folder: Path | None = None) -> str | None:
@@ -643,16 +639,9 @@ class DisplayFiles:
 
     def __init__(self, seconds: float = DISPLAY_SECONDS):
         self.seconds = seconds
-        self._folder: Path | None = None
+        self.folder = PrivateFolder("pacl-demo-display-")
         self._lock = threading.Lock()
         self._pruned = 0.0
-
-    def folder(self) -> Path:
-        with self._lock:
-            if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="pacl-demo-display-"))
-                atexit.register(shutil.rmtree, self._folder, ignore_errors=True)
-            return self._folder
 
     def write(self, image: np.ndarray | None) -> str | None:
         """An (H, W, 3) uint8 picture -> the path of its JPEG file (None stays None)."""

@@ -10,10 +10,7 @@ a time (Gradio's queue shows the others their place).
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import shutil
-import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
@@ -29,6 +26,7 @@ from pacl_core.toy.world import CLASSES, make_scene
 from pacl_core.viz import draw_overlay, heatmap_overlay
 
 from .drawing import plot_lines
+from .folders import PrivateFolder
 from .handlers import load_model
 from .models import TOY_LABEL, ModelChoice
 
@@ -63,15 +61,7 @@ class Trainings:
         self._heads: dict[str, list[str]] = {}  # session -> registry labels of its heads
         self._files: dict[str, list[Path]] = {}
         self._closed: set[str] = set()
-        self._folder: Path | None = None
-
-    def folder(self) -> Path:
-        """A private folder for trained heads, made once per process and removed at exit."""
-        with self._lock:
-            if self._folder is None:
-                self._folder = Path(tempfile.mkdtemp(prefix="pacl-demo-heads-"))
-                atexit.register(shutil.rmtree, self._folder, ignore_errors=True)
-            return self._folder
+        self.folder = PrivateFolder("pacl-demo-heads-")  # where trained heads are saved
 
     def start(self, session: str) -> threading.Event:
         with self._lock:

@@ -375,6 +375,10 @@ class Readout:
 
 
 # ---- the segmenter -------------------------------------------------------------------------------------------
+READOUT_SETTINGS = ("method", "head", "logit_scale", "background", "area_threshold", "refine", "templates")
+GEOMETRY_SETTINGS = {"image_size": "size", "mode": "mode", "window": "window", "stride": "stride", "shifts": "shifts"}
+
+
 class Segmenter:
     """One method on one frozen backbone: a Geometry (what the backbone sees) and a Readout (how the method reads
     it). Settings left unset take the method's official defaults (pacl_core.methods.METHOD_DEFAULTS)."""
@@ -433,19 +437,13 @@ class Segmenter:
         new.geometry = changed
         return new
 
-    # the settings, by name
-    method = property(lambda self: self.readout.method)
-    head = property(lambda self: self.readout.head)
-    logit_scale = property(lambda self: self.readout.logit_scale)
-    background = property(lambda self: self.readout.background)
-    area_threshold = property(lambda self: self.readout.area_threshold)
-    refine = property(lambda self: self.readout.refine)
-    templates = property(lambda self: self.readout.templates)
-    image_size = property(lambda self: self.geometry.size)
-    mode = property(lambda self: self.geometry.mode)
-    window = property(lambda self: self.geometry.window)
-    stride = property(lambda self: self.geometry.stride)
-    shifts = property(lambda self: self.geometry.shifts)
+    def __getattr__(self, name: str):
+        """A setting by name, read-only: seg.method, seg.logit_scale, ... (its Readout's), seg.mode, seg.shifts,
+        ... (its Geometry's; seg.image_size is the geometry's size)."""
+        part = "readout" if name in READOUT_SETTINGS else "geometry" if name in GEOMETRY_SETTINGS else None
+        if part is None or part not in self.__dict__:
+            raise AttributeError(f"'Segmenter' object has no attribute '{name}'")
+        return getattr(self.__dict__[part], GEOMETRY_SETTINGS.get(name, name))
 
     def text(self, words: list[str]) -> torch.Tensor:
         """(K, D) prompt-ensembled embeddings of the words with this segmenter's templates (cached)."""
