@@ -37,7 +37,7 @@ from pacl_core.prompts import get_templates
 MODES = ("whole", "slide")
 BACKGROUND_RULES = ("score", "entropy", "prob")
 REFINERS = ("affinity", "pamr")  # affinity: the patches' own embeddings; PAMR: the image's colours
-MAX_GRID = 128  # patches per side in one forward pass (whole mode, or a window): 16384 tokens at most
+MAX_GRID = 128  # one forward pass (whole mode, or a window) holds at most MAX_GRID² = 16384 patches
 
 
 def parse_background(spec) -> tuple[str, float] | None:
@@ -587,9 +587,9 @@ def check_input_shape(backbone, shape, geometry: Geometry) -> tuple[int, int]:
     if min(h, w) < p:
         raise PACLError(f"a {shape[1]}x{shape[0]} image is too thin: resized to a {geometry.size} px short side "
                         f"(long side at most {RESIZE_LONG_CAP} px) it is {w}x{h} px, under one {p} px patch")
-    if geometry.mode == "whole" and max(h, w) // p > MAX_GRID:
-        raise PACLError(f"a {w}x{h} px input is more than {MAX_GRID} patches on a side in one pass; "
-                        "lower the input size or use slide mode")
+    if geometry.mode == "whole" and (h // p) * (w // p) > MAX_GRID ** 2:
+        raise PACLError(f"a {w}x{h} px input is {(h // p) * (w // p)} patches in one pass, more than "
+                        f"{MAX_GRID}x{MAX_GRID}; lower the input size or use slide mode")
     return h, w
 
 

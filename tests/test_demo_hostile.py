@@ -172,9 +172,9 @@ def test_a_sessions_trained_head_is_its_own_and_its_files_go_with_it(site, quiet
     assert requests.get(f"{url}gradio_api/file={cached[0]}", timeout=30).status_code == 200
     alice.close()  # the session ends: Gradio calls the page's unload
     deadline = time.time() + 60
-    while trainings.heads(session) and time.time() < deadline:
+    while trainings.files(session) and time.time() < deadline:
         time.sleep(0.2)
-    assert not trainings.heads(session) and label not in registry.labels
+    assert not trainings.files(session) and label not in registry.labels
     assert not any(f.exists() for f in files) and not any(c.exists() for c in cached)
     assert requests.get(f"{url}gradio_api/file={cached[0]}", timeout=30).status_code != 200
 
