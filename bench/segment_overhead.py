@@ -2,7 +2,8 @@
 
 Random-init ViT-B-16-quickgelu, 448 px, 20 words with text embeddings cached. Segmenter time includes
 preprocessing (resizing the photo inside counts), every method's last block, upsampling to image resolution
-and the argmax. The bare reference is open_clip's encode_image on a model created at 448 px.
+and the argmax. The bare reference is open_clip's encode_image on a model created at the input size the
+segmenter sees for that photo (its short side at 448 px, aspect ratio kept: 448x448, and 448x597 for 2000x1500).
 
     python bench/segment_overhead.py [--repeats 5] [--methods vanilla pacl sclip] [--shifts 2] [--refine affinity]
 
@@ -27,14 +28,14 @@ from bench._util import median_time  # noqa: E402
 from pacl_core.backbone import load_backbone  # noqa: E402
 from pacl_core.methods import METHODS  # noqa: E402
 from pacl_core.pacl import VisionEmbedder  # noqa: E402
-from pacl_core.segment import REFINERS, Segmenter  # noqa: E402
+from pacl_core.segment import REFINERS, Segmenter, resized_shape  # noqa: E402
 
 WORDS = ["person", "dog", "cat", "car", "tree", "sky", "grass", "road", "building", "water", "boat", "bird",
          "horse", "chair", "table", "bottle", "plant", "sofa", "train", "bicycle"]
 
 
-def bare_encoder(backbone, size: int):
-    """open_clip's own model at `size` with the backbone's weights (positional embeddings resized once)."""
+def bare_encoder(backbone, size):
+    """open_clip's own model at `size` (a side or (h, w)) with the backbone's weights (positions resized once)."""
     model = open_clip.create_model(backbone.name, pretrained=None, force_image_size=size).eval()
     state = backbone.model.state_dict()
     open_clip.model.resize_pos_embed(state, model)
@@ -52,34 +53,37 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone("ViT-B-16-quickgelu:none", image_size=args.size)
-    model = bare_encoder(backbone, args.size)
-    x = torch.randn(1, 3, args.size, args.size)
     head = VisionEmbedder(backbone.width, backbone.embed_dim).init_from_projection(backbone.model.visual.proj)
     rng = np.random.default_rng(0)
     photos = {f"{args.size}x{args.size}": rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8),
               "2000x1500": rng.integers(0, 256, (1500, 2000, 3), dtype=np.uint8)}
 
-    def bare():
-        with torch.no_grad():
-            model.encode_image(x)
-
-    t_bare = median_time(bare, args.repeats)
-    print(f"bare encode_image at {args.size}px: {t_bare * 1000:.0f} ms (median of {args.repeats}, "
-          f"{torch.get_num_threads()} threads); ratio = median over {args.repeats} back-to-back pairs of "
-          f"Segmenter time ({args.shifts}x{args.shifts} shifted passes, refine {args.refine or 'none'}) / "
-          "encode_image time")
+    bares = {}
+    for name, img in photos.items():  # one bare forward per photo, at the input size the segmenter sees
+        shape = resized_shape(img.shape, args.size)
+        model, x = bare_encoder(backbone, shape), torch.randn(1, 3, *shape)
+        bares[name] = lambda model=model, x=x: model.encode_image(x)
+    with torch.no_grad():
+        t_bare = {name: median_time(fn, args.repeats) for name, fn in bares.items()}
+    print("bare encode_image: " + ", ".join(f"{n} {t * 1000:.0f} ms" for n, t in t_bare.items())
+          + f" (median of {args.repeats}, {torch.get_num_threads()} threads); ratio = median over {args.repeats} "
+          f"back-to-back pairs of Segmenter time ({args.shifts}x{args.shifts} shifted passes, refine "
+          f"{args.refine or 'none'}) / encode_image time at the same input size")
     print(f"{'method':10s} | " + " | ".join(f"{name:>17s}" for name in photos))
     for method in args.methods:
         seg = Segmenter(backbone, method, head=head if method == "pacl" else None, image_size=args.size,
                         mode="whole", shifts=args.shifts, refine=args.refine)
         cells = []
-        for img in photos.values():
+        for name, img in photos.items():
+            bare = bares[name]
             seg(img, WORDS)  # caches the text embeddings
-            bare()
+            with torch.no_grad():
+                bare()
             ratios, times = [], []
             for _ in range(args.repeats):  # pairs measured back to back, so machine noise hits both alike
                 t0 = time.perf_counter()
-                bare()
+                with torch.no_grad():
+                    bare()
                 t1 = time.perf_counter()
                 seg(img, WORDS)
                 t2 = time.perf_counter()
