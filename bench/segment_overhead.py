@@ -49,7 +49,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--shifts", type=int, default=1, help="shifted passes per axis (default: 1)")
-    ap.add_argument("--refine", default=None, choices=REFINERS, help="a refinement (default: none)")
+    ap.add_argument("--refine", default="none", choices=("none", *REFINERS),
+                    help="a refinement (default: none, also for NACLIP, whose official default is PAMR)")
     args = ap.parse_args()
     torch.manual_seed(0)
     backbone = load_backbone("ViT-B-16-quickgelu:none", image_size=args.size)
@@ -68,7 +69,7 @@ def main():
     print("bare encode_image: " + ", ".join(f"{n} {t * 1000:.0f} ms" for n, t in t_bare.items())
           + f" (median of {args.repeats}, {torch.get_num_threads()} threads); ratio = median over {args.repeats} "
           f"back-to-back pairs of Segmenter time ({args.shifts}x{args.shifts} shifted passes, refine "
-          f"{args.refine or 'none'}) / encode_image time at the same input size")
+          f"{args.refine}) / encode_image time at the same input size")
     print(f"{'method':10s} | " + " | ".join(f"{name:>17s}" for name in photos))
     for method in args.methods:
         seg = Segmenter(backbone, method, head=head if method == "pacl" else None, image_size=args.size,
