@@ -213,13 +213,16 @@ def make_lesson_if_open(registry: ModelRegistry):
 
 
 def make_method_defaults(registry: ModelRegistry):
-    """A new model ticks its default comparison (PACL with a head, else SC-CLIP) and says why."""
+    """A new model ticks its default comparison (PACL with a head, else SC-CLIP) and says why, and sets its default
+    shifted passes and refinement (the toy model's best quick setting, h.default_view)."""
 
     def update(model):
         try:
-            return gr.CheckboxGroup(value=h.default_methods(registry, model), info=h.methods_info(registry, model))
+            shifts, refine = h.default_view(registry, model)
+            return (gr.CheckboxGroup(value=h.default_methods(registry, model), info=h.methods_info(registry, model)),
+                    gr.Radio(value=shifts), gr.Radio(value=refine))
         except PACLError:  # an unknown model: Segment will say so
-            return gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
 
     return update
 
@@ -253,10 +256,11 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
                 resolution = gr.Dropdown(list(h.RESOLUTIONS), value=h.RESOLUTIONS[0], label="Input resolution (px)",
                                          info="the short side the image is resized to (aspect ratio kept); "
                                               "larger = finer, slower")
-                shifts = gr.Radio(list(h.SHIFTS), value=h.SHIFTS[0], label="Shifted passes per axis",
+                view = h.default_view(registry, default_label)  # (shifts, refinement) this model opens with
+                shifts = gr.Radio(list(h.SHIFTS), value=view[0], label="Shifted passes per axis",
                                   info="average m×m passes of the image moved by fractions of a patch: "
                                        "smoother, less noisy maps for m² times the compute; 1 = one pass")
-                refine = gr.Radio(list(h.REFINES), value=h.REFINES[0], label="Refinement",
+                refine = gr.Radio(list(h.REFINES), value=view[1], label="Refinement",
                                   info="method default: each method's official setting (PAMR for NACLIP); affinity: "
                                        "each patch takes the scores of the patches whose embeddings resemble its "
                                        "own; pamr: smoothed along the image's colour edges")
@@ -301,7 +305,8 @@ def build_demo(model: str | None = None, registry: ModelRegistry | None = None,
         slot_outputs = [c for m in METHODS for c in (slots[m]["status"], slots[m]["overlay"], slots[m]["sheet"])]
         methods.change(show_slots, methods, [slots[m]["column"] for m in METHODS], api_visibility="private",
                        queue=False)
-        model_box.change(make_method_defaults(registry), model_box, methods, api_visibility="private", queue=False)
+        model_box.change(make_method_defaults(registry), model_box, [methods, shifts, refine], api_visibility="private",
+                         queue=False)
         lesson_inputs = [image, words, word, model_box, resolution, tau]
         lesson_outputs = [s_img, a_img, lesson_md, lesson_table, vs_img, va_img]
         token = gr.State(None)

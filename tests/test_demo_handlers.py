@@ -517,3 +517,11 @@ def test_the_cost_of_a_pass_is_fitted_from_two_timed_forwards_and_corrected_by_f
     assert budget.correction("m") == pytest.approx(1.1)
     budget.observe("m", estimated=11.0, actual=1.1)
     assert budget.correction("m") == 1.0  # ... never below the measured cost
+
+
+def test_the_toy_model_opens_with_its_best_quick_setting(registry, headless):
+    assert h.default_view(registry, MODEL) == ("2", "affinity") == h.TOY_VIEW  # 0.71 mIoU, ~0.2 s a request
+    assert h.default_view(headless, "tiny, no head") == (h.SHIFTS[0], h.REFINES[0])  # one pass, each method's own
+    assert all(v in choices for v, choices in zip(h.TOY_VIEW, (h.SHIFTS, h.REFINES)))
+    with pytest.raises(PACLError, match="unknown model"):
+        h.default_view(registry, "no such model")
