@@ -158,10 +158,11 @@ def test_method_ticks_follow_the_model(server, model_and_registry):
     headless = ModelRegistry([ModelChoice("tiny, no head", "PACL-Tiny-Test:none")])
     value, info = ticks(build_demo(model="PACL-Tiny-Test:none", registry=headless))
     assert value == ["vanilla", "scclip"] and "no trained PACL head" in info
-    switched = make_method_defaults(model_and_registry[2])(model_and_registry[1])
-    assert switched.value == ["vanilla", "pacl"]
-    switched = make_method_defaults(headless)("tiny, no head")
+    switched, shifts, refine = make_method_defaults(model_and_registry[2])(model_and_registry[1])
+    assert switched.value == ["vanilla", "pacl"] and (shifts.value, refine.value) == ("2", "affinity")  # toy's view
+    switched, shifts, refine = make_method_defaults(headless)("tiny, no head")
     assert switched.value == ["vanilla", "scclip"] and "no trained PACL head" in switched.info
+    assert (shifts.value, refine.value) == ("1", "method default")
 
 
 # ---- "Train PACL yourself" over HTTP -------------------------------------------------------------------------
