@@ -29,9 +29,8 @@ from PIL import Image
 
 from pacl_core.errors import PACLError
 from pacl_core.inputs import parse_words, to_rgb_array
-from pacl_core.methods import layers_needed
 from pacl_core.pacl import compatibility, patch_attention, patch_similarity
-from pacl_core.segment import Segmenter, check_input_shape, run_pass
+from pacl_core.segment import Segmenter, check_input_shape, pass_tokens, run_pass
 
 
 @dataclass
@@ -164,10 +163,8 @@ class PatchPass:
 
     def patch_at(self, point) -> tuple[int, int]:
         """(x, y) in the image's pixels -> (row, col) of the patch the backbone saw there; PACLError outside."""
-        x, y = _check_point(point)
+        x, y = _check_point(point, self.image_shape)
         H, W = self.image_shape
-        if not (0 <= x < W and 0 <= y < H):
-            raise PACLError(f"the point ({x:g}, {y:g}) is outside the {W}×{H} image; pick a point on it")
         (Hs, Ws), (h, w) = self.resized, self.grid
         row = min(int(y * Hs / H) * h // Hs, h - 1)  # per axis: the resized pixel, then its patch
         col = min(int(x * Ws / W) * w // Ws, w - 1)
@@ -206,14 +203,16 @@ class PatchReport:
                 "logit_scales": self.logit_scales, "tau": self.tau}
 
 
-def _check_point(point) -> tuple[float, float]:
-    """(x, y) of two finite numbers, or a one-line PACLError."""
+def _check_point(point, shape: tuple[int, int] | None = None) -> tuple[float, float]:
+    """(x, y) of two finite numbers, on an image of `shape` (H, W) if given, or a one-line PACLError."""
     try:
         x, y = (float(v) for v in point)
     except (TypeError, ValueError):
         raise PACLError(f"a point is two numbers (x, y) in the image's pixels, got {point!r}") from None
     if not (np.isfinite(x) and np.isfinite(y)):
         raise PACLError(f"a point is two finite numbers (x, y) in the image's pixels, got ({x}, {y})")
+    if shape is not None and not (0 <= x < shape[1] and 0 <= y < shape[0]):
+        raise PACLError(f"the point ({x:g}, {y:g}) is outside the {shape[1]}×{shape[0]} image; pick a point on it")
     return x, y
 
 
@@ -240,18 +239,16 @@ def patch_segmenters(backbone, methods, head=None, image_size: int | None = None
 
 @torch.no_grad()
 def _method_patch_embeddings(backbone, segmenters: dict[str, Segmenter], image: np.ndarray):
-    """THE call into the segmentation pipeline: one trunk pass of the whole image at the segmenters' geometry ->
-    ({method: (T, D)}, frozen tokens (T, D_v), CLS embedding (D,), grid (h, w), resized (H', W')).
+    """One trunk pass of the whole image at the segmenters' geometry -> ({method: (T, D)}, frozen tokens (T, D_v),
+    CLS embedding (D,), grid (h, w), resized (H', W')).
 
-    The photo is resized as every segmenter's whole-image pass resizes it (short side, aspect kept); every method's
-    last block reads the same trunk (as pacl_core.segment.patch_embeddings does), and the frozen tokens are vanilla
-    CLIP's ln_post patch tokens. The CLS embedding is CLIP's own at its native size,
-    read from this pass when the pass is at that size, else from one native-size pass (as `explain` does)."""
+    The photo is resized as every segmenter's whole-image pass resizes it (short side, aspect kept); the methods'
+    last blocks and vanilla CLIP's (the frozen ln_post tokens) read one trunk (segment.pass_tokens). The CLS
+    embedding is CLIP's own at its native size, read from this pass when the pass is at that size, else from one
+    native-size pass (as `explain` does)."""
     first = next(iter(segmenters.values()))
     x = backbone.preprocess(image, check_input_shape(backbone, image.shape, first.geometry))  # (1, 3, H', W')
-    keep = sorted({i for m in segmenters for i in layers_needed(m, backbone.depth)})
-    trunk = backbone.trunk(x, keep)  # x: (1, 1 + T + R, W)
-    tokens = backbone.finish_many(trunk, ["vanilla", *segmenters])  # method -> (1, 1 + T, D_v)
+    tokens, grid = pass_tokens(list(segmenters.values()), x, extra=("vanilla",))  # method -> (1, 1 + T, D_v)
     emb = {m: s.embed_tokens(tokens[m][:, 1:])[0].float() for m, s in segmenters.items()}  # (T, D) each
     frozen = tokens["vanilla"][0, 1:].float()  # (T, D_v)
     native = backbone.native_size
@@ -259,7 +256,7 @@ def _method_patch_embeddings(backbone, segmenters: dict[str, Segmenter], image: 
         cls = F.normalize(tokens["vanilla"][:, 0] @ backbone.model.visual.proj, dim=-1)  # (1, D)
     else:
         cls = backbone.image_embedding(backbone.preprocess(image, (native, native)))  # (1, D)
-    return emb, frozen, cls[0].float(), tuple(trunk.grid), tuple(x.shape[-2:])
+    return emb, frozen, cls[0].float(), tuple(grid), tuple(x.shape[-2:])
 
 
 def patch_pass(backbone, image, methods=("vanilla",), head=None, image_size: int | None = None) -> PatchPass:
@@ -332,9 +329,7 @@ def patch_report(backbone, image, words, point, methods=("vanilla",), head=None,
     the image, an empty vocabulary or PACL without a head is a one-line PACLError, raised before the pass."""
     rgb = to_rgb_array(image)  # (H, W, 3) uint8
     H, W = _original_size(image, rgb)
-    x, y = _check_point(point)
-    if not (0 <= x < W and 0 <= y < H):
-        raise PACLError(f"the point ({x:g}, {y:g}) is outside the {W}×{H} image; pick a point on it")
+    x, y = _check_point(point, (H, W))  # before the pass
     parse_words(words)
     pp = patch_pass(backbone, rgb, methods, head, image_size)
     pp.image_shape = (H, W)

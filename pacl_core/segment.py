@@ -541,15 +541,24 @@ def make_geometry(backbone, defaults: dict, image_size, mode, window, stride, sh
 
 # ---- the pass: one geometry, several methods, a batch of images ---------------------------------------------
 @torch.no_grad()
-def patch_embeddings(segmenters: list[Segmenter], x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
-    """Normalised images (B, 3, H, W) -> per segmenter its patch embeddings (B, T, D), and the grid. Blocks 1..L-1
-    run once for all of them (keeping the union of the blocks their methods read); each method runs its own last
-    block, shared where the block is the same (vanilla and pacl)."""
+def pass_tokens(segmenters: list[Segmenter], x: torch.Tensor, extra=()) -> tuple[dict, tuple[int, int]]:
+    """Normalised images (B, 3, H, W) -> {method: its tokens after its last block and ln_post (B, 1 + T, D_v), CLS
+    first} for the segmenters' methods and the `extra` ones, and the grid. Blocks 1..L-1 run once for all of them
+    (keeping the union of the blocks their methods read); each method runs its own last block, shared where the
+    block is the same (vanilla and pacl)."""
     backbone = segmenters[0].backbone
-    keep = sorted({i for s in segmenters for i in layers_needed(s.method, backbone.depth)})
-    trunk = backbone.trunk(x, keep)  # x: (B, 1 + T + R, W)
-    tokens = backbone.finish_many(trunk, [s.method for s in segmenters])  # method -> (B, 1 + T, D_v)
-    return [s.embed_tokens(tokens[s.method][:, 1:]) for s in segmenters], trunk.grid  # (B, T, D) each
+    methods = list(dict.fromkeys([*(s.method for s in segmenters), *extra]))
+    keep = sorted({i for m in methods for i in layers_needed(m, backbone.depth)})
+    trunk = backbone.trunk(x, keep)  # x: (B, 1 + T, W)
+    return backbone.finish_many(trunk, methods), trunk.grid  # method -> (B, 1 + T, D_v)
+
+
+@torch.no_grad()
+def patch_embeddings(segmenters: list[Segmenter], x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    """Normalised images (B, 3, H, W) -> per segmenter its patch embeddings (B, T, D), and the grid: one trunk pass
+    (pass_tokens), each method's embedder on its patch tokens."""
+    tokens, grid = pass_tokens(segmenters, x)  # method -> (B, 1 + T, D_v)
+    return [s.embed_tokens(tokens[s.method][:, 1:]) for s in segmenters], grid  # (B, T, D) each
 
 
 def patch_scores(segmenters: list[Segmenter], x: torch.Tensor, texts: list
