@@ -19,7 +19,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_model_args(p: argparse.ArgumentParser, default_model: str = "vit-b-16", group=None, templates: bool = True,
-                   image_size_help: str = "input size in pixels (default: 448 for ViT-B/16, the native size for toy)"
+                   image_size_help: str = "short side in pixels the image is resized to, aspect ratio kept "
+                                           "(default: 448 for ViT-B/16, the native size for toy)"
                    ) -> argparse._ArgumentGroup:
     """The options every command that loads a backbone shares (in `group`, or a new "model" group)."""
     g = group or p.add_argument_group("model")
